@@ -61,6 +61,12 @@ class CoeffLayout:
         return asdict(self)
 
 
+def _apply_basis(basis: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """basis ``[V, 3, K]`` x coeffs ``[N, K]`` -> ``[N, V, 3]`` as one matrix product."""
+    num_vertices, _, k = basis.shape
+    return (coeffs @ basis.reshape(num_vertices * 3, k).T).reshape(-1, num_vertices, 3)
+
+
 class MorphableModel(nn.Module):
     """Linear 3D morphable face model with spherical-harmonics lighting.
 
@@ -119,13 +125,12 @@ class MorphableModel(nn.Module):
 
     def shape(self, id_coeffs: torch.Tensor, exp_coeffs: torch.Tensor) -> torch.Tensor:
         """Model-frame vertices ``[N, V, 3]`` from ``id_coeffs [N, n_id]`` and ``exp_coeffs [N, n_exp]``."""
-        offset = torch.einsum("vck,nk->nvc", self.id_basis, id_coeffs)
-        offset = offset + torch.einsum("vck,nk->nvc", self.exp_basis, exp_coeffs)
+        offset = _apply_basis(self.id_basis, id_coeffs) + _apply_basis(self.exp_basis, exp_coeffs)
         return self.mean_shape + offset
 
     def albedo(self, tex_coeffs: torch.Tensor) -> torch.Tensor:
         """Per-vertex albedo ``[N, V, 3]`` (RGB, clamped to [0, 1]) from ``tex_coeffs [N, n_tex]``."""
-        albedo = self.mean_albedo + torch.einsum("vck,nk->nvc", self.albedo_basis, tex_coeffs)
+        albedo = self.mean_albedo + _apply_basis(self.albedo_basis, tex_coeffs)
         return albedo.clamp(0.0, 1.0)
 
     def forward(self, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -557,10 +557,12 @@ def _landmark_targets(hp: HeadParams) -> np.ndarray:
     """68 iBUG landmark target points ``[68, 2]`` (x, y) on the frontal view; index 0 is the subject's
     right (image left, x < 0)."""
     pts = []
-    # Jaw 0..16: from in front of the right ear down round the chin to the left.
-    for t in np.linspace(0, 1, 17):
-        a = math.pi * t
-        pts.append((-6.35 * math.cos(a) * (1 - 0.1 * math.sin(a)), 1.3 + 10.1 * hp.face_length * math.sin(a) ** 0.9))
+    # Jaw 0..16: from in front of the right ear down round the chin to the left. These directions were
+    # calibrated once against the iBUG annotation convention (dlib's 68-point predictor on frontal renders
+    # of the mean face): the vertex taken is the frontal silhouette point in each direction.
+    jaw_right = [(-6.66, 0.52), (-6.68, 2.21), (-6.38, 3.47), (-5.87, 5.19), (-5.35, 6.76), (-4.71, 8.61),
+                 (-3.48, 10.06), (-2.03, 11.05)]
+    pts += jaw_right + [(0.0, 11.45)] + [(-x, y) for x, y in reversed(jaw_right)]
     # Brows 17..21 (right brow, outer to inner), 22..26 (left brow, inner to outer).
     for u in np.linspace(-1, 1, 5):
         pts.append((-(2.9 - u * 2.0), -1.75 - 0.35 * (1 - u ** 2) - 0.15 * u))

@@ -71,3 +71,25 @@ def sh_shade(albedo: torch.Tensor, normals: torch.Tensor, gamma: torch.Tensor, a
     basis = sh_basis(normals)  # [N, P, 9]
     irradiance = torch.einsum("npk,nck->npc", basis, gamma)  # [N, P, 3]
     return albedo * irradiance
+
+
+def rotate_sh_lighting(gamma: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Express world-frame SH lighting in a rotated frame.
+
+    gamma ``[N, 27]`` lights normals given in the world frame; ``rotation [N, 3, 3]`` maps world to camera
+    (``n_cam = R @ n_world``). Returns ``[N, 27]`` such that shading camera-frame normals with it equals
+    shading the world-frame normals with ``gamma``. Exact: bands 0-2 are closed under rotation; the
+    per-band matrices are found by least squares on fixed sample directions. The ambient term
+    (:func:`sh_shade`'s ``ambient``) is rotation invariant and needs nothing.
+    """
+    generator = torch.Generator().manual_seed(0)
+    normals_cam = torch.nn.functional.normalize(torch.randn(64, 3, generator=generator, dtype=torch.float64), dim=-1)
+    rotation = rotation.to(torch.float64)
+    basis_cam = sh_basis(normals_cam)  # [S, 9]
+    normals_world = torch.einsum("nji,sj->nsi", rotation, normals_cam)  # R^T n_cam, [N, S, 3]
+    basis_world = sh_basis(normals_world)  # [N, S, 9]
+    # basis_cam @ M = basis_world  =>  gamma_cam = M @ gamma_world for each colour channel
+    mapping = torch.linalg.lstsq(basis_cam.expand(rotation.shape[0], -1, -1), basis_world).solution  # [N, 9, 9]
+    gamma_rgb = gamma.to(torch.float64).reshape(-1, 3, 9)
+    rotated = torch.einsum("nij,ncj->nci", mapping, gamma_rgb)
+    return rotated.reshape(-1, 27).to(gamma.dtype)

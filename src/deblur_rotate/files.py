@@ -1,0 +1,55 @@
+"""Small file helpers: atomic writes, 8-bit PNG I/O in the project's tensor conventions."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "save_png", "load_png", "to_uint8", "from_uint8"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a reader
+    never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, 3, H, W] or [3, H, W] float in [-1, 1] -> uint8 [N, H, W, 3] / [H, W, 3]."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).cpu().numpy()
+
+
+def from_uint8(array: np.ndarray) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(array)).movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def save_png(path: str | os.PathLike, image_uint8: np.ndarray, compress_level: int = 1) -> None:
+    """Write an 8-bit RGB PNG ([H, W, 3] uint8). Fast compression by default (datasets are large)."""
+    Image.fromarray(image_uint8).save(path, format="PNG", compress_level=compress_level)
+
+
+def load_png(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 RGB [H, W, 3]."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
