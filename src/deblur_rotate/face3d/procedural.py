@@ -627,10 +627,15 @@ def _pick_landmarks(head: np.ndarray, normals: np.ndarray, hp: HeadParams) -> np
             idx.append(int(np.argmax(cand)))
         else:
             # Front-most vertex near the target (inside 0.3 cm in x-y), so occluded folds are skipped.
-            near = d2 < 0.3 ** 2
+            side = np.ones(len(head), bool)
+            if 61 <= k <= 63:  # inner upper lip: stay above the mouth line
+                side = head[:, 1] < hp.mouth_y
+            elif 65 <= k <= 67:  # inner lower lip: below it
+                side = head[:, 1] > hp.mouth_y
+            near = (d2 < 0.3 ** 2) & side
             score = np.where(near & front_facing, head[:, 2], np.inf)
-            if not np.isfinite(score).any():
-                score = np.where(front_facing, d2, np.inf)
+            if not np.isfinite(score).any():  # coarse grids: the nearest allowed vertex
+                score = np.where(front_facing & side, d2, np.inf)
             idx.append(int(np.argmin(score)))
     return np.asarray(idx, dtype=np.int64)
 

@@ -1,0 +1,62 @@
+"""Generation time and disk size of SynthBMFD.
+
+Generates ``--subjects`` subjects with the given settings into a temporary (or given) folder and
+prints the measured time and size, plus the figures extrapolated linearly to ``--full-subjects``
+(every subject costs the same: same frame count, same views, same image size).
+
+    python benchmarks/synth_cost.py --subjects 2 --size 64 --seconds 1.0 --performances 2 --workers 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def folder_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subjects", type=int, default=2)
+    parser.add_argument("--full-subjects", type=int, default=52)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--performances", type=int, default=2)
+    parser.add_argument("--supersample", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", default=None, help="keep the data here (default: a temporary folder)")
+    args = parser.parse_args()
+
+    from deblur_rotate.data.synthbmfd import SynthConfig, generate
+    from deblur_rotate.face3d.procedural import build_procedural_model
+
+    config = SynthConfig(subjects=args.subjects, performances=args.performances, size=args.size,
+                         seconds=args.seconds, supersample=args.supersample)
+    build_procedural_model(**config.model)  # warm the model cache: not part of the per-subject cost
+    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="synth_cost_")) / "ds"
+    started = time.time()
+    generate(root, config, workers=args.workers, progress=False)
+    seconds = time.time() - started
+    size = folder_size(root)
+    frames = args.subjects * args.performances * config.views * config.num_frames
+    print(f"subjects: {args.subjects}")
+    print(f"image_size: {args.size}")
+    print(f"frames: {frames}")
+    print(f"workers: {args.workers}")
+    print(f"ms_per_frame: {1000 * seconds / frames:.2f}")
+    print(f"seconds: {seconds:.1f}")
+    print(f"megabytes: {size / 2**20:.1f}")
+    scale = args.full_subjects / args.subjects
+    print(f"extrapolated_minutes_{args.full_subjects}_subjects: {seconds * scale / 60:.1f}")
+    print(f"extrapolated_gigabytes_{args.full_subjects}_subjects: {size * scale / 2**30:.2f}")
+    if not args.out:
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL_MODEL
+from deblur_rotate.data.synthbmfd import SynthBMFD, SynthBMFDMultiView, SynthConfig, generate, view_yaws
+from deblur_rotate.errors import UserError
+from deblur_rotate.files import load_png
+
+
+def _config(**kw):
+    base = dict(subjects=3, test_subjects=1, performances=1, size=32, fps=112.0, seconds=0.12, supersample=1,
+                model=dict(SMALL_MODEL), seed=3)
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.png")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory, small_model):
+    root = tmp_path_factory.mktemp("synth") / "ds"
+    generate(root, _config(), progress=False, model=small_model)
+    return root
+
+
+def test_layout_index_and_metadata(dataset_root):
+    index = json.loads((dataset_root / "index.json").read_text())
+    assert [s["split"] for s in index["subjects"]] == ["train", "train", "test"]
+    assert index["views"] == list(range(1, 9)) and index["mirror_pairs"] == [[1, 8], [2, 7], [3, 6], [4, 5]]
+    perf = dataset_root / "subject_000" / "perf_00"
+    frames = sorted((perf / "view_1").glob("frame_*.png"))
+    assert len(frames) == 13 and load_png(frames[0]).shape == (32, 32, 3)
+    meta = np.load(perf / "meta.npz")
+    assert meta["coeffs"].shape[:2] == (8, 13) and meta["landmarks"].shape == (8, 13, 68, 2)
+    # Views 4 and 5 are the nearest to frontal and mirror each other.
+    yaws = np.asarray(view_yaws(_config()))
+    assert np.argsort(np.abs(yaws))[:2].tolist() in ([3, 4], [4, 3]) and np.allclose(yaws, -yaws[::-1])
+    # Per-view pose differs by the rig angle (same head, different cameras).
+    dyaw = np.degrees(meta["pose"][7, :, 1] - meta["pose"][0, :, 1])
+    assert np.allclose(dyaw, yaws[7] - yaws[0], atol=2.0)
+    # Black background: the corners are dark.
+    img = load_png(frames[0])
+    assert img[0, 0].max() < 10 and img.max() > 100
+
+
+def test_reader_blur_is_mean_of_window(dataset_root):
+    ds = SynthBMFD(dataset_root, split="train", m=4)
+    assert len(ds) == 2 * 8 * (13 - 8)  # 2 train subjects x 8 views x valid centres
+    sample = ds[0]
+    subject, perf, view, center = ds.items[0]
+    frames = ds._frames(subject, perf, view, list(range(center - 4, center + 5)))
+    assert torch.allclose(sample["blurry"], frames.mean(0), atol=1e-6)
+    assert torch.allclose(sample["targets"], frames[[0, 2, 4, 6, 8]])
+    assert sample["targets"].shape == (5, 3, 32, 32) and sample["coeffs"].shape == (16 + 10 + 10 + 33,)
+    assert sample["landmarks"].shape == (68, 2)
+    # Resizing scales the landmarks with the image (pixel centres at integers).
+    big = SynthBMFD(dataset_root, split="train", m=4, size=64)[0]
+    assert big["blurry"].shape == (3, 64, 64)
+    assert torch.allclose(big["landmarks"], (sample["landmarks"] + 0.5) * 2 - 0.5, atol=1e-5)
+    test = SynthBMFD(dataset_root, split="test", m=4)
+    assert {s for s, *_ in test.items} == {"subject_002"}
+
+
+def test_multiview_same_instant(dataset_root):
+    pairs = SynthBMFDMultiView(SynthBMFD(dataset_root, split="train", m=4), seed=1)
+    item = pairs[3]
+    assert item["blurry"].shape == (2, 3, 32, 32) and item["view"][0] != item["view"][1]
+    # Same instant, same identity/expression coefficients, different pose.
+    c = item["coeffs"]
+    assert torch.allclose(c[0, :36], c[1, :36]) and not torch.allclose(c[0, -6:], c[1, -6:])
+
+
+def test_deterministic_and_resumable(tmp_path, small_model, dataset_root):
+    root = tmp_path / "again"
+    config = _config()
+    # Simulate an interruption: a partial subject left behind, one subject complete, no index.
+    generate(root, config, progress=False, model=small_model)
+    full = _digest(root)
+    assert full == _digest(dataset_root)
+    import shutil
+
+    shutil.rmtree(root / "subject_001")
+    (root / "index.json").unlink()
+    (root / ".partial" / "subject_001" / "perf_00").mkdir(parents=True)
+    (root / ".partial" / "subject_001" / "perf_00" / "junk.png").write_bytes(b"half")
+    with pytest.raises(UserError, match="no index.json"):
+        SynthBMFD(root)
+    generate(root, config, progress=False, model=small_model)
+    assert _digest(root) == full and not (root / ".partial").exists()
+
+
+def test_bad_inputs(tmp_path, dataset_root, small_model):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match="not empty"):
+        generate(foreign, _config(), progress=False, model=small_model)
+    with pytest.raises(UserError, match="other settings"):
+        generate(dataset_root, _config(seed=4), progress=False, model=small_model)
+    with pytest.raises(UserError, match="at least 1"):
+        generate(tmp_path / "zero", _config(subjects=0), progress=False)
+    assert not (tmp_path / "zero").exists()
+    with pytest.raises(UserError, match="m <= 6"):
+        SynthBMFD(dataset_root, m=32)
+    with pytest.raises(UserError, match="does not exist"):
+        SynthBMFD(tmp_path / "missing")
+    with pytest.raises(UserError, match="no subjects in the 'test' split"):
+        SynthBMFD(_empty_split(tmp_path, dataset_root), split="test", m=4)
+
+
+def _empty_split(tmp_path, dataset_root):
+    import shutil
+
+    root = tmp_path / "nosplit"
+    shutil.copytree(dataset_root, root)
+    index = json.loads((root / "index.json").read_text())
+    for s in index["subjects"]:
+        s["split"] = "train"
+    (root / "index.json").write_text(json.dumps(index))
+    return root
