@@ -182,8 +182,9 @@ def render_coefficients(model, coeffs: torch.Tensor, config: SynthConfig, chunk:
     k = camera_matrix(config)
     for start in range(0, coeffs.shape[0], chunk):
         vertices, colors = model(coeffs[start:start + chunk])
+        # Hard edges: supersampling antialiases; the soft silhouette is only needed for gradients.
         out = render(vertices, model.triangles, colors, k, (config.size, config.size), background=0.0,
-                     landmark_indices=model.landmark_indices, supersample=config.supersample)
+                     landmark_indices=model.landmark_indices, supersample=config.supersample, edge_softness_px=0.0)
         images.append(to_uint8(out.image * 2 - 1))
         landmarks.append(out.landmarks.float())
     return np.concatenate(images, 0), torch.cat(landmarks, 0)

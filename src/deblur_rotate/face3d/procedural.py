@@ -304,6 +304,24 @@ def _outermost_hit(origins: np.ndarray, dirs: np.ndarray, sdf, r_max: float = 24
     return 0.5 * (lo + hi)
 
 
+def _project_to_surface(points: np.ndarray, sdf, steps: int = 4, max_move: float = 1.5) -> np.ndarray:
+    """Move points onto the zero set of ``sdf`` along its gradient (Newton steps), at most ``max_move`` cm.
+
+    Used for identity modes: unlike re-casting the rays, it is continuous at grazing rays (a ray that
+    hits the nose in one head and the cheek in the other would make a spike).
+    """
+    eps = 1e-3
+    offsets = np.eye(3) * eps
+    q = points.copy()
+    for _ in range(steps):
+        d = sdf(q)
+        grad = np.stack([(sdf(q + o) - sdf(q - o)) / (2 * eps) for o in offsets], -1)
+        q = q - (d / np.maximum((grad * grad).sum(-1), 1e-6))[:, None] * grad
+    move = q - points
+    norm = np.linalg.norm(move, axis=-1, keepdims=True)
+    return points + move * np.minimum(1.0, max_move / np.maximum(norm, 1e-12))
+
+
 def _uv_sphere(n_lat: int, n_lon: int) -> tuple[np.ndarray, np.ndarray]:
     """Unit sphere with its pole on -z (looking at the camera): vertices [V, 3], outward triangles."""
     polar = np.linspace(0, math.pi, n_lat + 1)[1:-1]
@@ -650,7 +668,7 @@ def _random_bump_fields(head: np.ndarray, dirs: np.ndarray, hp: HeadParams, rng:
         eye_taper *= _smoothstep(1.6, 3.2, np.linalg.norm(head - c, axis=-1))
     for _ in range(n):
         centres = rng.normal(size=(5, 3)) * np.array([5.0, 6.0, 5.0]) + np.array([0.0, 2.0, -3.0])
-        amps = rng.normal(size=5) * 0.22
+        amps = rng.normal(size=5) * 0.35
         f = sum(a * _gauss(head, c, (2.5, 2.5, 2.5)) for a, c in zip(amps, centres))
         fields.append((f * eye_taper)[:, None] * dirs)
     return fields
@@ -688,7 +706,7 @@ def _build_arrays(n_id: int, n_exp: int, n_tex: int, spec: GridSpec, seed: int):
     id_fields = []
     for name in IDENTITY_NAMES[: min(n_id, len(IDENTITY_NAMES))]:
         hp2 = replace(hp, **{name: getattr(hp, name) + _IDENTITY_STD[name]})
-        head2 = _surface(origins, dirs, hp2)
+        head2 = _project_to_surface(head, lambda x, hp2=hp2: head_sdf(x, hp2))
         eyes2 = np.concatenate([c + hp.eyeball_radius * eye_local for c in _eyeball_centres(hp2)], 0)
         id_fields.append(np.concatenate([head2 - head, eyes2 - eyes], 0))
     n_random = max(0, n_id - len(id_fields))
