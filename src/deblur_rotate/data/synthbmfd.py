@@ -174,20 +174,28 @@ def camera_matrix(config: SynthConfig) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render_coefficients(model, coeffs: torch.Tensor, config: SynthConfig, chunk: int = 32):
-    """Render ``coeffs [B, C]`` -> (uint8 images [B, H, W, 3], landmarks [B, 68, 2])."""
+def render_meshes(model, vertices: torch.Tensor, colors: torch.Tensor, config: SynthConfig, chunk: int = 32):
+    """Render camera-frame meshes ``[B, Vtx, 3]`` with vertex colours -> (uint8 images [B, H, W, 3],
+    landmarks [B, 68, 2])."""
     from deblur_rotate.render.rasterizer import render
 
     images, landmarks = [], []
     k = camera_matrix(config)
-    for start in range(0, coeffs.shape[0], chunk):
-        vertices, colors = model(coeffs[start:start + chunk])
+    for start in range(0, vertices.shape[0], chunk):
         # Hard edges: supersampling antialiases; the soft silhouette is only needed for gradients.
-        out = render(vertices, model.triangles, colors, k, (config.size, config.size), background=0.0,
-                     landmark_indices=model.landmark_indices, supersample=config.supersample, edge_softness_px=0.0)
+        out = render(vertices[start:start + chunk], model.triangles, colors[start:start + chunk], k,
+                     (config.size, config.size), background=0.0, landmark_indices=model.landmark_indices,
+                     supersample=config.supersample, edge_softness_px=0.0)
         images.append(to_uint8(out.image * 2 - 1))
         landmarks.append(out.landmarks.float())
     return np.concatenate(images, 0), torch.cat(landmarks, 0)
+
+
+@torch.no_grad()
+def render_coefficients(model, coeffs: torch.Tensor, config: SynthConfig, chunk: int = 32):
+    """Render ``coeffs [B, C]`` -> (uint8 images [B, H, W, 3], landmarks [B, 68, 2])."""
+    vertices, colors = model(coeffs)
+    return render_meshes(model, vertices, colors, config, chunk)
 
 
 def _render_subject(model, config: SynthConfig, subject_index: int, out_dir: Path, progress=None) -> None:
@@ -203,8 +211,9 @@ def _render_subject(model, config: SynthConfig, subject_index: int, out_dir: Pat
         frames_per_chunk = max(1, 64 // num_views)
         for f0 in range(0, num_frames, frames_per_chunk):
             f1 = min(num_frames, f0 + frames_per_chunk)
-            batch = coeffs[:, f0:f1].reshape(-1, coeffs.shape[-1])  # [V * F, C], view-major
-            images, lms = render_coefficients(model, batch, config)
+            with torch.no_grad():
+                vertices, colors = model.forward_views(coeffs[:, f0:f1])  # [V * F, Vtx, 3], view-major
+            images, lms = render_meshes(model, vertices, colors, config)
             images = images.reshape(num_views, f1 - f0, *images.shape[1:])
             landmarks[:, f0:f1] = lms.reshape(num_views, f1 - f0, 68, 2)
             for v in range(num_views):
