@@ -1,0 +1,1 @@
+"""Networks: the StyleGAN2 generator, the encoders, the fusion MLP and the ported dlib identity ResNet."""
