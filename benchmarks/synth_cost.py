@@ -54,6 +54,25 @@ def main() -> None:
     scale = args.full_subjects / args.subjects
     print(f"extrapolated_minutes_{args.full_subjects}_subjects: {seconds * scale / 60:.1f}")
     print(f"extrapolated_gigabytes_{args.full_subjects}_subjects: {size * scale / 2**30:.2f}")
+    # How blurry the data is: PSNR of the blurry image (m = 32) against its sharp middle frame, over
+    # the face region (pixels that are not background in either), and over the whole image.
+    if config.num_frames >= 65:
+        import torch
+
+        from deblur_rotate.data.synthbmfd import SynthBMFD
+
+        ds = SynthBMFD(root, split="all", m=32)
+        picks = torch.linspace(0, len(ds) - 1, min(len(ds), 64)).long().tolist()
+        psnr_all, psnr_face = [], []
+        for i in picks:
+            sample = ds[i]
+            blurry, sharp = (sample["blurry"] + 1) / 2, (sample["targets"][2] + 1) / 2
+            err = (blurry - sharp) ** 2
+            face = ((blurry > 0.02) | (sharp > 0.02)).any(0)
+            psnr_all.append(-10 * torch.log10(err.mean()).item())
+            psnr_face.append(-10 * torch.log10(err[:, face].mean()).item())
+        print(f"blurry_vs_middle_psnr_db: {sum(psnr_all) / len(psnr_all):.2f}")
+        print(f"blurry_vs_middle_face_psnr_db: {sum(psnr_face) / len(psnr_face):.2f}")
     if not args.out:
         shutil.rmtree(root.parent, ignore_errors=True)
 
