@@ -58,7 +58,7 @@ def test_reader_blur_is_mean_of_window(dataset_root):
     assert len(ds) == 2 * 8 * (13 - 8)  # 2 train subjects x 8 views x valid centres
     sample = ds[0]
     subject, perf, view, center = ds.items[0]
-    frames = ds._frames(subject, perf, view, list(range(center - 4, center + 5)))
+    frames = ds.load_frames(subject, perf, view, list(range(center - 4, center + 5)))
     assert torch.allclose(sample["blurry"], frames.mean(0), atol=1e-6)
     assert torch.allclose(sample["targets"], frames[[0, 2, 4, 6, 8]])
     assert sample["targets"].shape == (5, 3, 32, 32) and sample["coeffs"].shape == (16 + 10 + 10 + 33,)

@@ -79,7 +79,7 @@ def run_demo(out: str | Path, subjects: int = 3, size: int = 96, seed: int = 0, 
     center = config.num_frames // 2
     view = 4 if 4 in ds.views else ds.views[0]
     sample = ds.load("subject_000", "perf_00", view, center)
-    frames = ds._frames("subject_000", "perf_00", view, list(range(center - _M, center + _M + 1, 4)))
+    frames = ds.load_frames("subject_000", "perf_00", view, list(range(center - _M, center + _M + 1, 4)))
     left = to_uint8(sample["blurry"])
     gif_frames = [np.concatenate([left, np.zeros((size, 4, 3), np.uint8), to_uint8(f)], 1) for f in frames]
     gif_frames = [np.array(Image.fromarray(g).resize((g.shape[1] * 2, g.shape[0] * 2), Image.NEAREST))

@@ -427,7 +427,8 @@ class SynthBMFD(torch.utils.data.Dataset):
                 raise UserError(f"cannot read {path} ({err}); the dataset is damaged, regenerate this subject") from err
         return self._meta_cache[key]
 
-    def _frames(self, subject: str, perf: str, view: int, indices: list[int]) -> torch.Tensor:
+    def load_frames(self, subject: str, perf: str, view: int, indices: list[int]) -> torch.Tensor:
+        """Sharp frames ``[len(indices), 3, H, W]`` in [-1, 1] at the stored size."""
         folder = self.root / subject / perf / f"view_{view}"
         frames = []
         for i in indices:
@@ -443,7 +444,7 @@ class SynthBMFD(torch.utils.data.Dataset):
         meta = self._meta(subject, perf)
         window = window_indices(center, self.m)
         targets_idx = target_indices(center, self.m)
-        frames = self._frames(subject, perf, view, window)
+        frames = self.load_frames(subject, perf, view, window)
         blurry = frames.mean(0, keepdim=True)
         targets = frames[[i - window[0] for i in targets_idx]]
         scale = self.size / self.stored_size
