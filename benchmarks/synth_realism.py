@@ -12,7 +12,6 @@ Targets (issue 2): detection_rate >= 0.8, nme <= 0.10. Also writes a contact she
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import time
@@ -24,9 +23,9 @@ import torch
 def dlib_models():
     import dlib
 
-    spec = importlib.util.find_spec("face_recognition_models")  # its __init__ needs pkg_resources: don't import
-    root = os.path.join(spec.submodule_search_locations[0], "models")
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(os.path.join(root, "shape_predictor_68_face_landmarks.dat"))
+    from deblur_rotate.dlib_models import LANDMARKS_68, dlib_model_file
+
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(dlib_model_file(LANDMARKS_68)))
 
 
 def main() -> None:

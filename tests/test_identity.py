@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from deblur_rotate.dlib_models import FACE_RECOGNITION as _MODEL_FILE
+from deblur_rotate.dlib_models import dlib_model_file
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import from_uint8
 from deblur_rotate.models.identity import (
@@ -10,7 +12,6 @@ from deblur_rotate.models.identity import (
     descriptor_distance,
     dlib_chip_transforms,
     dlib_face_chips,
-    dlib_model_file,
     extract_face_chips,
     load_dlib_face_recognition,
 )
@@ -55,7 +56,7 @@ def chips(photo):
 
 
 def test_matches_dlib_descriptors(net, chips):
-    recognizer = dlib.face_recognition_model_v1(str(dlib_model_file()))
+    recognizer = dlib.face_recognition_model_v1(str(dlib_model_file(_MODEL_FILE)))
     names = list(chips)
     batch = np.stack([chips[n] for n in names])
     expected = np.array([np.array(recognizer.compute_face_descriptor(c)) for c in batch])
@@ -123,7 +124,7 @@ def test_bad_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not a valid dlib face-recognition model"):
         load_dlib_face_recognition(garbage)
 
-    real = dlib_model_file().read_bytes()
+    real = dlib_model_file(_MODEL_FILE).read_bytes()
     truncated = tmp_path / "truncated.dat"
     truncated.write_bytes(real[: len(real) // 2])
     with pytest.raises(UserError, match="ends early"):

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_synth(sub)
     _add_demo(sub)
+    from deblur_rotate.data.prepare import add_prepare_parser
+
+    add_prepare_parser(sub)
     return parser
 
 

@@ -39,7 +39,6 @@ then each layer's details innermost first.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 from pathlib import Path
 
@@ -48,6 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from deblur_rotate.dlib_models import FACE_RECOGNITION, dlib_model_file
 from deblur_rotate.errors import UserError
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "CHIP_SIZE",
     "DlibFaceRecognitionNet",
     "load_dlib_face_recognition",
-    "dlib_model_file",
     "dlib_face_chips",
     "dlib_chip_transforms",
     "extract_face_chips",
@@ -64,7 +63,7 @@ __all__ = [
 
 CHIP_SIZE = 150  # dlib's input_rgb_image_sized<150>
 DLIB_MEAN_RGB = (122.782, 117.001, 104.298)  # dlib's default input means; the file carries its own
-_MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+_MODEL_FILE = FACE_RECOGNITION
 _PREDICTOR_5 = "shape_predictor_5_face_landmarks.dat"
 _PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
 
@@ -425,15 +424,6 @@ def _fill(net: DlibFaceRecognitionNet, records: list[dict]) -> None:
 # Public loaders
 # ---------------------------------------------------------------------------------------------------
 
-def dlib_model_file(name: str = _MODEL_FILE) -> Path:
-    """Path of one of dlib's model files shipped in the face-recognition-models package (located
-    without importing the package, whose ``__init__`` needs pkg_resources)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("dlib's face models are missing: `pip install face-recognition-models`")
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / name
-
-
 def load_dlib_face_recognition(
     path: str | Path | None = None,
     input_range: tuple[float, float] = (-1.0, 1.0),
@@ -446,7 +436,7 @@ def load_dlib_face_recognition(
     Returns a :class:`DlibFaceRecognitionNet` whose parameters have ``requires_grad=False`` (gradients
     still flow to the input). Raises :class:`UserError` if the file is missing or is not this network.
     """
-    path = Path(path) if path is not None else dlib_model_file()
+    path = Path(path) if path is not None else dlib_model_file(_MODEL_FILE)
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -1,0 +1,964 @@
+"""Readers of real face data (paper §4), the mixing batch sampler and colour jitter.
+
+Every reader yields the sample structure of :class:`~deblur_rotate.data.synthbmfd.SynthBMFD`:
+
+  ``blurry``            [3, S, S] float32 in [-1, 1]
+  ``targets``           [5, 3, S, S]: the sharp frames [c-m, c-m/2, c, c+m/2, c+m] (stills: 5 copies)
+  ``view``              int: rig view 1..8 where known, 0 otherwise
+  ``pose``              [3] (pitch, yaw, roll) radians, NaN when unknown
+  ``coeffs``            [C] 3DMM coefficients, or None when unknown
+  ``landmarks``         [68, 2] (u, v) pixels at the output size of the middle target, NaN when unknown
+  ``target_landmarks``  [5, 68, 2] landmarks of the 5 targets
+  ``source`` (str: reader kind), ``item`` (str: clip or file), ``center`` (int; -1 for stills),
+  ``mirrored`` (bool), and ``skin`` [5, 1, S, S] when a skin model is given.
+
+Readers
+  :class:`StillImages`    any folder of images (FFHQ): blur by a random 9x9 motion kernel.
+  :class:`VideoClips`     single-view video: 300VW (``NNN/vid.avi`` + ``NNN/annot/000001.pts``), any video
+                          files, or folders of frames; blur = mean of frames c-m..c+m (m = 4 by default).
+  :class:`MultiViewClips` the BMFD layout ``subject/performance/view_k/frame_XXXXX.png`` (m = 32), with
+                          same-instant access across views (:meth:`MultiViewClips.load_views`).
+  :class:`Vidtimit`       VIDTIMIT ``subject/video/head*/NNN`` for evaluation.
+Each also reads the folders written by ``deblur-rotate prepare`` (an ``index.json`` at the top, landmarks in
+``landmarks.npy`` files). ``mirror='pair'`` returns a sample and its horizontal mirror stacked on a leading
+[2] axis (a second view for single-view data); ``mirror='random'`` flips half the samples.
+
+Video is decoded lazily with PyAV (a window of frames per sample; no full video in memory).
+
+Randomness (blur kernels, random mirroring) is a pure function of ``(seed, epoch, index)``: call
+``set_epoch`` before each epoch (it reaches DataLoader workers when they are re-created each epoch, the
+default ``persistent_workers=False``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from deblur_rotate.data.blur import (NUM_TARGETS, apply_kernels, mirror_images, mirror_landmarks, mirror_pose,
+                                     mirror_view, random_motion_kernels, target_indices, valid_centers)
+from deblur_rotate.errors import UserError
+from deblur_rotate.files import from_uint8
+
+__all__ = [
+    "IMAGE_EXTS", "VIDEO_EXTS", "FrameFolder", "VideoFile", "read_pts", "square_resize", "mirror_sample",
+    "stack_samples", "collate_samples", "StillImages", "VideoClips", "MultiViewClips", "Vidtimit",
+    "MixedDataset", "MixedBatchSampler", "batch_counts", "sample_jitter", "apply_jitter", "jitter_batch",
+    "open_dataset", "detect_kind", "mixed_loader", "KINDS",
+]
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+VIDEO_EXTS = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+KINDS = ("images", "300vw", "multiview", "vidtimit")
+INDEX = "index.json"
+LANDMARKS = "landmarks.npy"
+
+
+def _seed(*values: int) -> int:
+    """A 63-bit seed from integers (order matters)."""
+    return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _natural_key(path: Path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            return np.array(img)  # a writable copy (torch.from_numpy warns on read-only arrays)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(f"cannot read image {path} ({err}); remove it, or run `deblur-rotate prepare`, "
+                        "which skips unreadable files") from err
+
+
+# -------------------------------------------------------------------------------------------- frame sources
+
+class FrameFolder:
+    """A clip stored as one image file per frame, in natural name order (``frame_2`` before ``frame_10``).
+
+    Files with an image extension count as frames; a folder with none (VIDTIMIT's ``001 002 ...``) uses its
+    extension-less files instead.
+    """
+
+    def __init__(self, path: str | os.PathLike, files: list[Path] | None = None):
+        self.path = Path(path)
+        self.files = files if files is not None else self.list_frames(self.path)
+
+    @staticmethod
+    def list_frames(path: Path) -> list[Path]:
+        entries = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+        frames = [p for p in entries if p.suffix.lower() in IMAGE_EXTS]
+        if not frames:
+            frames = [p for p in entries if p.suffix == "" and p.name.isdigit()]
+        return sorted(frames, key=_natural_key)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 frames ``[len(indices), H, W, 3]``."""
+        return np.stack([_read_image(self.files[i]) for i in indices])
+
+    def frames(self):
+        """Iterate over all frames in order (uint8 [H, W, 3]); unreadable ones raise UserError."""
+        for f in self.files:
+            yield _read_image(f)
+
+
+class VideoFile:
+    """A video file decoded lazily with PyAV: ``read`` seeks to the keyframe before the first frame asked
+    for and decodes forward. Frame ``k`` is the one whose timestamp is ``k / fps`` after the stream start
+    (constant frame rate assumed, as in 300VW). The container stays open between reads (per process)."""
+
+    def __init__(self, path: str | os.PathLike, num_frames: int | None = None):
+        self.path = Path(path)
+        self._container = None
+        self._pid = None  # process that opened the container
+        self._num_frames = num_frames
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_container"] = None  # containers do not pickle; each worker process reopens
+        return state
+
+    def _open(self):
+        if self._container is not None and self._pid != os.getpid():
+            self._container = None  # inherited through fork: the parent's decoder state is not ours to share
+        if self._container is None:
+            import av
+
+            self._pid = os.getpid()
+
+            try:
+                self._container = av.open(str(self.path))
+                self._stream = self._container.streams.video[0]
+            except (OSError, IndexError, av.error.FFmpegError) as err:
+                self._container = None
+                raise UserError(f"cannot open video {self.path} ({err}); remove it, or run `deblur-rotate prepare`, "
+                                "which skips unreadable videos") from err
+            self._stream.thread_type = "AUTO"
+            rate = self._stream.average_rate or self._stream.guessed_rate or 25
+            self._fps = float(rate)
+            self._tb = float(self._stream.time_base)
+            self._start = self._stream.start_time or 0
+        return self._container
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def __len__(self) -> int:
+        if self._num_frames is None:
+            container = self._open()
+            container.seek(0)
+            self._num_frames = sum(1 for p in container.demux(self._stream) if p.size)
+            self.close()  # listing many videos must not keep them all open
+        return self._num_frames
+
+    def _index_of(self, frame) -> int:
+        return int(round((frame.pts - self._start) * self._tb * self._fps))
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 frames ``[len(indices), H, W, 3]``."""
+        import av
+
+        wanted = sorted(set(int(i) for i in indices))
+        first, last = wanted[0], wanted[-1]
+        container = self._open()
+        got: dict[int, np.ndarray] = {}
+        try:
+            target = self._start + int(math.floor(first / self._fps / self._tb))
+            container.seek(target, stream=self._stream, backward=True, any_frame=False)
+            for frame in container.decode(self._stream):
+                k = self._index_of(frame) if frame.pts is not None else None
+                if k is None:
+                    break
+                if k > last:
+                    break
+                if k in wanted:
+                    got[k] = frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as err:
+            self.close()
+            raise UserError(f"cannot decode frames {first}..{last} of {self.path} ({err}); run "
+                            "`deblur-rotate prepare`, which skips damaged videos") from err
+        if len(got) < len(wanted):  # no usable timestamps: decode from the start, counting frames
+            got = {k: v for k, v in enumerate(self._sequential(last + 1)) if k in wanted}
+        if len(got) < len(wanted):
+            raise UserError(f"{self.path} has no frame {max(set(wanted) - set(got))} (it decodes to fewer frames than "
+                            "its header says); run `deblur-rotate prepare` on it")
+        return np.stack([got[int(i)] for i in indices])
+
+    def _sequential(self, count: int):
+        container = self._open()
+        container.seek(0)
+        for k, frame in enumerate(container.decode(self._stream)):
+            if k >= count:
+                break
+            yield frame.to_ndarray(format="rgb24")
+
+    def frames(self):
+        """Iterate over all frames in order (uint8 [H, W, 3]); one decode pass, nothing kept."""
+        import av
+
+        try:
+            container = av.open(str(self.path))
+        except (OSError, av.error.FFmpegError) as err:
+            raise UserError(f"cannot open video {self.path} ({err})") from err
+        try:
+            stream = container.streams.video[0]
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as err:
+            raise UserError(f"video {self.path} is damaged ({err})") from err
+        finally:
+            container.close()
+
+
+def read_pts(path: str | os.PathLike) -> np.ndarray:
+    """Landmarks ``[N, 2]`` float32 from an iBUG ``.pts`` file, converted from its 1-based pixel
+    coordinates to ours (pixel centres at 0..W-1): ``u = x - 1``. ValueError when malformed."""
+    text = Path(path).read_text(errors="replace")
+    match = re.search(r"\{(.*)\}", text, re.S)
+    if match is None:
+        raise ValueError(f"{path} is not a .pts file (no {{ }} block)")
+    values = np.array(match.group(1).split(), dtype=np.float64)
+    if values.size % 2:
+        raise ValueError(f"{path} has an odd number of coordinates")
+    return (values.reshape(-1, 2) - 1.0).astype(np.float32)
+
+
+def pts_landmarks(annot: Path, num_frames: int) -> np.ndarray:
+    """Landmarks ``[num_frames, 68, 2]`` from a 300VW ``annot`` folder (``000001.pts`` is frame 0); NaN
+    where a file is missing or malformed."""
+    out = np.full((num_frames, 68, 2), np.nan, np.float32)
+    for f in annot.glob("*.pts"):
+        if not f.stem.isdigit():
+            continue
+        k = int(f.stem) - 1
+        if 0 <= k < num_frames:
+            try:
+                pts = read_pts(f)
+            except (OSError, ValueError):
+                continue
+            if pts.shape == (68, 2):
+                out[k] = pts
+    return out
+
+
+# --------------------------------------------------------------------------------------------- geometry
+
+def square_resize(frames: np.ndarray | torch.Tensor, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Centre-crop frames to a square and resize to ``size``.
+
+    frames: uint8 ``[T, H, W, 3]`` or float ``[T, 3, H, W]`` in [-1, 1]. Returns (float ``[T, 3, size, size]``
+    in [-1, 1], the 2 x 3 affine map from source pixels to output pixels, for landmarks). Shrinking is
+    antialiased (bilinear with antialias), so the mean of frames commutes with it.
+    """
+    x = from_uint8(frames) if isinstance(frames, np.ndarray) else frames
+    h, w = x.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    if side != h or side != w:
+        x = x[..., top:top + side, left:left + side]
+    if side != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size)
+    s = size / side
+    # pixel centres at integers: u' = (u - left + 0.5) * s - 0.5
+    affine = np.array([[s, 0.0, (0.5 - left) * s - 0.5], [0.0, s, (0.5 - top) * s - 0.5]])
+    return x.clamp(-1, 1), affine
+
+
+def _apply_affine(affine: np.ndarray, points: np.ndarray) -> torch.Tensor:
+    p = np.asarray(points, dtype=np.float64)
+    return torch.from_numpy((p @ affine[:, :2].T + affine[:, 2]).astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------------ sample helpers
+
+def mirror_sample(sample: dict) -> dict:
+    """The horizontally mirrored sample: images flipped, landmarks flipped and renumbered, pose
+    (pitch, -yaw, -roll), rig view v -> 9 - v (0 stays 0), coeffs dropped (None: a mirrored 3DMM fit is not a
+    sign flip), ``mirrored`` toggled. Pure: the input is not modified."""
+    out = dict(sample)
+    width = sample["blurry"].shape[-1]
+    out["blurry"] = mirror_images(sample["blurry"])
+    out["targets"] = mirror_images(sample["targets"])
+    out["landmarks"] = mirror_landmarks(sample["landmarks"], width)
+    out["target_landmarks"] = mirror_landmarks(sample["target_landmarks"], width)
+    out["pose"] = mirror_pose(sample["pose"])
+    view = sample.get("view", 0)
+    out["view"] = mirror_view(view) if isinstance(view, int) and 1 <= view <= 8 else view
+    out["coeffs"] = None
+    if sample.get("skin") is not None:
+        out["skin"] = mirror_images(sample["skin"])
+    out["mirrored"] = not sample.get("mirrored", False)
+    return out
+
+
+def stack_samples(samples: Sequence[dict]) -> dict:
+    """Several samples of the same instant (views, or a sample and its mirror) -> one dict whose tensors
+    gain a leading [len(samples)] axis; ``view`` becomes an int64 tensor, ``mirrored`` a bool tensor;
+    None-valued keys stay None unless all are tensors; other values come from the first sample."""
+    out = {}
+    for key, value in samples[0].items():
+        values = [s.get(key) for s in samples]
+        if all(isinstance(v, torch.Tensor) for v in values):
+            out[key] = torch.stack(values)
+        elif key in ("view", "mirrored"):
+            out[key] = torch.tensor(values)
+        elif any(v is None for v in values):
+            out[key] = None
+        else:
+            out[key] = value
+    return out
+
+
+def collate_samples(samples: Sequence[dict]) -> dict:
+    """Batch samples from any readers (a DataLoader ``collate_fn``): tensors of equal shape are stacked,
+    ints/bools/floats become tensors, anything else (str, None, tensors of unequal shape, keys absent from
+    some samples) becomes a list with None where missing."""
+    keys = list(dict.fromkeys(k for s in samples for k in s))
+    out = {}
+    for key in keys:
+        values = [s.get(key) for s in samples]
+        if all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:
+            out[key] = torch.stack(values)
+        elif all(isinstance(v, (bool, int, float)) for v in values):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+def _nan_landmarks(*shape: int) -> torch.Tensor:
+    return torch.full((*shape, 68, 2), float("nan"))
+
+
+class _FaceDataset(torch.utils.data.Dataset):
+    """Shared machinery: mirroring modes, epoch, skin maps. Subclasses implement ``load(i)``."""
+
+    kind = "?"
+
+    def __init__(self, size: int, mirror: str, seed: int, skin_model: Callable | None):
+        if mirror not in ("none", "random", "pair"):
+            raise UserError(f"mirror must be 'none', 'random' or 'pair' (got {mirror!r})")
+        if not 16 <= int(size) <= 2048:
+            raise UserError(f"size must be between 16 and 2048 pixels (got {size})")
+        self.size, self.mirror, self.seed, self.skin_model = int(size), mirror, int(seed), skin_model
+        self.epoch = 0
+        self.skipped: list[tuple[str, str]] = []  # (item, reason) found unusable while listing
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new blur kernels / mirror flips this epoch (kernels are a function of seed, epoch, index)."""
+        self.epoch = int(epoch)
+
+    def _finish(self, sample: dict) -> dict:
+        if self.skin_model is not None:
+            with torch.no_grad():
+                sample["skin"] = self.skin_model(sample["targets"])  # [5, 1, S, S] weights, once per sample
+        return sample
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self._finish(self.load(int(i)))
+        if self.mirror == "pair":
+            return stack_samples([sample, mirror_sample(sample)])
+        if self.mirror == "random" and np.random.default_rng(_seed(self.seed, self.epoch, i, 1)).random() < 0.5:
+            return mirror_sample(sample)
+        return sample
+
+    def load(self, i: int) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _read_index(root: Path, kinds: Sequence[str]) -> dict | None:
+    path = root / INDEX
+    if not path.exists():
+        return None
+    try:
+        index = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path} is damaged ({err}); rerun `deblur-rotate prepare` to rebuild it") from err
+    if index.get("kind") not in kinds:
+        return None
+    return index
+
+
+# -------------------------------------------------------------------------------------------------- stills
+
+class StillImages(_FaceDataset):
+    """Still face images (FFHQ, or any folder of images at any depth, or a ``prepare --kind images``
+    output): blurry = the sharp image convolved with a random 9 x 9 motion kernel, targets = 5 copies of
+    the sharp image, view 0, pose NaN, landmarks from the prepared index (NaN otherwise)."""
+
+    kind = "images"
+
+    def __init__(self, root: str | os.PathLike,
+                 size: int = 256,  # output side, pixels (non-square images are centre-cropped)
+                 kernel_size: int = 9,  # side of the random motion kernels, pixels (odd)
+                 mirror: str = "none",  # 'none', 'random' (flip half) or 'pair' (sample + mirror, leading [2])
+                 seed: int = 0,  # kernels and flips are functions of (seed, epoch, index)
+                 skin_model: Callable | None = None):  # targets [5,3,S,S] -> skin weights [5,1,S,S]; None: no map
+        super().__init__(size, mirror, seed, skin_model)
+        self.root, self.kernel_size = Path(root), int(kernel_size)
+        if not self.root.is_dir():
+            raise UserError(f"image folder {self.root} does not exist")
+        index = _read_index(self.root, ("images",))
+        self.landmarks: np.ndarray | None = None
+        if index is not None:
+            self.files = [self.root / item["file"] for item in index["items"]]
+            lm_path = self.root / LANDMARKS
+            if lm_path.exists():
+                self.landmarks = np.load(lm_path)
+        else:
+            self.files = sorted((p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                                 and not any(part.startswith(".") for part in p.relative_to(self.root).parts)),
+                                key=lambda p: str(p.relative_to(self.root)))
+        if not self.files:
+            raise UserError(f"no images in {self.root}: expected image files ({', '.join(sorted(IMAGE_EXTS))}) "
+                            "at any depth, e.g. FFHQ's 00000/00000.png")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, i: int) -> dict:
+        image = _read_image(self.files[i])
+        sharp, affine = square_resize(image[None], self.size)  # [1, 3, S, S]
+        generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch, i))
+        kernel = random_motion_kernels(1, generator, size=self.kernel_size)
+        blurry = apply_kernels(sharp, kernel)[0].clamp(-1, 1)
+        if self.landmarks is not None:
+            lm = _apply_affine(affine, self.landmarks[i])
+        else:
+            lm = _nan_landmarks()
+        return {
+            "blurry": blurry,
+            "targets": sharp.expand(NUM_TARGETS, -1, -1, -1).clone(),
+            "view": 0,
+            "pose": torch.full((3,), float("nan")),
+            "coeffs": None,
+            "landmarks": lm,
+            "target_landmarks": lm.expand(NUM_TARGETS, -1, -1).clone(),
+            "source": self.kind,
+            "item": str(self.files[i].relative_to(self.root)),
+            "center": -1,
+            "mirrored": False,
+        }
+
+
+# ----------------------------------------------------------------------------------------- single view
+
+@dataclass
+class Clip:
+    """One single-view clip: its frames and where its landmarks come from."""
+
+    name: str  # path relative to the dataset root
+    frames: FrameFolder | VideoFile
+    annot: Path | None = None  # 300VW annot folder of .pts files
+    landmarks_file: Path | None = None  # [T, 68, 2] .npy written by prepare
+    num_frames: int = 0
+    _landmarks: np.ndarray | None = field(default=None, repr=False)
+
+    def landmarks(self) -> np.ndarray:
+        """``[T, 68, 2]`` float32 source-pixel landmarks (NaN where unknown), loaded once."""
+        if self._landmarks is None:
+            if self.landmarks_file is not None and self.landmarks_file.exists():
+                self._landmarks = np.load(self.landmarks_file).astype(np.float32)
+            elif self.annot is not None:
+                self._landmarks = pts_landmarks(self.annot, self.num_frames)
+            else:
+                self._landmarks = np.full((self.num_frames, 68, 2), np.nan, np.float32)
+        return self._landmarks
+
+
+def find_clips(root: Path) -> list[Clip]:
+    """Single-view clips under ``root``: video files (with a sibling ``annot/`` folder of .pts, as 300VW's
+    ``NNN/vid.avi``) and folders that directly hold image frames. Hidden folders are ignored."""
+    clips: list[Clip] = []
+    candidates = [root] + sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: str(p))
+    for folder in candidates:
+        rel = folder.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or folder.name == "annot":
+            continue
+        files = sorted((p for p in folder.iterdir() if p.is_file()), key=_natural_key)
+        for video in (p for p in files if p.suffix.lower() in VIDEO_EXTS):
+            annot = folder / "annot"
+            clips.append(Clip(str(video.relative_to(root)), VideoFile(video), annot=annot if annot.is_dir() else None))
+        frames = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
+        if frames:
+            lm = folder / LANDMARKS
+            clips.append(Clip(str(rel) if str(rel) != "." else folder.name, FrameFolder(folder, frames),
+                              landmarks_file=lm if lm.exists() else None))
+    return clips
+
+
+class VideoClips(_FaceDataset):
+    """Single-view video samples: one per (clip, centre frame c), blurry = mean of frames c-m..c+m, targets
+    frames [c-m, c-m/2, c, c+m/2, c+m], landmarks from 300VW .pts files or prepared ``landmarks.npy``
+    (NaN otherwise), view 0, pose NaN. Non-square frames are centre-cropped, then resized to ``size``."""
+
+    kind = "300vw"
+    _expected = ("300VW (NNN/vid.avi with NNN/annot/000001.pts ...), video files (.avi, .mp4, ...) or folders of "
+                 "frames (CLIP/000001.png ...)")
+
+    def __init__(self, root: str | os.PathLike,
+                 m: int = 4,  # blur half-window in frames (even): 2m+1 frames are averaged; 300VW: 4 (9 frames)
+                 size: int = 256,  # output side, pixels
+                 stride: int = 1,  # take every stride-th centre frame
+                 mirror: str = "none",  # 'none', 'random' or 'pair' (sample + mirror as a second view)
+                 seed: int = 0,
+                 skin_model: Callable | None = None):  # targets [5,3,S,S] -> [5,1,S,S] skin weights
+        super().__init__(size, mirror, seed, skin_model)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"video folder {self.root} does not exist")
+        if isinstance(m, bool) or not isinstance(m, int) or m < 2 or m % 2:
+            raise UserError(f"m must be an even number >= 2 (got {m})")
+        if stride < 1:
+            raise UserError(f"stride must be >= 1 (got {stride})")
+        self.m, self.stride = m, stride
+        self.clips = self._discover()
+        self.items: list[tuple[int, int]] = []
+        usable = []
+        for clip in self.clips:
+            try:
+                n = clip.num_frames or len(clip.frames)
+            except UserError as err:
+                self.skipped.append((clip.name, str(err)))
+                continue
+            clip.num_frames = n
+            if n < 2 * m + 1:
+                self.skipped.append((clip.name, f"{n} frames, fewer than the {2 * m + 1} that m={m} needs"))
+                continue
+            usable.append(clip)
+        self.clips = usable
+        for k, clip in enumerate(self.clips):
+            self.items.extend((k, c) for c in valid_centers(clip.num_frames, m)[::stride])
+        if not self.items:
+            why = f"; skipped: {self.skipped[0][0]}: {self.skipped[0][1]}" if self.skipped else ""
+            raise UserError(f"nothing usable in {self.root}: expected {self._expected} with at least {2 * m + 1} "
+                            f"frames per clip (m={m}){why}")
+
+    def _discover(self) -> list[Clip]:
+        index = _read_index(self.root, (self.kind, "video"))
+        if index is not None:
+            return [Clip(c["path"], FrameFolder(self.root / c["path"]),
+                         landmarks_file=self.root / c["path"] / LANDMARKS,
+                         num_frames=c["num_frames"]) for c in index["clips"]]
+        return find_clips(self.root)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, i: int) -> dict:
+        k, center = self.items[i]
+        clip = self.clips[k]
+        return self.load_clip(clip, center)
+
+    def load_clip(self, clip: Clip, center: int, view: int = 0, extra: dict | None = None) -> dict:
+        """The sample of ``clip`` at centre frame ``center`` (see the class docstring)."""
+        m = self.m
+        window = list(range(center - m, center + m + 1))
+        tidx = target_indices(center, m)
+        frames = clip.frames.read(window)  # uint8 [2m+1, H, W, 3]
+        # mean of the [-1, 1] frames, summed exactly in integers (the mean commutes with the linear crop and
+        # resize below, so they run on 6 images instead of 2m+1)
+        total = torch.from_numpy(frames.sum(0, dtype=np.uint32).astype(np.float32)).permute(2, 0, 1)
+        blurry = total[None] / (127.5 * len(window)) - 1.0
+        sharp = from_uint8(frames[[t - window[0] for t in tidx]])  # [5, 3, H, W]
+        images, affine = square_resize(torch.cat([blurry, sharp]), self.size)
+        lm = _apply_affine(affine, clip.landmarks()[tidx])  # [5, 68, 2]
+        sample = {
+            "blurry": images[0],
+            "targets": images[1:],
+            "view": view,
+            "pose": torch.full((3,), float("nan")),
+            "coeffs": None,
+            "landmarks": lm[2],
+            "target_landmarks": lm,
+            "source": self.kind,
+            "item": clip.name,
+            "center": center,
+            "mirrored": False,
+        }
+        if extra:
+            sample.update(extra)
+        return sample
+
+
+class Vidtimit(VideoClips):
+    """VIDTIMIT head-rotation sequences ``subject/video/head*/NNN`` (extension-less JPEG frames, 25 fps)
+    for evaluation, or a ``prepare --kind vidtimit`` output. Non-overlapping windows by default."""
+
+    kind = "vidtimit"
+    _expected = "VIDTIMIT sequences SUBJECT/video/head*/ holding frames 001 002 ..."
+
+    def __init__(self, root: str | os.PathLike, m: int = 4, size: int = 256, stride: int | None = None,
+                 mirror: str = "none", seed: int = 0, skin_model: Callable | None = None):
+        """stride: centre step; default 2m+1 (disjoint windows). See :class:`VideoClips` for the rest."""
+        super().__init__(root, m=m, size=size, stride=stride or 2 * m + 1, mirror=mirror, seed=seed,
+                         skin_model=skin_model)
+
+    def _discover(self) -> list[Clip]:
+        index = _read_index(self.root, ("vidtimit",))
+        if index is not None:
+            return super()._discover()
+        clips = []
+        for folder in sorted(self.root.glob("*/video/head*")):
+            if folder.is_dir():
+                lm = folder / LANDMARKS
+                clips.append(Clip(str(folder.relative_to(self.root)), FrameFolder(folder),
+                                  landmarks_file=lm if lm.exists() else None))
+        return clips
+
+
+# ------------------------------------------------------------------------------------------- multi-view
+
+_VIEW_RE = re.compile(r"^view_(\d+)$")
+
+
+class MultiViewClips(VideoClips):
+    """Multi-view high-frame-rate video in the BMFD layout ``ROOT/subject/performance/view_k/frame_XXXXX.png``
+    (views k = 1..8 from one side of the rig to the other; frame numbers shared by all views, so frame t of
+    every view is the same instant). One sample per (subject, performance, view, centre frame); m = 32 by
+    default (65 frames at 112 fps).
+
+    Landmarks come from ``view_k/landmarks.npy`` ([T, 68, 2], written by prepare) or a SynthBMFD
+    ``performance/meta.npz`` (which also gives pose and coeffs). ``pairs=True`` makes item i the instant
+    ``instants[i]`` seen from two distinct views drawn from (seed, epoch, i), stacked on a leading [2] axis.
+    """
+
+    kind = "multiview"
+    _expected = "the BMFD layout SUBJECT/PERFORMANCE/view_K/frame_XXXXX.png"
+
+    def __init__(self, root: str | os.PathLike,
+                 m: int = 32,  # blur half-window in frames (even); BMFD: 32, i.e. 65 frames at 112 fps
+                 size: int = 256,  # output side, pixels
+                 views: Sequence[int] | None = None,  # subset of rig views to use; default all found
+                 stride: int = 1,  # take every stride-th centre frame
+                 mirror: str = "none",  # 'none', 'random' or 'pair' (mirror: view v -> 9 - v)
+                 pairs: bool = False,  # items are instants with two distinct views (fusion stage, L_mview)
+                 seed: int = 0,
+                 skin_model: Callable | None = None):
+        self.view_filter = None if views is None else [int(v) for v in views]
+        self.pairs = bool(pairs)
+        super().__init__(root, m=m, size=size, stride=stride, mirror=mirror, seed=seed, skin_model=skin_model)
+        # group clips into performances: (subject/performance) -> {view: clip index}
+        self.performances: dict[str, dict[int, int]] = {}
+        for k, clip in enumerate(self.clips):
+            perf, view = clip.name.rsplit("/", 1)
+            self.performances.setdefault(perf, {})[int(_VIEW_RE.match(view).group(1))] = k
+        self.instants: list[tuple[str, int]] = []
+        for perf, views_k in self.performances.items():
+            n = min(self.clips[k].num_frames for k in views_k.values())
+            self.instants.extend((perf, c) for c in valid_centers(n, self.m)[::stride])
+        if self.pairs and not any(len(v) >= 2 for v in self.performances.values()):
+            raise UserError(f"pairs of views need performances with at least two views; {self.root} has one view each")
+        self.views = sorted({v for views_k in self.performances.values() for v in views_k})
+        self._meta_cache: OrderedDict = OrderedDict()
+
+    def _discover(self) -> list[Clip]:
+        index = _read_index(self.root, ("multiview",))
+        clips = []
+        folders = ([self.root / c["path"] for c in index["clips"]] if index is not None
+                   else sorted(self.root.glob("*/*/view_*")))
+        counts = {c["path"]: c["num_frames"] for c in index["clips"]} if index is not None else {}
+        for folder in folders:
+            match = _VIEW_RE.match(folder.name)
+            if not folder.is_dir() or match is None:
+                continue
+            if self.view_filter is not None and int(match.group(1)) not in self.view_filter:
+                continue
+            rel = str(folder.relative_to(self.root))
+            lm = folder / LANDMARKS
+            clips.append(Clip(rel, FrameFolder(folder), landmarks_file=lm if lm.exists() else None,
+                              num_frames=counts.get(rel, 0)))
+        for clip in clips:
+            if not clip.frames.files:
+                self.skipped.append((clip.name, "no image frames"))
+        return [c for c in clips if c.frames.files]
+
+    def __len__(self) -> int:
+        return len(self.instants) if self.pairs else len(self.items)
+
+    def _meta(self, perf: str) -> dict | None:
+        if perf not in self._meta_cache:
+            path = self.root / perf / "meta.npz"
+            meta = None
+            if path.exists():
+                try:
+                    with np.load(path) as data:
+                        meta = {k: data[k] for k in ("landmarks", "pose", "coeffs") if k in data.files}
+                except (OSError, ValueError) as err:
+                    raise UserError(f"cannot read {path} ({err}); the dataset is damaged") from err
+            self._meta_cache[perf] = meta
+            if len(self._meta_cache) > 8:
+                self._meta_cache.popitem(last=False)
+        return self._meta_cache[perf]
+
+    def load_view(self, perf: str, view: int, center: int) -> dict:
+        """The sample of one view of ``perf`` ('subject/performance') at centre frame ``center``."""
+        k = self.performances[perf].get(view)
+        if k is None:
+            raise UserError(f"{self.root / perf} has no view_{view}")
+        clip = self.clips[k]
+        subject, performance = perf.split("/")
+        extra = {"subject": subject, "performance": performance}
+        meta = self._meta(perf)
+        if meta is not None and clip.landmarks_file is None and clip._landmarks is None and "landmarks" in meta:
+            clip._landmarks = meta["landmarks"][view - 1].astype(np.float32)
+        if meta is not None and "pose" in meta:
+            extra["pose"] = torch.from_numpy(meta["pose"][view - 1, center].astype(np.float32))
+        if meta is not None and "coeffs" in meta:
+            extra["coeffs"] = torch.from_numpy(meta["coeffs"][view - 1, center].astype(np.float32))
+        return self.load_clip(clip, center, view=view, extra=extra)
+
+    def load_views(self, perf: str, center: int, views: Sequence[int]) -> dict:
+        """The same instant seen from several views: tensors gain a leading [len(views)] axis."""
+        return stack_samples([self._finish(self.load_view(perf, int(v), center)) for v in views])
+
+    def load(self, i: int) -> dict:
+        k, center = self.items[i]
+        perf, view = self.clips[k].name.rsplit("/", 1)
+        return self.load_view(perf, int(_VIEW_RE.match(view).group(1)), center)
+
+    def __getitem__(self, i: int) -> dict:
+        if not self.pairs:
+            return super().__getitem__(i)
+        perf, center = self.instants[i]
+        rng = np.random.default_rng(_seed(self.seed, self.epoch, i, 2))
+        available = sorted(self.performances[perf])
+        if len(available) < 2:
+            raise UserError(f"{self.root / perf} has a single view; pairs need two")
+        u, v = rng.choice(available, size=2, replace=False)
+        return self.load_views(perf, center, [int(u), int(v)])
+
+
+# ------------------------------------------------------------------------------------------------ factory
+
+def detect_kind(root: str | os.PathLike) -> str:
+    """Guess a folder's kind: 'synthbmfd', 'images', '300vw', 'multiview' or 'vidtimit' (a prepared
+    ``index.json`` decides when present). UserError when nothing matches."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"dataset folder {root} does not exist")
+    if (root / "synthbmfd.json").exists():
+        return "synthbmfd"
+    index = _read_index(root, KINDS)
+    if index is not None:
+        return index["kind"]
+    if any(root.glob("*/*/view_*")):
+        return "multiview"
+    if any(root.glob("*/video/head*")):
+        return "vidtimit"
+    for p in root.rglob("*"):
+        if p.suffix.lower() in VIDEO_EXTS or (p.name == "annot" and p.is_dir()):
+            return "300vw"
+    if any(p.suffix.lower() in IMAGE_EXTS for p in root.rglob("*")):
+        return "images"
+    raise UserError(f"cannot tell what {root} holds: expected images (FFHQ), 300VW videos, the BMFD layout "
+                    "SUBJECT/PERFORMANCE/view_K/frame_XXXXX.png or VIDTIMIT SUBJECT/video/head*/NNN")
+
+
+def open_dataset(kind: str, root: str | os.PathLike, size: int = 256, m: int | None = None, **kwargs):
+    """A reader by kind ('auto', 'images', '300vw' (any single-view video), 'multiview', 'vidtimit',
+    'synthbmfd'); ``m`` defaults to the kind's own (300VW/VIDTIMIT 4, multi-view 32)."""
+    if kind == "auto":
+        kind = detect_kind(root)
+    if kind == "images":
+        return StillImages(root, size=size, **kwargs)
+    if kind in ("300vw", "video"):
+        return VideoClips(root, m=m or 4, size=size, **kwargs)
+    if kind == "multiview":
+        return MultiViewClips(root, m=m or 32, size=size, **kwargs)
+    if kind == "vidtimit":
+        return Vidtimit(root, m=m or 4, size=size, **kwargs)
+    if kind == "synthbmfd":
+        from deblur_rotate.data.synthbmfd import SynthBMFD
+
+        return SynthBMFD(root, m=m or 32, size=size, **{k: v for k, v in kwargs.items() if k in ("split", "views",
+                                                                                                  "stride")})
+    raise UserError(f"unknown dataset kind {kind!r}: use auto, images, 300vw, multiview, vidtimit or synthbmfd")
+
+
+# ------------------------------------------------------------------------------------------------- mixing
+
+class MixedDataset(torch.utils.data.Dataset):
+    """Several datasets behind one index space (dataset k's item j is global index offsets[k] + j);
+    every sample gets ``source_index`` (int k) so a batch can be split by source."""
+
+    def __init__(self, datasets: Sequence[torch.utils.data.Dataset]):
+        if not datasets:
+            raise UserError("mixing needs at least one dataset")
+        self.datasets = list(datasets)
+        self.sizes = [len(d) for d in self.datasets]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int).tolist()
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def locate(self, i: int) -> tuple[int, int]:
+        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return k, i - self.offsets[k]
+
+    def set_epoch(self, epoch: int) -> None:
+        for d in self.datasets:
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict:
+        k, j = self.locate(int(i))
+        sample = dict(self.datasets[k][j])
+        sample["source_index"] = k
+        return sample
+
+
+def batch_counts(batch_size: int, ratio: Sequence[float], num_batches: int) -> np.ndarray:
+    """Samples per source in each of ``num_batches`` batches: ``[num_batches, K]`` ints, every row summing to
+    ``batch_size``. Each row holds floor(B r_k / sum r); the leftover slots go to the sources furthest behind
+    their share so far, so that over many batches the counts follow the ratio to within one sample."""
+    r = np.asarray(ratio, dtype=np.float64)
+    if r.ndim != 1 or r.size < 1 or (r < 0).any() or r.sum() <= 0:
+        raise UserError(f"mixing ratio must be non-negative numbers with a positive sum (got {list(ratio)})")
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1 (got {batch_size})")
+    quota = batch_size * r / r.sum()
+    base = np.floor(quota).astype(int)
+    left = batch_size - base.sum()
+    owed = np.zeros_like(quota)
+    out = np.zeros((num_batches, r.size), dtype=int)
+    for b in range(num_batches):
+        owed += quota - base
+        counts = base.copy()
+        if left:
+            order = np.lexsort((np.arange(r.size), -owed))  # most owed first, ties to the lower source
+            chosen = order[:left]
+            counts[chosen] += 1
+            owed[chosen] -= 1
+        out[b] = counts
+    return out
+
+
+class MixedBatchSampler(torch.utils.data.Sampler):
+    """Batches of global indices into a :class:`MixedDataset`, with ``batch_size`` samples per rank per
+    batch split among the sources by ``ratio`` (default 2:1:1, the paper's FFHQ : 300VW : BMFD).
+
+    Each source is read as an endless stream of shuffled passes (a fresh permutation per pass, seeded by
+    (seed, epoch, source, pass)); under DDP, rank r takes stream positions r, r + W, r + 2W, ... (W =
+    world_size), so ranks see disjoint samples and the whole is a pure function of
+    (seed, epoch, rank, world_size). Use as ``DataLoader(mixed, batch_sampler=sampler, collate_fn=collate_samples)``.
+    """
+
+    def __init__(self, sizes: Sequence[int],  # len() of each source, in MixedDataset order
+                 batch_size: int,  # samples per batch on this rank
+                 ratio: Sequence[float] = (2, 1, 1),  # relative share of each source in every batch
+                 seed: int = 0,
+                 rank: int = 0,  # this process's rank under DDP
+                 world_size: int = 1,  # number of DDP processes
+                 batches_per_epoch: int | None = None):  # default: ceil(sum(sizes) / (batch_size * world_size))
+        self.sizes, self.ratio = [int(s) for s in sizes], list(ratio)
+        if len(self.sizes) != len(self.ratio):
+            raise UserError(f"{len(self.sizes)} datasets but a mixing ratio of {len(self.ratio)} numbers "
+                            f"({':'.join(map(str, self.ratio))}); give one number per dataset")
+        for k, (n, r) in enumerate(zip(self.sizes, self.ratio)):
+            if r > 0 and n == 0:
+                raise UserError(f"dataset {k} of the mix is empty but has ratio {r}")
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.batch_size, self.seed, self.rank, self.world_size = int(batch_size), int(seed), int(rank), int(world_size)
+        self.batches_per_epoch = batches_per_epoch or max(1, math.ceil(sum(self.sizes) / (batch_size * world_size)))
+        self.epoch = 0
+        self.counts = batch_counts(self.batch_size, self.ratio, self.batches_per_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def _stream(self, k: int):
+        n, w, pass_no, position = self.sizes[k], self.world_size, 0, 0
+        while True:
+            g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, k, pass_no))
+            perm = torch.randperm(n, generator=g).tolist()
+            for j in perm:
+                if position % w == self.rank:
+                    yield j
+                position += 1
+            pass_no += 1
+
+    def __iter__(self):
+        offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
+        streams = [self._stream(k) if self.sizes[k] else None for k in range(len(self.sizes))]
+        for counts in self.counts:
+            batch = []
+            for k, c in enumerate(counts):
+                batch.extend(int(offsets[k] + next(streams[k])) for _ in range(c))
+            yield batch
+
+
+def mixed_loader(datasets: Sequence[torch.utils.data.Dataset], batch_size: int, ratio: Sequence[float] = (2, 1, 1),
+                 seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 2,
+                 batches_per_epoch: int | None = None, **loader_kwargs) -> torch.utils.data.DataLoader:
+    """A DataLoader of mixed batches (see :class:`MixedBatchSampler`); collated by :func:`collate_samples`."""
+    mixed = MixedDataset(datasets)
+    sampler = MixedBatchSampler(mixed.sizes, batch_size, ratio, seed=seed, rank=rank, world_size=world_size,
+                                batches_per_epoch=batches_per_epoch)
+    return torch.utils.data.DataLoader(mixed, batch_sampler=sampler, collate_fn=collate_samples, num_workers=workers,
+                                       **loader_kwargs)
+
+
+# ------------------------------------------------------------------------------------------ colour jitter
+
+def sample_jitter(n: int, generator: torch.Generator, brightness: float = 0.2, contrast: float = 0.2,
+                  saturation: float = 0.2, hue: float = 0.05) -> dict[str, torch.Tensor]:
+    """Jitter parameters for ``n`` samples, each ``[n]``: brightness offset in [-b, b] (on [0, 1] images),
+    contrast and saturation factors in [1 - c, 1 + c], hue shift in [-h, h] of a full turn (converted to
+    radians)."""
+    def u(spread):
+        return (torch.rand(n, generator=generator) * 2 - 1) * spread
+    return {"brightness": u(brightness), "contrast": 1 + u(contrast), "saturation": 1 + u(saturation),
+            "hue": u(hue) * 2 * math.pi}
+
+
+def apply_jitter(images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Colour jitter with kornia on ``images [N, ..., 3, H, W]`` in [-1, 1]: every image of sample i (all the
+    axes between N and 3: targets, views) gets the same parameters ``params[*][i]``. Order: brightness,
+    contrast, saturation, hue. Output has the input's shape, in [-1, 1]."""
+    from kornia.enhance import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
+
+    shape = images.shape
+    n = shape[0]
+    per = int(np.prod(shape[1:-3])) if images.dim() > 4 else 1
+    x = ((images.reshape(n * per, *shape[-3:]) + 1) * 0.5).clamp(0, 1)
+
+    def rep(key):
+        return params[key].to(x).repeat_interleave(per)
+    x = adjust_brightness(x, rep("brightness"))
+    x = adjust_contrast(x, rep("contrast"))
+    x = adjust_saturation(x, rep("saturation"))
+    x = adjust_hue(x, rep("hue"))
+    return (x.clamp(0, 1) * 2 - 1).reshape(shape)
+
+
+def jitter_batch(batch: dict, generator: torch.Generator, **spreads: float) -> dict:
+    """A collated batch with ``blurry`` and ``targets`` colour-jittered alike per sample (see
+    :func:`sample_jitter` for the spreads). Pure: returns a new dict."""
+    params = sample_jitter(batch["blurry"].shape[0], generator, **spreads)
+    out = dict(batch)
+    out["blurry"] = apply_jitter(batch["blurry"], params)
+    out["targets"] = apply_jitter(batch["targets"], params)
+    return out
