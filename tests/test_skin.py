@@ -25,3 +25,15 @@ def test_astronaut_face_is_skin_and_helmet_is_not():
     w = skin_weights(image)
     assert set(torch.unique(w).tolist()) <= {1.0, 2.0}
     assert SkinWeights()(image[:, :, :8, :8]).shape == (1, 1, 8, 8)
+
+
+def test_readers_compute_skin_maps_once_per_sample(tmp_path):
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from deblur_rotate.data.readers import StillImages
+
+    Image.fromarray(skdata.astronaut()[40:200, 150:310]).save(tmp_path / "face.png")
+    sample = StillImages(tmp_path, size=32, skin_model=SkinWeights())[0]
+    assert sample["skin"].shape == (5, 1, 32, 32)
+    assert sample["skin"].max() == 2.0 and sample["skin"].min() == 1.0
