@@ -158,6 +158,20 @@ class DlibFaceRecognitionNet(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+    def feature_maps(self, images: torch.Tensor, num_blocks: int = 6) -> list[torch.Tensor]:
+        """Intermediate activations for a perceptual loss: the stem's output, then the output of each of
+        the first ``num_blocks`` residual blocks. images: [N, 3, H, W] in ``input_range``, any size
+        >= 32 px (not only chips). Returns a list of [N, C_k, H_k, W_k]."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images [N, 3, H, W], got {tuple(images.shape)}")
+        x = F.max_pool2d(F.relu(self.stem(self.to_dlib_input(images))), 3, 2)
+        feats = [x]
+        for block in self.blocks[:num_blocks]:
+            x = block(x)
+            feats.append(x)
+        return feats
+
+
 def descriptor_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Euclidean distance of descriptors a, b: [N, 128] -> [N]. dlib calls two faces the same person
     below 0.6. (Differentiable; the sqrt gets a tiny epsilon so identical inputs have a finite gradient.)"""
