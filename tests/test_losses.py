@@ -50,7 +50,8 @@ def test_perceptual_fallback_and_vgg(tmp_path):
     assert loss > 0 and y.grad.abs().sum() > 0
     import torchvision
 
-    torch.save(torchvision.models.vgg16(weights=None).state_dict(), tmp_path / "vgg16.pth")
+    features = torchvision.models.vgg16(weights=None).features[:23]  # what the loss uses: up to relu4_3
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, tmp_path / "vgg16.pth")
     vgg = PerceptualFeatures(tmp_path / "vgg16.pth")
     assert len(vgg(x)) == 4 and vgg(x)[0].shape[1] == 64
     (tmp_path / "bad.pth").write_bytes(b"not a state dict")

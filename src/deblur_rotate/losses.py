@@ -125,11 +125,16 @@ class PerceptualFeatures(nn.Module):
                     state = load_file(str(path))
                 else:
                     state = torch.load(path, map_location="cpu", weights_only=True)
-                vgg = torchvision.models.vgg16(weights=None)
-                vgg.load_state_dict(state)
+                # Only the convolutional part up to relu4_3 is used: take its keys (the classifier may be absent).
+                net = torchvision.models.vgg16(weights=None).features[: self.VGG_LAYERS[-1] + 1]
+                wanted = {f"features.{k}" for k in net.state_dict()}
+                missing = sorted(wanted - set(state))
+                if missing:
+                    raise KeyError(f"missing {', '.join(missing[:4])}")
+                net.load_state_dict({k[len("features."):]: v for k, v in state.items() if k in wanted})
             except Exception as err:  # noqa: BLE001 - any failure here is a bad file for the user
                 raise UserError(f"{path} is not a torchvision VGG16 state dict ({err})") from err
-            self.net = vgg.features[: self.VGG_LAYERS[-1] + 1]
+            self.net = net
             self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
         else:
