@@ -48,9 +48,9 @@ def test_perceptual_fallback_and_vgg(tmp_path):
     loss = perceptual_loss(y, torch.flip(x, dims=[-1]), feats)
     loss.backward()
     assert loss > 0 and y.grad.abs().sum() > 0
-    import torchvision
+    from torchvision.models.vgg import cfgs, make_layers
 
-    features = torchvision.models.vgg16(weights=None).features[:23]  # what the loss uses: up to relu4_3
+    features = make_layers(cfgs["D"])[:23]  # vgg16().features up to relu4_3: what the loss uses
     torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, tmp_path / "vgg16.pth")
     vgg = PerceptualFeatures(tmp_path / "vgg16.pth")
     assert len(vgg(x)) == 4 and vgg(x)[0].shape[1] == 64

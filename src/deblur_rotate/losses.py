@@ -112,7 +112,7 @@ class PerceptualFeatures(nn.Module):
         super().__init__()
         self.kind = "vgg16" if vgg16_weights else "dlib-resnet"
         if vgg16_weights:
-            import torchvision
+            from torchvision.models.vgg import cfgs, make_layers
 
             path = Path(vgg16_weights)
             if not path.is_file():
@@ -126,7 +126,7 @@ class PerceptualFeatures(nn.Module):
                 else:
                     state = torch.load(path, map_location="cpu", weights_only=True)
                 # Only the convolutional part up to relu4_3 is used: take its keys (the classifier may be absent).
-                net = torchvision.models.vgg16(weights=None).features[: self.VGG_LAYERS[-1] + 1]
+                net = make_layers(cfgs["D"])[: self.VGG_LAYERS[-1] + 1]  # vgg16().features, no classifier
                 wanted = {f"features.{k}" for k in net.state_dict()}
                 missing = sorted(wanted - set(state))
                 if missing:

@@ -1,0 +1,1 @@
+"""Training: the shared loop (torchrun/DDP, checkpoints, logging) and one trainer per stage."""
