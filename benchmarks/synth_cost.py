@@ -9,7 +9,6 @@ prints the measured time and size, plus the figures extrapolated linearly to ``-
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time

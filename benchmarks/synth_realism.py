@@ -37,7 +37,6 @@ def main() -> None:
     parser.add_argument("--sheet", default=None, help="write a subjects x views contact sheet here")
     args = parser.parse_args()
 
-    from deblur_rotate.data.motion import MotionConfig, sample_performance
     from deblur_rotate.data.synthbmfd import SynthConfig, performance_coefficients, render_coefficients
 
     detector, predictor = dlib_models()

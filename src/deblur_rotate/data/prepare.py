@@ -136,8 +136,7 @@ def clip_landmarks(frames, aligner: FaceAligner, given: np.ndarray | None = None
             out.append(aligner.landmarks(image, box) if box is not None else np.full((68, 2), np.nan, np.float32))
         t += 1
     if num_frames is not None and t < num_frames:
-        for k in range(t, num_frames):
-            out.append(np.full((68, 2), np.nan, np.float32))
+        out.extend(np.full((68, 2), np.nan, np.float32) for _ in range(t, num_frames))
     lm = np.stack(out) if out else np.zeros((0, 68, 2), np.float32)
     return lm, bad, t
 
@@ -230,7 +229,7 @@ def _prepare_clip(run: _Run, key: str, clip: Clip, out_names: list[str], bounds:
         return {"skipped": "no readable frame"}
     if bounds is None or not bounds:
         return {"skipped": "no frames"}
-    kept, skipped_segments = [], []
+    skipped_segments = []
     plans = []
     for j, (a, b) in enumerate(bounds):
         if b > len(lm):

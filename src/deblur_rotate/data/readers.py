@@ -149,7 +149,9 @@ class VideoFile:
                 self._container = None
                 raise UserError(f"cannot open video {self.path} ({err}); remove it, or run `deblur-rotate prepare`, "
                                 "which skips unreadable videos") from err
-            self._stream.thread_type = "AUTO"
+            # Single-threaded decoding: FFmpeg's decoder threads in a process that later forks DataLoader
+            # workers can leave the children deadlocked (seen in the test suite); the windows read per
+            # sample are short, so threads gain little here.
             rate = self._stream.average_rate or self._stream.guessed_rate or 25
             self._fps = float(rate)
             self._tb = float(self._stream.time_base)

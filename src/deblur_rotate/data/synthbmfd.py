@@ -17,7 +17,6 @@ complete. Output is a pure function of the config (seeded per subject and perfor
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, field

@@ -5,7 +5,7 @@ Two kinds of files, kept apart (as BasicSR keeps ``.pth`` weights apart from ``.
 * **Weights** of one network: a folder with ``config.json`` (the constructor's keyword arguments; keys
   starting with ``_`` are metadata such as ``_class_name``) and ``model.safetensors`` (its state_dict:
   parameters + persistent buffers). :func:`save_network` / :func:`load_network` / :func:`load_weights`.
-  The format matches :mod:`deblur_rotate.models.io`.
+  Written and read by :mod:`deblur_rotate.models.io` (one implementation for both).
 * **Training state**: one ``.safetensors`` file holding every tensor (optimizer moments, RNG states,
   EMA weights, ...) plus, in its header metadata, a JSON description of the nested structure (dicts,
   lists, tuples, ints, floats, strings, bools, None) that says where each tensor goes.
@@ -34,6 +34,8 @@ from torch import nn
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import atomic_write_bytes, atomic_write_json
+from deblur_rotate.models.io import (CONFIG_NAME, WEIGHTS_NAME, check_state_dict, read_config, read_weights,
+                                     write_network)
 
 __all__ = [
     "CONFIG_NAME",
@@ -55,8 +57,6 @@ __all__ = [
     "check_name",
 ]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 STATE_NAME = "training_state.safetensors"
 _STATE_FORMAT = "deblur_rotate.training_state"
 _STATE_VERSION = 1
@@ -66,115 +66,12 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # ----------------------------------------------------------------------------------------------- weights
 
 
-def _dedup_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """CPU, contiguous copies of ``state`` fit for safetensors: tied entries (the same storage, offset,
-    shape and strides) are stored once and listed as aliases {alias: stored_key}; any other memory
-    sharing is broken by copying."""
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
-    for key, value in state.items():
-        value = value.detach()
-        ident = (value.device, value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
-                 value.stride(), value.dtype)
-        if value.numel() > 0 and ident in seen:
-            aliases[key] = seen[ident]
-            continue
-        seen[ident] = key
-        tensors[key] = value.to("cpu", copy=True).contiguous()
-    return tensors, aliases
-
-
 def save_network(module: nn.Module, folder: str | os.PathLike, config: dict) -> Path:
-    """Write ``module`` as ``folder/model.safetensors`` + ``folder/config.json``; returns the folder.
-
-    module: the network (a DDP wrapper is unwrapped); its ``state_dict()`` is saved, tensors moved to
-            CPU and made contiguous; tied tensors are stored once and restored on load.
-    config: the constructor's keyword arguments, JSON-serialisable, so that ``cls(**config)`` rebuilds
-            the same architecture. ``_class_name`` (and ``_kind`` if the class has one) is added.
-    Each file is written atomically (weights first, then the config).
-    """
-    from safetensors.torch import save as st_save
-
+    """Write ``module`` (a DDP wrapper is unwrapped) as ``folder/model.safetensors`` + ``folder/config.json``
+    with ``config`` as its constructor arguments (see :func:`deblur_rotate.models.io.write_network`)."""
     from deblur_rotate.train.distributed import unwrap
 
-    module = unwrap(module)
-    folder = Path(folder)
-    meta = dict(config)
-    meta.setdefault("_class_name", type(module).__name__)
-    if getattr(module, "_kind", None) is not None:
-        meta.setdefault("_kind", module._kind)
-    text = json.dumps(meta, indent=2) + "\n"  # fail on a non-JSON config before writing anything
-    tensors, aliases = _dedup_tensors(module.state_dict())
-    header = {"format": "pt"}
-    if aliases:
-        header["aliases"] = json.dumps(aliases)
-    atomic_write_bytes(folder / WEIGHTS_NAME, st_save(tensors, metadata=header))
-    atomic_write_bytes(folder / CONFIG_NAME, text.encode())
-    return folder
-
-
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-
-    path = folder / WEIGHTS_NAME
-    if not path.is_file():
-        raise UserError(f"{folder}: no {WEIGHTS_NAME} "
-                        f"(a saved network is a folder with {CONFIG_NAME} + {WEIGHTS_NAME})")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
-            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
-    for alias, key in aliases.items():
-        if key in state:
-            state[alias] = state[key]
-    return state
-
-
-def _read_config(folder: Path) -> dict:
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise UserError(f"{folder}: no {CONFIG_NAME} (a saved network is a folder with {CONFIG_NAME} + {WEIGHTS_NAME})")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: expected a JSON object of constructor arguments")
-    return config
-
-
-def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise UserError unless ``state`` has exactly the keys and shapes of ``module.state_dict()``;
-    the message names the missing keys, the unexpected keys and the differing shapes (10 of each at most)."""
-    own = _bare(module).state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if not (missing or unexpected or shapes):
-        return
-
-    def few(keys: list[str], fmt: Callable[[str], str] = str) -> str:
-        more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
-        return ", ".join(fmt(k) for k in keys[:10]) + more
-
-    parts = []
-    if missing:
-        parts.append(f"missing keys: {few(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys: {few(unexpected)}")
-    if shapes:
-        parts.append("shape mismatch: " + few(
-            shapes, lambda k: f"{k} (checkpoint {list(state[k].shape)}, model {list(own[k].shape)})"))
-    raise UserError(f"{source} does not fit {type(module).__name__}: " + "; ".join(parts))
-
-
-def _bare(module: nn.Module) -> nn.Module:
-    from deblur_rotate.train.distributed import unwrap
-
-    return unwrap(module)
+    return write_network(unwrap(module), folder, config)
 
 
 def load_weights(module: nn.Module, folder: str | os.PathLike) -> nn.Module:
@@ -183,7 +80,7 @@ def load_weights(module: nn.Module, folder: str | os.PathLike) -> nn.Module:
     from deblur_rotate.train.distributed import unwrap
 
     folder = Path(folder)
-    state = _read_weights(folder)
+    state = read_weights(folder)
     bare = unwrap(module)
     check_state_dict(bare, state, source=str(folder))
     bare.load_state_dict(state, strict=True)
@@ -201,7 +98,7 @@ def load_network(folder: str | os.PathLike, build: Callable[..., nn.Module],
     folder is incomplete, the config does not fit ``build`` or keys/shapes differ (naming them).
     """
     folder = Path(folder)
-    config = {k: v for k, v in _read_config(folder).items() if not k.startswith("_")}
+    config = {k: v for k, v in read_config(folder).items() if not k.startswith("_")}
     try:
         module = build(**config)
     except TypeError as e:
