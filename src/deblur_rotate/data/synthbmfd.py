@@ -246,9 +246,9 @@ def _check_output_folder(root: Path, config: SynthConfig) -> set[str]:
         previous = json.loads(marker.read_text())
     except (OSError, ValueError) as err:
         raise UserError(f"{marker} is unreadable ({err}); delete the folder {root} and generate again") from err
-    if previous != json.loads(json.dumps(config.to_dict())):
-        changed = sorted(k for k in set(previous) | set(config.to_dict())
-                         if previous.get(k) != json.loads(json.dumps(config.to_dict())).get(k))
+    current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
+    if previous != current:
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         raise UserError(f"{root} holds SynthBMFD generated with other settings ({', '.join(changed)} differ); "
                         "rerun with the same options to resume, or choose a new folder for --out")
     return {p.name for p in root.glob("subject_*") if p.is_dir()}
@@ -258,7 +258,8 @@ def generate(root: str | os.PathLike, config: SynthConfig, workers: int = 1, pro
              model=None) -> dict:
     """Generate (or resume) a SynthBMFD folder. Returns the index (also written to ``ROOT/index.json``).
 
-    workers: processes rendering subjects in parallel (each uses one torch thread).
+    workers: processes rendering subjects in parallel (each uses one torch thread and builds its own model).
+    model: a prebuilt procedural model matching ``config.model`` (used by the single-process path only).
     """
     config.validate()
     root = Path(root)
