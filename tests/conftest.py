@@ -16,3 +16,18 @@ def small_model():
     from deblur_rotate.face3d.procedural import build_procedural_model
 
     return build_procedural_model(**SMALL_MODEL)
+
+
+def write_video(path, frames, fps=30):
+    """Write uint8 frames [T, H, W, 3] as a lossless PNG-codec video (decoded frames equal the written ones)."""
+    av = pytest.importorskip("av")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    container = av.open(str(path), "w")
+    stream = container.add_stream("png", rate=fps)  # lossless, so decoded frames equal the written ones
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
+    for f in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()

@@ -11,6 +11,7 @@ import torch
 from deblur_rotate.data.align import FaceAligner, ffhq_transform, transform_points, warp_image
 from deblur_rotate.data.prepare import add_prepare_parser, prepare, segment_bounds
 from deblur_rotate.data.readers import MultiViewClips, StillImages, VideoClips, Vidtimit, read_pts
+from conftest import write_video
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import load_png, save_png
 
@@ -37,20 +38,6 @@ class CountingAligner(FaceAligner):
 @pytest.fixture(scope="module")
 def aligner():
     return CountingAligner()
-
-
-def write_video(path, frames, fps=30):
-    av = pytest.importorskip("av")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    container = av.open(str(path), "w")
-    stream = container.add_stream("png", rate=fps)
-    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
-    for f in frames:
-        for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
 
 
 def test_segment_bounds():

@@ -9,6 +9,7 @@ from deblur_rotate.data.blur import IBUG68_MIRROR, apply_kernels, random_motion_
 from deblur_rotate.data.readers import (MixedBatchSampler, MultiViewClips, StillImages, VideoClips, Vidtimit,
                                         _seed, apply_jitter, batch_counts, collate_samples, detect_kind, jitter_batch,
                                         mixed_loader, mirror_sample, sample_jitter)
+from conftest import write_video
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import from_uint8, save_png
 
@@ -29,20 +30,6 @@ def write_folder(folder, n, name="frame_{:05d}.png", **kw):
     for t, f in enumerate(frames):
         save_png(folder / name.format(t), f)
     return np.stack(frames)
-
-
-def write_video(path, frames, fps=30):
-    av = pytest.importorskip("av")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    container = av.open(str(path), "w")
-    stream = container.add_stream("png", rate=fps)  # lossless, so decoded frames equal the written ones
-    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
-    for f in frames:
-        for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
 
 
 def fake_landmarks(t: int) -> np.ndarray:
