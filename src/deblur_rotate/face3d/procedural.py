@@ -26,7 +26,7 @@ Every basis has its standard deviation folded in: coefficients ~N(0, 1) give pla
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -135,7 +135,7 @@ def _eye_opening_sdf(p: np.ndarray, hp: HeadParams, opening: float | None = None
     return np.maximum(dx, dy)
 
 
-def head_sdf(points: np.ndarray, hp: HeadParams = NEUTRAL, blink_opening: float | None = None) -> np.ndarray:
+def head_sdf(points: np.ndarray, hp: HeadParams = NEUTRAL) -> np.ndarray:
     """Signed distance (cm, negative inside) of the neutral head with parameters ``hp`` at ``points [P, 3]``."""
     p = points
     fl, fw = hp.face_length, hp.face_width
@@ -203,7 +203,7 @@ def head_sdf(points: np.ndarray, hp: HeadParams = NEUTRAL, blink_opening: float 
     # Eyelid shells around the eyeballs with almond openings.
     eye_c = (hp.eye_spacing, 0.0, hp.eye_centre_z)
     lids = _ellipsoid(pm, eye_c, (hp.lid_radius, hp.lid_radius, hp.lid_radius))
-    opening = _eye_opening_sdf(pm, hp, blink_opening)
+    opening = _eye_opening_sdf(pm, hp)
     lids = _smax(lids, -opening, 0.06)
     head = _smin(head, lids, 0.35)
     # Carve the socket between brow and cheek so the opening shows the eyeball.
@@ -380,29 +380,13 @@ def _gauss(p: np.ndarray, centre, sigma) -> np.ndarray:
     return np.exp(-0.5 * (d * d).sum(-1))
 
 
-def _rotate_about_x(p: np.ndarray, pivot, angle: float) -> np.ndarray:
-    return _rot_x(p, pivot, angle)
-
-
-@dataclass
-class _Parts:
-    """Intermediate arrays of the build (numpy, model frame)."""
-
-    head: np.ndarray  # [Vh, 3] neutral head-grid vertices
-    eyes: np.ndarray  # [2 * Ve, 3] eyeball vertices (right eye of the subject = image left first)
-    eye_local: np.ndarray  # [Ve, 3] unit-sphere coordinates of one eyeball (pole at -z)
-    tris: np.ndarray  # [F, 3] all triangles
-    origins: np.ndarray
-    dirs: np.ndarray
-    labels: dict = field(default_factory=dict)
-
-
 def _eyeball_centres(hp: HeadParams) -> np.ndarray:
     return np.array([[-hp.eye_spacing, 0.0, hp.eye_centre_z], [hp.eye_spacing, 0.0, hp.eye_centre_z]])
 
 
-def _surface(origins, dirs, hp: HeadParams, **kw) -> np.ndarray:
-    r = _outermost_hit(origins, dirs, lambda x: head_sdf(x, hp, **kw))
+def _surface(origins, dirs, hp: HeadParams) -> np.ndarray:
+    """Head-grid vertices: the outermost hit of each ray on the head with parameters ``hp``."""
+    r = _outermost_hit(origins, dirs, lambda x: head_sdf(x, hp))
     return origins + r[:, None] * dirs
 
 
@@ -422,7 +406,7 @@ def _expression_fields(head: np.ndarray, eyes: np.ndarray, hp: HeadParams, origi
     below = _smoothstep(my - band, my + band, y) * _smoothstep(2.5, -1.0, z) * _smoothstep(14.0, 11.0, y)
     below *= _smoothstep(6.0, 4.5, np.abs(x)) * is_head
     hinge = (0.0, 1.2, 1.0)
-    rotated = _rotate_about_x(v, hinge, math.radians(16.0))  # positive: the chin goes down and back
+    rotated = _rot_x(v, hinge, math.radians(16.0))  # positive: the chin goes down and back
     fields.append((rotated - v) * below[:, None])
 
     # smile: mouth corners up, out and back; cheeks rise.
@@ -453,7 +437,7 @@ def _expression_fields(head: np.ndarray, eyes: np.ndarray, hp: HeadParams, origi
         upper = _smoothstep(0.0, -0.25, rel[:, 1])  # y < 0 relative to the eye centre: the upper lid
         inside_x = _smoothstep(1.9, 1.3, np.abs(rel[:, 0]))
         w = on_lid * upper * inside_x
-        rot = _rotate_about_x(v, centre, lid_angle)  # positive angle about x moves -z points towards +y
+        rot = _rot_x(v, centre, lid_angle)  # positive angle about x moves -z points towards +y
         d += (rot - v) * w[:, None]
     fields.append(d)
 
