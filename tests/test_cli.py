@@ -44,3 +44,15 @@ def test_demo_writes_sheet_and_gif(tmp_path):
     assert sheet.size[0] > 8 * 32
     gif = Image.open(tmp_path / "demo" / "blur_vs_sharp.gif")
     assert gif.n_frames == 17
+
+
+def test_train_generator_bad_data_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "generator", "--preset", "micro", "--data", str(empty), "--out", str(tmp_path / "run"),
+                 "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(empty) in err[0]
+    assert main(["train", "generator", "--preset", "micro", "--data", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "run2"), "--steps", "1"]) == 2
+    assert "missing" in capsys.readouterr().err

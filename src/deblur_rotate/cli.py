@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_demo(sub)
     from deblur_rotate.data.prepare import add_prepare_parser
+    from deblur_rotate.train.commands import add_train_parser
 
     add_prepare_parser(sub)
+    add_train_parser(sub)
     return parser
 
 
