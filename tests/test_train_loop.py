@@ -250,6 +250,12 @@ def test_tied_weights_and_state_types_round_trip(tmp_path):
         net.weight.add_(1.0)
     ema_update(ema, net, beta=0.75)
     assert torch.allclose(ema.weight, net.weight - 0.75)
+    # buffers (running statistics such as G's tracked mean W) are copied, not averaged
+    bn_ema, bn = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    bn.running_mean.fill_(2.0)
+    bn.num_batches_tracked.fill_(7)
+    ema_update(bn_ema, bn, beta=0.9)
+    assert torch.equal(bn_ema.running_mean, bn.running_mean) and int(bn_ema.num_batches_tracked) == 7
 
 
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):

@@ -57,6 +57,7 @@ __all__ = [
     "load_dlib_face_recognition",
     "dlib_face_chips",
     "dlib_chip_transforms",
+    "chip_transforms_from_landmarks",
     "extract_face_chips",
     "descriptor_distance",
 ]
@@ -541,16 +542,50 @@ def dlib_chip_transforms(
     import dlib
 
     image = np.ascontiguousarray(image)
+    out = [_chip_affine(dlib.get_face_chip_details(shape, size, padding))
+           for shape in _dlib_shapes(image, upsample, landmarks)]
+    return np.stack(out) if out else np.zeros((0, 2, 3))
+
+
+def _chip_affine(details) -> np.ndarray:
+    """dlib ``chip_details`` -> float64 [2, 3] map chip pixel (x, y, 1) -> image pixel."""
+    r = details.rect
+    centre = np.array([(r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2])
+    c, s = math.cos(details.angle), math.sin(details.angle)
+    corners = np.array([[r.left(), r.top()], [r.right(), r.top()], [r.right(), r.bottom()]]) - centre
+    corners = corners @ np.array([[c, s], [-s, c]]) + centre  # rotate by +angle about the centre
+    chip = np.array([[0, 0, 1], [details.cols - 1, 0, 1], [details.cols - 1, details.rows - 1, 1]],
+                    dtype=np.float64)
+    return np.linalg.solve(chip, corners).T
+
+
+def chip_transforms_from_landmarks(
+    landmarks: np.ndarray | torch.Tensor,
+    size: int = CHIP_SIZE,
+    padding: float = 0.25,
+    subpixel: float = 16.0,
+) -> np.ndarray:
+    """dlib's face-chip geometry from given 68-point (iBUG) landmarks, no detection needed.
+
+    landmarks: [N, 68, 2] pixel coordinates (x, y) — e.g. a dataset's ground truth or dlib's predictor.
+    subpixel: dlib takes integer points, so the landmarks are scaled by this factor first and the
+              transform scaled back (16: 1/16-pixel precision, which matters on 64 px faces).
+    Returns float64 [N, 2, 3] chip pixel -> image pixel maps for :func:`extract_face_chips`, the same as
+    ``dlib.get_face_chip_details(shape, size, padding)`` on those points.
+    """
+    import dlib
+
+    points = np.asarray(landmarks.detach().cpu() if isinstance(landmarks, torch.Tensor) else landmarks,
+                        dtype=np.float64)
+    if points.ndim != 3 or points.shape[1:] != (68, 2):
+        raise ValueError(f"expected landmarks [N, 68, 2], got {points.shape}")
     out = []
-    for shape in _dlib_shapes(image, upsample, landmarks):
-        d = dlib.get_face_chip_details(shape, size, padding)
-        r = d.rect
-        centre = np.array([(r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2])
-        c, s = math.cos(d.angle), math.sin(d.angle)
-        corners = np.array([[r.left(), r.top()], [r.right(), r.top()], [r.right(), r.bottom()]]) - centre
-        corners = corners @ np.array([[c, s], [-s, c]]) + centre  # rotate by +angle about the centre
-        chip = np.array([[0, 0, 1], [d.cols - 1, 0, 1], [d.cols - 1, d.rows - 1, 1]], dtype=np.float64)
-        out.append(np.linalg.solve(chip, corners).T)
+    for pts in points * subpixel:
+        parts = [dlib.point(int(round(x)), int(round(y))) for x, y in pts]
+        lo, hi = pts.min(0), pts.max(0)
+        box = dlib.rectangle(int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1]))
+        a = _chip_affine(dlib.get_face_chip_details(dlib.full_object_detection(box, parts), size, padding))
+        out.append(a / subpixel)
     return np.stack(out) if out else np.zeros((0, 2, 3))
 
 

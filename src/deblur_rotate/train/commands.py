@@ -1,18 +1,20 @@
 """``deblur-rotate train STAGE ...``: one sub-subcommand per training stage.
 
-Wire into the CLI with ``add_train_parser(subparsers)``. A new stage adds a function
-``_add_<stage>(stages)`` that registers its parser (with ``set_defaults(func=...)``) and appends
-it to :data:`STAGES`.
+Wire into the CLI with ``add_train_parser(subparsers)``. A stage lives in its own module
+``deblur_rotate.train.<name>`` listed in :data:`STAGE_MODULES`, which defines ``add_parser(stages)``:
+it registers the stage's parser (using :func:`add_common_options`, with ``set_defaults(func=...)``).
+Keep those modules' top-level imports light: every ``deblur-rotate`` call imports them.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 
-__all__ = ["STAGES", "add_train_parser", "run_generator"]
+__all__ = ["STAGES", "STAGE_MODULES", "add_common_options", "add_train_parser", "run_generator"]
 
 
-def _add_common(p: argparse.ArgumentParser, *, batch_help: str) -> None:
+def add_common_options(p: argparse.ArgumentParser, *, batch_help: str) -> None:
     """Options every stage shares (run folder, steps, checkpoints, logging, device, resume)."""
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints/, tb/, samples/, config.json)")
     p.add_argument("--steps", type=int, default=1000, help="total iterations of the run (default 1000)")
@@ -41,7 +43,7 @@ def _add_generator(stages) -> None:
     p.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
     p.add_argument("--all-frames", action="store_true", help="train on all 5 sharp targets, not only the middle")
     p.add_argument("--mirror", action="store_true", help="x-flip augmentation")
-    _add_common(p, batch_help="total batch over all processes (default: micro 4, tiny 8, paper 32)")
+    add_common_options(p, batch_help="total batch over all processes (default: micro 4, tiny 8, paper 32)")
     p.add_argument("--lr", type=float, default=0.002, help="Adam learning rate (default 0.002)")
     p.add_argument("--r1-gamma", type=float, default=None, help="R1 weight (default: micro 0.1, tiny 0.2, paper 1)")
     p.add_argument("--r1-every", type=int, default=16, help="lazy R1 interval (default 16)")
@@ -57,6 +59,21 @@ def _add_generator(stages) -> None:
 
 
 STAGES = [_add_generator]
+# stage modules in training order, each with add_parser(stages); see the module docstring
+STAGE_MODULES = ("sharp_encoder", "blur_encoder", "face3d", "fusion", "deblur_baseline")
+
+
+def _stage_adders():
+    yield from STAGES
+    for name in STAGE_MODULES:
+        module_name = f"deblur_rotate.train.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:  # a stage not written yet
+                continue
+            raise
+        yield module.add_parser
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -64,7 +81,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train one stage of the model",
                               description="Train one stage of the model (each stage has its own sub-command).")
     stages = p.add_subparsers(dest="stage", metavar="STAGE")
-    for add in STAGES:
+    for add in _stage_adders():
         add(stages)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     return p

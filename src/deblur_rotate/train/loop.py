@@ -46,8 +46,9 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ from deblur_rotate.train.checkpoint import (
     write_checkpoint,
 )
 
-__all__ = ["Trainer", "MixedPrecision", "ema_update", "StepFn"]
+__all__ = ["MixedPrecision", "StepFn", "Trainer", "ema_update"]
 
 StepFn = Callable[[Any, int], Mapping[str, "torch.Tensor | float"]]
 
@@ -77,7 +78,9 @@ StepFn = Callable[[Any, int], Mapping[str, "torch.Tensor | float"]]
 @torch.no_grad()
 def ema_update(ema_module: nn.Module, module: nn.Module, beta: float) -> None:
     """Exponential moving average, in place: ``ema = beta * ema + (1 - beta) * module`` for every
-    floating-point parameter and buffer; other buffers (counters, int tables) are copied.
+    parameter. Buffers are copied, as NVlabs' StyleGAN2 does: they are statistics the module keeps
+    itself (G's tracked mean W, BatchNorm running means), already averages, and the EMA copy must use
+    the current ones (an average of G's w_avg would lag behind the truncation centre G samples around).
 
     ema_module: a copy of the module's architecture (e.g. ``copy.deepcopy(net).eval().requires_grad_(False)``).
     module:     the trained network (a DDP wrapper is unwrapped).
@@ -92,11 +95,7 @@ def ema_update(ema_module: nn.Module, module: nn.Module, beta: float) -> None:
         p_ema.lerp_(p.to(p_ema.dtype), 1.0 - beta)
     src_buffers = dict(module.named_buffers())
     for name, b_ema in ema_module.named_buffers():
-        b = src_buffers[name]
-        if b_ema.is_floating_point():
-            b_ema.lerp_(b.to(b_ema.dtype), 1.0 - beta)
-        else:
-            b_ema.copy_(b)
+        b_ema.copy_(src_buffers[name])
 
 
 class MixedPrecision:

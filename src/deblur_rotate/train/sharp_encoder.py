@@ -1,0 +1,480 @@
+"""Stage 2: the sharp-image encoder E_s, trained with the generator G fine-tuned (paper §3.2, §3.6).
+
+E_s maps a sharp face y to W+ codes; G.synthesis renders them back. Both are trained on
+
+    l_s = lambda_id L_id + lambda_per L_per + lambda_edge L_edge + lambda_l1 L_1        (image terms)
+        + lambda_g(step) |G_init - G|^2                                                   (G kept near its start)
+        + lambda_s |1 - |E_s(y)| / |w|_ref|                                               (codes at W's scale)
+
+with the paper's weights (lambda_id 0.5, lambda_per 1e-6, lambda_edge 0.2, lambda_g 1, lambda_s 1) and
+skin pixels counting double in L_1 and L_edge (:class:`deblur_rotate.skin.SkinWeights`).
+
+Choices the paper leaves open, made here and written to RUN/config.json:
+
+* "lambda_g relaxed during training": lambda_g falls linearly from its value to 0 over
+  ``g_relax_steps`` iterations (default: the first half of the run), then G is free.
+* ``|E_s(y)|`` is measured against ``|w|_ref``, the mean norm of codes from G's mapping network (W's
+  vectors have norms far from 1); see :func:`deblur_rotate.losses.latent_norm_loss`.
+* L_id: the ported dlib face-recognition ResNet on 150 x 150 chips cut (differentiably) along dlib's
+  alignment of the sample's 68 landmarks; without landmarks (NaN), a fixed chip covering the image centre.
+* E_s starts at G's mean W (its head is zero-initialised, see models/encoders.py); G runs with
+  ``noise_mode='const'``, as at inference.
+* EMA copies of E_s and G (half-life ``ema_images``) are what RUN/sharp_encoder/ and RUN/generator/ hold.
+
+Usage::
+
+    deblur-rotate train sharp-encoder --preset tiny --data data/synthbmfd --generator runs/g/generator --out runs/es
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deblur_rotate.errors import UserError
+from deblur_rotate.train import distributed as dist_utils
+
+__all__ = [
+    "SharpEncoderConfig",
+    "SharpEncoderStage",
+    "SharpFaces",
+    "add_parser",
+    "central_chip_transform",
+    "g_weight_at",
+    "mean_w_norm",
+]
+
+# per-preset defaults: total batch, EMA half-life (images)
+PRESET_DEFAULTS: dict[str, dict] = {
+    "paper": {"batch": 72, "ema_images": 10_000.0},
+    "tiny": {"batch": 8, "ema_images": 2_000.0},
+    "micro": {"batch": 4, "ema_images": 100.0},
+}
+
+
+# ------------------------------------------------------------------------------------------------- pure helpers
+
+def g_weight_at(step: int, weight: float, relax_steps: int) -> float:
+    """lambda_g at ``step``: ``weight`` falling linearly to 0 at ``relax_steps`` (0 steps: always 0)."""
+    if relax_steps <= 0:
+        return 0.0
+    return float(weight) * max(0.0, 1.0 - step / relax_steps)
+
+
+@torch.no_grad()
+def mean_w_norm(generator, num: int = 2048, seed: int = 0) -> float:
+    """Mean Euclidean norm of W codes G's mapping network gives for ``num`` random z (truncation 1)."""
+    g = torch.Generator().manual_seed(seed)
+    dev = next(generator.parameters()).device
+    z = torch.randn(num, generator.z_dim, generator=g).to(dev)
+    ws = generator.mapping(z, update_w_avg=False)  # [num, num_ws, w_dim], identical entries
+    return float(ws[:, 0].norm(dim=-1).mean())
+
+
+def central_chip_transform(size: int, chip: int = 150, fraction: float = 0.8) -> np.ndarray:
+    """[2, 3] chip pixel -> image pixel map of a square chip covering the central ``fraction`` of a
+    ``size`` x ``size`` image (used for faces without landmarks)."""
+    side = fraction * (size - 1)
+    scale = side / (chip - 1)
+    offset = (size - 1 - side) / 2
+    return np.array([[scale, 0.0, offset], [0.0, scale, offset]])
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+class SharpFaces(torch.utils.data.Dataset):
+    """Sharp faces of any reader with their identity-chip geometry.
+
+    Item: ``{"image": [3, R, R] in [-1, 1], "chip": [2, 3] float32 chip pixel -> image pixel map}``.
+    Item ``i`` is the middle target of sample ``i``; with ``all_frames`` every one of the 5 targets is an
+    item; with ``mirror`` each also appears mirrored (landmarks renumbered). Deterministic in ``i``.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset,  # a reader (open_dataset) giving targets, target_landmarks
+                 all_frames: bool = True,                     # all 5 sharp targets, not only the middle one
+                 mirror: bool = True,                         # add horizontally mirrored copies
+                 ):
+        self.dataset = dataset
+        self.frames = 5 if all_frames else 1
+        self.copies = 2 if mirror else 1
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.frames * self.copies
+
+    def __getitem__(self, i: int) -> dict:
+        from deblur_rotate.data.blur import mirror_landmarks
+        from deblur_rotate.models.identity import chip_transforms_from_landmarks
+
+        i, flip = divmod(int(i), self.copies)
+        i, frame = divmod(i, self.frames)
+        sample = self.dataset[i]
+        targets, marks = sample["targets"], sample.get("target_landmarks")
+        if targets.dim() == 5:  # a mirrored pair [2, 5, 3, S, S]: the first view
+            targets, marks = targets[0], None if marks is None else marks[0]
+        k = 2 if self.frames == 1 else frame
+        image = targets[k].float()
+        size = image.shape[-1]
+        landmarks = None if marks is None else marks[k].float()
+        if flip:
+            image = image.flip(-1)
+            landmarks = None if landmarks is None else mirror_landmarks(landmarks, size)
+        if landmarks is not None and bool(torch.isfinite(landmarks).all()):
+            chip = chip_transforms_from_landmarks(landmarks[None].numpy())[0]
+        else:
+            chip = central_chip_transform(size)
+        return {"image": image, "chip": torch.as_tensor(chip, dtype=torch.float32)}
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+@dataclass
+class SharpEncoderConfig:
+    """Everything that determines a sharp-encoder run (written to RUN/config.json)."""
+
+    preset: str = "tiny"  # micro (32 px), tiny (64 px), paper (256 px): G's size and E_s's backbone
+    data: str = ""  # dataset folder (SynthBMFD, images, 300VW, multi-view)
+    generator: str = ""  # folder of the trained generator (RUN_G/generator)
+    out: str = ""  # run folder
+    kind: str = "auto"  # dataset kind for open_dataset
+    split: str = "train"  # SynthBMFD split
+    m: int | None = None  # blur half-window in frames: which 5 targets a sample has (default: the kind's own)
+    all_frames: bool = True  # all 5 sharp targets of each sample
+    mirror: bool = True  # x-flip augmentation
+    steps: int = 5000  # iterations
+    batch: int | None = None  # total batch over all processes (default per preset)
+    lr: float = 1e-4  # Adam learning rate of E_s (the paper's 1e-4)
+    lr_generator: float = 1e-4  # Adam learning rate of G's synthesis network (0: G frozen)
+    lambda_l1: float = 1.0
+    lambda_id: float = 0.5
+    lambda_per: float = 1e-6
+    lambda_edge: float = 0.2
+    lambda_g: float = 1.0  # |G_init - G|^2 weight at the start
+    g_relax_steps: int | None = None  # iterations until lambda_g reaches 0 (default: steps // 2)
+    lambda_s: float = 1.0
+    skin_weight: float = 2.0  # weight of skin pixels in L_1 and L_edge (1: off)
+    vgg16_weights: str | None = None  # torchvision VGG16 ImageNet weights for L_per (else the dlib fallback)
+    ema_images: float | None = None  # EMA half-life in images (default per preset)
+    backbone_weights: str | None = None  # torchvision ResNet weights to start E_s's backbone from
+    checkpoint_every: int = 500
+    log_every: int = 50
+    image_every: int | None = None  # default: checkpoint_every
+    grid: int = 8  # reconstructions in the image grid (0: none)
+    seed: int = 0
+    device: str | None = None
+    precision: str = "fp32"
+    workers: int = 0
+    resume: bool = False
+    progress: bool = True
+
+    def resolved(self) -> SharpEncoderConfig:
+        """A copy with preset defaults filled in; UserError on impossible values."""
+        from deblur_rotate.models.stylegan2 import PRESETS
+
+        if self.preset not in PRESETS:
+            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+        c = copy.deepcopy(self)
+        d = PRESET_DEFAULTS[c.preset]
+        c.batch = d["batch"] if c.batch is None else int(c.batch)
+        c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
+        c.g_relax_steps = c.steps // 2 if c.g_relax_steps is None else int(c.g_relax_steps)
+        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        c.data, c.out, c.generator = str(c.data), str(c.out), str(c.generator)
+        for name in ("batch", "checkpoint_every", "log_every"):
+            if getattr(c, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
+        for name in ("steps", "lr", "lr_generator", "lambda_l1", "lambda_id", "lambda_per", "lambda_edge",
+                     "lambda_g", "g_relax_steps", "lambda_s", "ema_images", "grid", "workers", "image_every"):
+            if getattr(c, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
+        if c.skin_weight < 1:
+            raise UserError(f"--skin-weight must be >= 1 (got {c.skin_weight})")
+        if c.precision not in ("fp32", "fp16", "bf16"):
+            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
+        return c
+
+
+# ------------------------------------------------------------------------------------------------- stage
+
+class SharpEncoderStage:
+    """Builds E_s, G (fine-tuned), their optimizers and EMA copies, the loss networks and the data
+    stream, and runs them through the shared Trainer. ``run()`` writes RUN/sharp_encoder/ and
+    RUN/generator/ (EMA weights)."""
+
+    def __init__(self, config: SharpEncoderConfig):
+        from deblur_rotate.losses import PerceptualFeatures
+        from deblur_rotate.models.encoders import SharpEncoder, encoder_config
+        from deblur_rotate.models.identity import load_dlib_face_recognition
+        from deblur_rotate.skin import SkinWeights
+        from deblur_rotate.train.gan import ema_beta_for
+        from deblur_rotate.train.loop import MixedPrecision, Trainer
+
+        self.config = c = config.resolved()
+        self.info = info = dist_utils.setup(c.device)
+        if c.batch % info.world_size:
+            raise UserError(f"--batch {c.batch} must be a multiple of the number of processes ({info.world_size})")
+        self.batch_per_rank = c.batch // info.world_size
+        self.out = Path(c.out)
+        dev = info.device
+
+        self.G = self._load_generator().to(dev)
+        self.resolution = self.G.img_resolution
+        self.dataset = self._open_data()
+        dist_utils.seed_all(c.seed, per_rank=False)
+        self.e_config = dict(num_ws=self.G.num_ws, w_dim=self.G.w_dim, **encoder_config(c.preset, "sharp"))
+        self.E = SharpEncoder(**self.e_config, pretrained_backbone=c.backbone_weights).to(dev).train()
+        self.E.set_latent_offset(self.G.mapping.w_avg)
+        self.w_norm_ref = mean_w_norm(self.G)
+        self.G.train()
+        self.G.mapping.requires_grad_(False)  # E_s replaces the mapping network
+        self.G_init = {k: v.detach().clone() for k, v in self.G.synthesis.named_parameters()}
+        self.E_ema = copy.deepcopy(self.E).eval().requires_grad_(False)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.E_ddp = dist_utils.wrap_ddp(self.E)
+        self.G_synthesis = dist_utils.wrap_ddp(self.G.synthesis, broadcast_buffers=False) if c.lr_generator > 0 \
+            else self.G.synthesis
+        if c.lr_generator <= 0:
+            self.G.synthesis.requires_grad_(False)
+
+        self.opt_E = torch.optim.Adam(self.E.parameters(), lr=c.lr, betas=(0.9, 0.999))
+        opts = {"E": self.opt_E}
+        if c.lr_generator > 0:
+            self.opt_G = torch.optim.Adam(self.G.synthesis.parameters(), lr=c.lr_generator, betas=(0.9, 0.999))
+            opts["G"] = self.opt_G
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
+        self.amp = MixedPrecision(enabled=c.precision != "fp32", device=dev, dtype=dtype)
+
+        self.identity_net = load_dlib_face_recognition().to(dev) if c.lambda_id > 0 else None
+        self.perceptual = PerceptualFeatures(c.vgg16_weights).to(dev) if c.lambda_per > 0 else None
+        self.skin = SkinWeights(c.skin_weight) if c.skin_weight > 1 else None
+        dist_utils.seed_all(c.seed)
+
+        self.grid_batch = self._fixed_grid(c.grid) if c.grid > 0 else None
+        total_batch = c.batch
+
+        def ema_beta(step: int) -> float:
+            return ema_beta_for(total_batch, c.ema_images, 0.05, step)
+
+        run_config = {**asdict(c), "stage": "sharp-encoder", "world_size": info.world_size,
+                      "sharp_encoder": self.e_config, "generator_config": self.G.config,
+                      "w_norm_reference": self.w_norm_ref, "dataset_items": len(self.dataset),
+                      "perceptual_features": None if self.perceptual is None else self.perceptual.kind}
+        run_config.pop("resume", None)
+        run_config.pop("progress", None)
+        self.trainer = Trainer(
+            run_dir=self.out, networks={"E": self.E, "G": self.G},
+            network_configs={"E": self.e_config, "G": self.G.config}, optimizers=opts, step_fn=self.step_fn,
+            data=self.batches, total_steps=c.steps, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
+            ema={"E": self.E_ema, "G": self.G_ema}, ema_beta=ema_beta, amp=self.amp, run_config=run_config,
+            image_fn=self.image_fn if self.grid_batch is not None else None,
+            image_every=c.image_every if self.grid_batch is not None else 0, progress=c.progress)
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _load_generator(self):
+        from deblur_rotate.models.io import load_pretrained
+        from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
+
+        c = self.config
+        if not c.generator:
+            raise UserError("--generator is required: the folder of a trained generator "
+                            "(RUN/generator from `deblur-rotate train generator`)")
+        folder = Path(c.generator)
+        if not folder.is_dir():
+            raise UserError(f"generator folder {folder} not found; train one with `deblur-rotate train generator` "
+                            "or give the folder that holds its config.json + model.safetensors")
+        G = Generator(**stylegan2_config(c.preset, "generator"))
+        return load_pretrained(G, folder)  # UserError naming keys/shapes on another preset
+
+    def _open_data(self) -> SharpFaces:
+        from deblur_rotate.data.readers import open_dataset
+
+        c = self.config
+        if not c.data:
+            raise UserError("--data is required: a folder of sharp faces (SynthBMFD, images, 300VW or multi-view)")
+        root = Path(c.data)
+        kwargs = {"split": c.split} if c.kind in ("auto", "synthbmfd") else {}
+        try:
+            ds = open_dataset(c.kind, root, size=self.resolution, m=c.m, **kwargs)
+        except TypeError:
+            ds = open_dataset(c.kind, root, size=self.resolution, m=c.m)
+        if len(ds) == 0:
+            raise UserError(f"{root} holds no training samples: expected sharp face images (a folder of images, "
+                            "a SynthBMFD folder, 300VW videos or the multi-view layout)")
+        return SharpFaces(ds, all_frames=c.all_frames, mirror=c.mirror)
+
+    def _fixed_grid(self, n: int) -> dict:
+        """A fixed set of ``n`` training faces spread over the dataset, for the reconstruction grid."""
+        idx = np.linspace(0, len(self.dataset) - 1, n).round().astype(int)
+        items = [self.dataset[int(i)] for i in idx]
+        return {k: torch.stack([it[k] for it in items]).to(self.info.device) for k in items[0]}
+
+    def batches(self, start_step: int) -> Iterator[dict]:
+        """Batches {image [B, 3, R, R], chip [B, 2, 3]} for iterations start_step, start_step + 1, ..."""
+        c = self.config
+        sampler = dist_utils.InfiniteSampler(len(self.dataset), seed=c.seed, start=start_step * self.batch_per_rank)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_per_rank, sampler=sampler,
+                                             num_workers=c.workers, pin_memory=self.info.device.type == "cuda",
+                                             drop_last=True, persistent_workers=False)
+        return iter(loader)
+
+    # ------------------------------------------------------------------------------------------ losses
+    def reconstruction_losses(self, recon: torch.Tensor, target: torch.Tensor, chips: torch.Tensor,
+                              ws: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The image and code terms of l_s (unweighted), each a scalar.
+
+        recon, target: [N, 3, R, R] in [-1, 1]; chips: [N, 2, 3] chip -> image maps; ws: [N, num_ws, w_dim]."""
+        from deblur_rotate.losses import edge_loss, identity_loss, l1_loss, latent_norm_loss, perceptual_loss
+        from deblur_rotate.models.identity import extract_face_chips
+
+        weights = self.skin(target) if self.skin is not None else None
+        terms = {"l1": l1_loss(recon, target, weights), "edge": edge_loss(recon, target, weights),
+                 "s": latent_norm_loss(ws, self.w_norm_ref)}
+        if self.identity_net is not None:
+            terms["id"] = identity_loss(extract_face_chips(recon, chips), extract_face_chips(target, chips),
+                                        self.identity_net)
+        if self.perceptual is not None:
+            terms["per"] = perceptual_loss(recon, target, self.perceptual)
+        return terms
+
+    def step_fn(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """One iteration: E_s and G together on a batch of sharp faces."""
+        from deblur_rotate.losses import parameter_drift_loss
+
+        c, amp, dev = self.config, self.amp, self.info.device
+        target = batch["image"].to(dev, non_blocking=True).float()
+        chips = batch["chip"].to(dev, non_blocking=True).float()
+        self.opt_E.zero_grad(set_to_none=True)
+        if c.lr_generator > 0:
+            self.opt_G.zero_grad(set_to_none=True)
+        with amp.autocast():
+            ws = self.E_ddp(target)
+            recon = self.G_synthesis(ws, noise_mode="const").float()
+        terms = self.reconstruction_losses(recon, target, chips, ws.float())
+        weights = {"l1": c.lambda_l1, "edge": c.lambda_edge, "s": c.lambda_s, "id": c.lambda_id,
+                   "per": c.lambda_per}
+        total = sum(weights[k] * v for k, v in terms.items())
+        lambda_g = g_weight_at(step, c.lambda_g, c.g_relax_steps)
+        if c.lr_generator > 0 and lambda_g > 0:
+            terms["g_drift"] = parameter_drift_loss(self.G.synthesis, self.G_init)
+            total = total + lambda_g * terms["g_drift"]
+        amp.backward(total)
+        amp.step(self.opt_E)
+        if c.lr_generator > 0:
+            amp.step(self.opt_G)
+        out = {k: v.detach() for k, v in terms.items()}
+        out["total"] = total.detach()
+        out["psnr"] = _psnr(recon.detach(), target)
+        out["lambda_g"] = torch.tensor(lambda_g)
+        return out
+
+    # ------------------------------------------------------------------------------------------ images
+    @torch.no_grad()
+    def image_fn(self, step: int) -> dict[str, torch.Tensor]:
+        """RUN/samples/step-XXXXXXXX.png: targets (top row) over EMA reconstructions (bottom row)."""
+        from torchvision.utils import make_grid
+
+        from deblur_rotate.files import save_png, to_uint8
+
+        target = self.grid_batch["image"]
+        recon = self.G_ema.synthesis(self.E_ema(target), noise_mode="const").float().clamp(-1, 1)
+        grid = make_grid(torch.cat([target, recon]).cpu(), nrow=target.shape[0], padding=2, pad_value=-1.0)
+        folder = self.out / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".step-{step:08d}.png.tmp"
+        save_png(tmp, to_uint8(grid), compress_level=6)
+        os.replace(tmp, folder / f"step-{step:08d}.png")
+        return {"reconstructions": torch.cat([target, recon])}
+
+    # ------------------------------------------------------------------------------------------ run
+    def run(self) -> dict[str, float]:
+        """Train (resuming first when ``config.resume``), then write RUN/sharp_encoder/ and RUN/generator/."""
+        from deblur_rotate.models.io import save_pretrained
+
+        if self.config.resume:
+            self.trainer.resume()
+        losses = self.trainer.train()
+        if self.info.rank == 0:
+            save_pretrained(self.E_ema, self.out / "sharp_encoder")
+            save_pretrained(self.G_ema, self.out / "generator")
+        dist_utils.barrier()
+        return losses
+
+
+def _psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean PSNR in dB of [-1, 1] images (peak-to-peak 2)."""
+    mse = (pred.float() - target.float()).square().flatten(1).mean(1).clamp_min(1e-10)
+    return (10 * torch.log10(4.0 / mse)).mean()
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+def add_parser(stages) -> None:
+    """Register ``deblur-rotate train sharp-encoder``."""
+    from deblur_rotate.train.commands import add_common_options
+
+    p = stages.add_parser(
+        "sharp-encoder", help="stage 2: the sharp-image encoder E_s (with G fine-tuned)",
+        description="Train E_s (sharp face -> W+ codes of G) with G fine-tuned on l_s = lambda_id L_id + "
+                    "lambda_per L_per + lambda_edge L_edge + L1 + lambda_g |G_init - G|^2 (relaxed to 0) + "
+                    "lambda_s |1 - |E_s(y)||; skin pixels count double. Writes RUN/sharp_encoder/ and "
+                    "RUN/generator/ (fine-tuned). Multi-GPU: launch with torchrun --nproc_per_node N.")
+    p.add_argument("--preset", choices=("micro", "tiny", "paper"), default="tiny", help="network sizes (default tiny)")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder: SynthBMFD, images, 300VW or multi-view")
+    p.add_argument("--generator", required=True, type=Path,
+                   help="trained generator folder (RUN/generator of `train generator`)")
+    p.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
+    p.add_argument("--m", type=int, default=None,
+                   help="blur half-window in frames, sets which sharp targets a sample has (default: the data's own)")
+    p.add_argument("--middle-only", dest="all_frames", action="store_false",
+                   help="train on the middle sharp frame only (default: all 5 targets)")
+    p.add_argument("--no-mirror", dest="mirror", action="store_false", help="no x-flip augmentation")
+    add_common_options(p, batch_help="total batch over all processes (default: micro 4, tiny 8, paper 72)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of E_s (default 1e-4)")
+    p.add_argument("--lr-generator", type=float, default=1e-4,
+                   help="Adam learning rate of G's synthesis network (default 1e-4; 0 keeps G frozen)")
+    p.add_argument("--lambda-l1", type=float, default=1.0)
+    p.add_argument("--lambda-id", type=float, default=0.5, help="identity loss weight (default 0.5; 0: off)")
+    p.add_argument("--lambda-per", type=float, default=1e-6, help="perceptual loss weight (default 1e-6; 0: off)")
+    p.add_argument("--lambda-edge", type=float, default=0.2)
+    p.add_argument("--lambda-g", type=float, default=1.0, help="|G_init - G|^2 weight at the start (default 1)")
+    p.add_argument("--g-relax-steps", type=int, default=None,
+                   help="iterations over which lambda_g falls linearly to 0 (default: half the run)")
+    p.add_argument("--lambda-s", type=float, default=1.0, help="code-norm weight (default 1)")
+    p.add_argument("--skin-weight", type=float, default=2.0, help="weight of skin pixels (default 2; 1: off)")
+    p.add_argument("--vgg16-weights", type=str, default=None,
+                   help="torchvision VGG16 ImageNet weights for the perceptual loss (default: face-net fallback)")
+    p.add_argument("--backbone-weights", type=str, default=None,
+                   help="torchvision ResNet state dict to start E_s's backbone from")
+    p.add_argument("--ema-kimg", type=float, default=None, help="EMA half-life in thousands of images")
+    p.add_argument("--image-every", type=int, default=None, help="iterations between reconstruction grids")
+    p.add_argument("--grid", type=int, default=8, help="faces in the reconstruction grid (default 8; 0: none)")
+    p.set_defaults(func=run_sharp_encoder)
+
+
+def run_sharp_encoder(args) -> int:
+    config = SharpEncoderConfig(
+        preset=args.preset, data=str(args.data), generator=str(args.generator), out=str(args.out), kind=args.kind, m=args.m,
+        all_frames=args.all_frames, mirror=args.mirror, steps=args.steps, batch=args.batch, lr=args.lr,
+        lr_generator=args.lr_generator, lambda_l1=args.lambda_l1, lambda_id=args.lambda_id,
+        lambda_per=args.lambda_per, lambda_edge=args.lambda_edge, lambda_g=args.lambda_g,
+        g_relax_steps=args.g_relax_steps, lambda_s=args.lambda_s, skin_weight=args.skin_weight,
+        vgg16_weights=args.vgg16_weights, backbone_weights=args.backbone_weights,
+        ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
+        grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
+        resume=args.resume, progress=args.progress)
+    try:
+        stage = SharpEncoderStage(config)
+        losses = stage.run()
+        if stage.info.rank == 0:
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if math.isfinite(v))
+            print(f"trained {stage.config.steps} steps ({terms}); E_s written to {Path(config.out) / 'sharp_encoder'}"
+                  f", fine-tuned G to {Path(config.out) / 'generator'}")
+    finally:
+        dist_utils.shutdown()
+    return 0
