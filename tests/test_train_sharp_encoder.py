@@ -155,6 +155,7 @@ def test_bad_inputs_are_user_errors(tmp_path, synth_root, micro_generator):
 
 def test_cli_reports_missing_generator(tmp_path, synth_root, capsys):
     code = main(["train", "sharp-encoder", "--preset", "micro", "--data", str(synth_root), "--generator",
-                 str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--steps", "1", "--m", "4", "--no-progress"])
+                 str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--steps", "1", "--m", "4",
+                 "--no-progress"])
     assert code == 2
     assert "generator folder" in capsys.readouterr().err

@@ -458,7 +458,8 @@ def add_parser(stages) -> None:
 
 def run_sharp_encoder(args) -> int:
     config = SharpEncoderConfig(
-        preset=args.preset, data=str(args.data), generator=str(args.generator), out=str(args.out), kind=args.kind, m=args.m,
+        preset=args.preset, data=str(args.data), generator=str(args.generator), out=str(args.out), kind=args.kind,
+        m=args.m,
         all_frames=args.all_frames, mirror=args.mirror, steps=args.steps, batch=args.batch, lr=args.lr,
         lr_generator=args.lr_generator, lambda_l1=args.lambda_l1, lambda_id=args.lambda_id,
         lambda_per=args.lambda_per, lambda_edge=args.lambda_edge, lambda_g=args.lambda_g,
