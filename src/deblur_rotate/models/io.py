@@ -50,11 +50,14 @@ def register(kind: str) -> Callable[[type], type]:
 
 
 def _resolve_kind(kind: str) -> type:
-    if kind not in _REGISTRY and "." in kind:
-        try:
-            importlib.import_module(f"deblur_rotate.models.{kind.split('.')[0]}")
-        except ImportError:
-            pass
+    if kind not in _REGISTRY:  # the defining module is imported on demand: models.<prefix>, evaluate.<prefix>
+        for package in ("models", "evaluate"):
+            try:
+                importlib.import_module(f"deblur_rotate.{package}.{kind.split('.')[0]}")
+            except ImportError:
+                continue
+            if kind in _REGISTRY:
+                break
     if kind not in _REGISTRY:
         raise UserError(f"unknown network kind {kind!r}; known: {', '.join(sorted(_REGISTRY)) or 'none'}")
     return _REGISTRY[kind]

@@ -1,0 +1,12 @@
+"""Evaluation: the instruments of the paper's tables and the baselines they compare against.
+
+* :mod:`deblur_rotate.evaluate.metrics`: PSNR, SSIM (settings in ``PROTOCOL``), the forward/backward order
+  choice for videos, dlib landmarks and their error, identity top-k accuracy, frame-group and view-pair
+  summaries. Pure functions.
+* :mod:`deblur_rotate.evaluate.baselines`: the "Jin et al. + Zhou et al." cascade of Table 5:
+  ``DirectDeblurNet`` (blurry -> 5 sharp frames) and ``texture_warp_rotate`` (3DMM texture-warp rotation).
+
+Importing this package imports neither submodule (they pull in torch, kornia and dlib); import them directly.
+"""
+
+__all__ = ["baselines", "metrics"]

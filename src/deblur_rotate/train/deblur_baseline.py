@@ -1,0 +1,343 @@
+"""Baseline stage: train :class:`~deblur_rotate.evaluate.baselines.DirectDeblurNet` (Jin et al.'s direct
+regression of the sharp frames, the deblurring half of the paper's Table 5 cascade baseline).
+
+``deblur-rotate train deblur-baseline --preset tiny --data SYNTHBMFD --out RUN``
+
+Loss per sample: ``min(ℓ(net(x), y), ℓ(net(x), reversed(y)))`` with ``ℓ = L1 + edge_weight * Sobel edge
+L1`` over the 5 frames (the forward/backward ambiguity, as for E_v and F), averaged over the batch.
+Adam, no EMA by default. Run folder: ``RUN/config.json``, ``RUN/checkpoints/``, ``RUN/tb/``,
+``RUN/samples/step-XXXXXXXX.png`` (per row: blurry input, the 5 predicted frames, the 5 targets) and,
+at the end, ``RUN/deblur_baseline/`` (``config.json`` + ``model.safetensors``; the EMA network when
+``--ema`` > 0). Top-level imports stay light: every ``deblur-rotate`` call imports this module.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from deblur_rotate.errors import UserError
+from deblur_rotate.train import distributed as dist_utils
+
+__all__ = [
+    "DeblurBaselineConfig",
+    "DeblurBaselineStage",
+    "add_parser",
+    "order_invariant_loss",
+    "run_deblur_baseline",
+]
+
+OUTPUT_FOLDER = "deblur_baseline"
+
+# per-preset defaults: total batch
+PRESET_BATCH = {"micro": 4, "tiny": 16, "paper": 32}
+
+
+# ------------------------------------------------------------------------------------------------- loss
+
+def order_invariant_loss(pred: torch.Tensor, target: torch.Tensor, edge_weight: float = 0.0
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward/backward-invariant reconstruction loss of a predicted video.
+
+    pred, target: ``[N, T, 3, H, W]`` in [-1, 1].
+    edge_weight: weight of the Sobel term (L1 between kornia Sobel magnitudes, as ``losses.edge_loss``).
+    Per sample ``l(order) = mean|pred - target_order| + edge_weight * mean|sobel(pred) - sobel(target_order)|``
+    for the target as ordered and reversed; the smaller is kept.
+    Returns ``(loss [] = batch mean of the per-sample minimum, reversed [N] bool = the reversed order won)``.
+    """
+    import kornia
+
+    if pred.shape != target.shape or pred.dim() != 5:
+        raise ValueError(f"expected two [N, T, 3, H, W] videos, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    n = pred.shape[0]
+
+    def per_sample(tgt: torch.Tensor) -> torch.Tensor:  # [N]
+        loss = (pred - tgt).abs().reshape(n, -1).mean(1)
+        if edge_weight:
+            sp = kornia.filters.sobel(pred.flatten(0, 1))
+            st = kornia.filters.sobel(tgt.flatten(0, 1))
+            loss = loss + edge_weight * (sp - st).abs().reshape(n, -1).mean(1)
+        return loss
+
+    fwd, bwd = per_sample(target), per_sample(target.flip(1))
+    rev = bwd < fwd
+    return torch.where(rev, bwd, fwd).mean(), rev
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+class BlurSharpPairs(torch.utils.data.Dataset):
+    """``(blurry [3, R, R], targets [5, 3, R, R])`` in [-1, 1] from any reader that yields the SynthBMFD sample
+    structure (:func:`deblur_rotate.data.readers.open_dataset`); for a two-view item, the first view."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.dataset[int(i)]
+        blurry, targets = sample["blurry"], sample["targets"]
+        if blurry.dim() == 4:  # a pair of views [2, 3, R, R]
+            blurry, targets = blurry[0], targets[0]
+        return blurry.float(), targets.float()
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+@dataclass
+class DeblurBaselineConfig:
+    """Everything that determines a deblur-baseline run (written to RUN/config.json)."""
+
+    preset: str = "tiny"  # network size and resolution: micro (32 px), tiny (64 px), paper (256 px)
+    data: str = ""  # dataset folder (SynthBMFD or any reader's layout)
+    out: str = ""  # run folder
+    kind: str = "auto"  # dataset kind for open_dataset
+    split: str = "train"  # SynthBMFD split
+    m: int | None = None  # blur half-window in frames (default: the dataset kind's, 32 for SynthBMFD)
+    steps: int = 1000  # iterations
+    batch: int | None = None  # total batch over all processes (default per preset)
+    lr: float = 1e-4  # Adam learning rate
+    edge_weight: float = 0.2  # Sobel edge term weight (0: L1 only)
+    ema: float = 0.0  # EMA decay per step of the saved network (0: none, the trained weights are saved)
+    checkpoint_every: int = 500
+    log_every: int = 50
+    image_every: int | None = None  # default: checkpoint_every
+    grid: int = 4  # samples in the image grid (0: none)
+    seed: int = 0
+    device: str | None = None  # cpu / cuda / None (auto)
+    precision: str = "fp32"  # fp32, or on CUDA fp16 / bf16 mixed precision
+    workers: int = 0  # DataLoader workers
+    resume: bool = False
+    progress: bool = True
+
+    def resolved(self) -> DeblurBaselineConfig:
+        """A copy with the preset defaults filled in; UserError on impossible values."""
+        from deblur_rotate.evaluate.baselines import DIRECT_DEBLUR_PRESETS
+
+        if self.preset not in DIRECT_DEBLUR_PRESETS:
+            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(DIRECT_DEBLUR_PRESETS)}")
+        c = copy.deepcopy(self)
+        c.batch = PRESET_BATCH[c.preset] if c.batch is None else int(c.batch)
+        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        c.data, c.out = str(c.data), str(c.out)
+        if not c.data:
+            raise UserError("--data is required: a dataset folder with blurry images and their sharp frames "
+                            "(e.g. `deblur-rotate synth --out data/synthbmfd`)")
+        for name in ("steps", "batch", "checkpoint_every", "log_every"):
+            if getattr(c, name) < (0 if name == "steps" else 1):
+                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
+        for name in ("lr", "edge_weight", "grid", "workers", "image_every"):
+            if getattr(c, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
+        if not 0 <= c.ema < 1:
+            raise UserError(f"--ema must be in [0, 1) (got {c.ema})")
+        if c.m is not None and (c.m < 2 or c.m % 2):
+            raise UserError(f"--m must be an even number >= 2 (got {c.m})")
+        if c.precision not in ("fp32", "fp16", "bf16"):
+            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
+        return c
+
+
+# ------------------------------------------------------------------------------------------------ stage
+
+class DeblurBaselineStage:
+    """Builds the network, optimizer, data and Trainer of the deblur baseline and runs them.
+
+    Attributes after construction: ``net`` (bare module on the device), ``net_ema`` (or None), ``opt``,
+    ``trainer``, ``config`` (resolved), ``info`` (the DistInfo), ``resolution``.
+    """
+
+    def __init__(self, config: DeblurBaselineConfig):
+        from deblur_rotate.evaluate.baselines import DirectDeblurNet, direct_deblur_config, preset_resolution
+        from deblur_rotate.train.loop import MixedPrecision, Trainer
+
+        self.config = c = config.resolved()
+        self.info = info = dist_utils.setup(c.device)
+        if c.batch % info.world_size:
+            raise UserError(f"--batch {c.batch} must be a multiple of the number of processes ({info.world_size})")
+        self.batch_per_rank = c.batch // info.world_size
+        self.out = Path(c.out)
+        self.resolution = preset_resolution(c.preset)
+        self.dataset = self._open_data()
+        dist_utils.seed_all(c.seed, per_rank=False)  # the same initial weights on every rank
+        dev = info.device
+
+        self.net_config = direct_deblur_config(c.preset)
+        self.net = DirectDeblurNet(**self.net_config).to(dev).train()
+        self.net_ddp = dist_utils.wrap_ddp(self.net)
+        self.net_ema = copy.deepcopy(self.net).eval().requires_grad_(False) if c.ema > 0 else None
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=(0.9, 0.999))
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
+        self.amp = MixedPrecision(enabled=c.precision != "fp32", device=dev, dtype=dtype)
+        dist_utils.seed_all(c.seed)
+
+        # fixed samples for the image grid: evenly spread over the dataset
+        count = min(c.grid, len(self.dataset))
+        picks = [round(i * (len(self.dataset) - 1) / max(count - 1, 1)) for i in range(count)]
+        self.grid_items = [self.dataset[i] for i in picks]
+
+        run_config = {**asdict(c), "stage": "deblur-baseline", "world_size": info.world_size,
+                      "network": self.net_config, "resolution": self.resolution, "dataset_items": len(self.dataset)}
+        run_config.pop("resume", None)
+        run_config.pop("progress", None)
+        self.trainer = Trainer(
+            run_dir=self.out, networks={"net": self.net_ddp}, network_configs={"net": self.net_config},
+            optimizers={"net": self.opt}, step_fn=self.step_fn, data=self.batches, total_steps=c.steps,
+            checkpoint_every=c.checkpoint_every, log_every=c.log_every,
+            ema={"net": self.net_ema} if self.net_ema is not None else None, ema_beta=c.ema, amp=self.amp,
+            run_config=run_config, image_fn=self.image_fn if count > 0 else None,
+            image_every=c.image_every if count > 0 else 0, progress=c.progress)
+
+    # ------------------------------------------------------------------------------------------ data
+    def _open_data(self) -> BlurSharpPairs:
+        from deblur_rotate.data.readers import open_dataset
+
+        c = self.config
+        kwargs = {"split": c.split} if c.kind in ("auto", "synthbmfd") else {}
+        try:
+            ds = open_dataset(c.kind, Path(c.data), size=self.resolution, m=c.m, **kwargs)
+        except TypeError:
+            ds = open_dataset(c.kind, Path(c.data), size=self.resolution, m=c.m)
+        if len(ds) == 0:
+            raise UserError(f"{c.data} holds no training samples: expected blurry images with their sharp frames "
+                            "(SynthBMFD, images, 300VW videos or the multi-view layout)")
+        return BlurSharpPairs(ds)
+
+    def batches(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``(blurry [B, 3, R, R], targets [B, 5, 3, R, R])`` for iterations start_step, start_step + 1, ..."""
+        c = self.config
+        sampler = dist_utils.InfiniteSampler(len(self.dataset), seed=c.seed, start=start_step * self.batch_per_rank)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_per_rank, sampler=sampler,
+                                             num_workers=c.workers, pin_memory=self.info.device.type == "cuda",
+                                             drop_last=True, persistent_workers=False)
+        return iter(loader)
+
+    # ------------------------------------------------------------------------------------------ step
+    def step_fn(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """One Adam step on the order-invariant loss. batch: (blurry [B, 3, R, R], targets [B, 5, 3, R, R])."""
+        dev, amp = self.info.device, self.amp
+        blurry = batch[0].to(dev, non_blocking=True)
+        targets = batch[1].to(dev, non_blocking=True)
+        self.opt.zero_grad(set_to_none=True)
+        with amp.autocast():
+            pred = self.net_ddp(blurry)  # [B, 5, 3, R, R]
+        loss, rev = order_invariant_loss(pred.float(), targets, self.config.edge_weight)
+        amp.backward(loss)
+        amp.step(self.opt)
+        with torch.no_grad():
+            l1 = (pred.detach().float() - torch.where(rev[:, None, None, None, None], targets.flip(1), targets)).abs()
+        return {"loss": loss.detach(), "l1": l1.mean(), "reversed": rev.float().mean()}
+
+    # ------------------------------------------------------------------------------------------ images
+    @torch.no_grad()
+    def predict_grid(self) -> torch.Tensor:
+        """``[rows * 11, 3, R, R]``: per grid sample the blurry input, 5 predicted and 5 target frames."""
+        net = self.net_ema if self.net_ema is not None else self.net
+        was_training = net.training
+        net.eval()
+        blurry = torch.stack([b for b, _ in self.grid_items]).to(self.info.device)
+        targets = torch.stack([t for _, t in self.grid_items]).to(self.info.device)
+        pred = net(blurry).float().clamp(-1, 1)
+        net.train(was_training)
+        rows = torch.cat([blurry[:, None], pred, targets], 1)  # [rows, 11, 3, R, R]
+        return rows.flatten(0, 1).cpu()
+
+    def image_fn(self, step: int) -> dict[str, torch.Tensor]:
+        """Writes RUN/samples/step-XXXXXXXX.png (rank 0) and returns the grid for TensorBoard."""
+        from torchvision.utils import make_grid
+
+        from deblur_rotate.files import save_png, to_uint8
+
+        imgs = self.predict_grid()
+        grid = make_grid(imgs, nrow=11, padding=2, pad_value=-1.0)  # [3, H', W']
+        folder = self.out / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".step-{step:08d}.png.tmp"
+        save_png(tmp, to_uint8(grid), compress_level=6)
+        os.replace(tmp, folder / f"step-{step:08d}.png")
+        return {"deblur": imgs}
+
+    # ------------------------------------------------------------------------------------------ run
+    def _check_resume_config(self) -> None:
+        """A clear UserError when the checkpoint to resume holds another preset's network."""
+        from deblur_rotate.models.io import read_config
+        from deblur_rotate.train.checkpoint import latest_checkpoint
+
+        folder = latest_checkpoint(self.out / "checkpoints")
+        if folder is None or not (folder / "net").is_dir():
+            return
+        saved = {k: v for k, v in read_config(folder / "net").items() if not k.startswith("_")}
+        if saved != self.net_config:
+            raise UserError(f"{folder} holds a deblur network {saved}, but this run asks for --preset "
+                            f"{self.config.preset} ({self.net_config}); resume with the run's own preset or choose "
+                            "another --out")
+
+    def run(self) -> dict[str, float]:
+        """Train (resuming first when ``config.resume``), then write RUN/deblur_baseline/. Returns the last
+        losses."""
+        from deblur_rotate.models.io import save_pretrained
+
+        if self.config.resume:
+            self._check_resume_config()
+            self.trainer.resume()
+        losses = self.trainer.train()
+        if self.info.rank == 0:
+            final = self.net_ema if self.net_ema is not None else self.net
+            save_pretrained(final, self.out / OUTPUT_FOLDER)
+        dist_utils.barrier()
+        return losses
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+def add_parser(stages) -> None:
+    """Register ``deblur-rotate train deblur-baseline``."""
+    from deblur_rotate.train.commands import add_common_options
+
+    p = stages.add_parser(
+        "deblur-baseline", help="baseline: direct regression of the 5 sharp frames (Jin et al.)",
+        description="Train the DirectDeblurNet baseline (a U-Net regressing the 5 sharp frames from the blurry "
+                    "image, L1 + Sobel edge loss under the forward/backward min); writes RUN/deblur_baseline/ "
+                    "at the end. Multi-GPU: launch with torchrun --nproc_per_node N.")
+    p.add_argument("--preset", choices=("micro", "tiny", "paper"), default="tiny",
+                   help="network size and resolution (micro 32 px, tiny 64, paper 256)")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder: SynthBMFD, 300VW, multi-view or images")
+    p.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
+    p.add_argument("--split", default="train", help="SynthBMFD split (default train)")
+    p.add_argument("--m", type=int, default=None,
+                   help="blur half-window in frames (2m+1 frames averaged; default the dataset kind's, 32 for "
+                        "SynthBMFD)")
+    add_common_options(p, batch_help="total batch over all processes (default: micro 4, tiny 16, paper 32)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--edge-weight", type=float, default=0.2, help="Sobel edge loss weight (default 0.2; 0: off)")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved network (default 0: none)")
+    p.add_argument("--image-every", type=int, default=None,
+                   help="iterations between sample grids (default: --checkpoint-every)")
+    p.add_argument("--grid", type=int, default=4, help="samples in the grid (default 4; 0: none)")
+    p.set_defaults(func=run_deblur_baseline)
+
+
+def run_deblur_baseline(args) -> int:
+    """CLI entry: build the config from ``args``, train, print a one-line summary."""
+    config = DeblurBaselineConfig(
+        preset=args.preset, data=str(args.data), out=str(args.out), kind=args.kind, split=args.split, m=args.m,
+        steps=args.steps, batch=args.batch, lr=args.lr, edge_weight=args.edge_weight, ema=args.ema,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
+        grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
+        resume=args.resume, progress=args.progress)
+    try:
+        stage = DeblurBaselineStage(config)
+        losses = stage.run()
+        if stage.info.rank == 0:
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+            print(f"trained {config.steps} steps ({terms}); network written to {Path(config.out) / OUTPUT_FOLDER}")
+    finally:
+        dist_utils.shutdown()
+    return 0
+
