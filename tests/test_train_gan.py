@@ -151,7 +151,7 @@ def test_empty_folder_is_a_user_error(tmp_path):
 def test_synthbmfd_middle_target(tmp_path):
     from deblur_rotate.data.synthbmfd import SynthBMFD, SynthConfig, generate
     from deblur_rotate.train.gan import SharpImages
-    from tests.conftest import SMALL_MODEL
+    from conftest import SMALL_MODEL
 
     root = tmp_path / "synth"
     generate(root, SynthConfig(subjects=1, test_subjects=0, performances=1, size=32, fps=10, seconds=0.5,

@@ -54,7 +54,8 @@ __all__ = [
     "IMAGE_EXTS", "VIDEO_EXTS", "FrameFolder", "VideoFile", "read_pts", "square_resize", "mirror_sample",
     "stack_samples", "collate_samples", "StillImages", "VideoClips", "MultiViewClips", "Vidtimit",
     "MixedDataset", "MixedBatchSampler", "batch_counts", "sample_jitter", "apply_jitter", "jitter_batch",
-    "open_dataset", "detect_kind", "mixed_loader", "KINDS",
+    "open_dataset",
+    "open_training_dataset", "detect_kind", "mixed_loader", "KINDS",
 ]
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
@@ -794,6 +795,33 @@ def open_dataset(kind: str, root: str | os.PathLike, size: int = 256, m: int | N
         return SynthBMFD(root, m=m or 32, size=size, **{k: v for k, v in kwargs.items() if k in ("split", "views",
                                                                                                   "stride")})
     raise UserError(f"unknown dataset kind {kind!r}: use auto, images, 300vw, multiview, vidtimit or synthbmfd")
+
+
+def open_training_dataset(kind: str, root: str | os.PathLike, size: int, m: int | None = None,
+                          split: str = "train", needs: str = "sharp faces"):
+    """The reader a training stage uses: :func:`open_dataset` with the split applied where the kind has
+    one (SynthBMFD), checked to hold samples.
+
+    kind: 'auto' or a kind of :func:`open_dataset`; root: the folder; size: output side in pixels;
+    m: blur half-window in frames (even, >= 2; None: the kind's own); split: SynthBMFD split;
+    needs: what the stage trains on, for the error messages ("sharp faces", "blurry images with their
+    sharp frames").
+    """
+    if not str(root):
+        raise UserError(f"--data is required: a dataset folder of {needs} (SynthBMFD, images, 300VW videos or the "
+                        "multi-view layout; e.g. `deblur-rotate synth --out data/synthbmfd`)")
+    if m is not None and (m < 2 or m % 2):
+        raise UserError(f"--m must be an even number >= 2 (got {m})")
+    root = Path(root)
+    kwargs = {"split": split} if kind in ("auto", "synthbmfd") else {}
+    try:
+        ds = open_dataset(kind, root, size=size, m=m, **kwargs)
+    except TypeError:  # a kind detected by 'auto' that has no split
+        ds = open_dataset(kind, root, size=size, m=m)
+    if len(ds) == 0:
+        raise UserError(f"{root} holds no training samples: expected {needs} (SynthBMFD, a folder of images, "
+                        "300VW videos or the multi-view layout)")
+    return ds
 
 
 # ------------------------------------------------------------------------------------------------- mixing

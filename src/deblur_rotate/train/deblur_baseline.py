@@ -196,17 +196,11 @@ class DeblurBaselineStage:
 
     # ------------------------------------------------------------------------------------------ data
     def _open_data(self) -> BlurSharpPairs:
-        from deblur_rotate.data.readers import open_dataset
+        from deblur_rotate.data.readers import open_training_dataset
 
         c = self.config
-        kwargs = {"split": c.split} if c.kind in ("auto", "synthbmfd") else {}
-        try:
-            ds = open_dataset(c.kind, Path(c.data), size=self.resolution, m=c.m, **kwargs)
-        except TypeError:
-            ds = open_dataset(c.kind, Path(c.data), size=self.resolution, m=c.m)
-        if len(ds) == 0:
-            raise UserError(f"{c.data} holds no training samples: expected blurry images with their sharp frames "
-                            "(SynthBMFD, images, 300VW videos or the multi-view layout)")
+        ds = open_training_dataset(c.kind, c.data, self.resolution, m=c.m, split=c.split,
+                                   needs="blurry images with their sharp frames")
         return BlurSharpPairs(ds)
 
     def batches(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

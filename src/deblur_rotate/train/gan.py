@@ -286,23 +286,12 @@ class GeneratorStage:
 
     # ------------------------------------------------------------------------------------------ data
     def _open_data(self) -> SharpImages:
-        from deblur_rotate.data.readers import open_dataset
-
-        c = self.config
-        root = Path(c.data)
-        if not c.data:
-            raise UserError("--data is required: a folder of sharp faces (SynthBMFD, images, 300VW or multi-view)")
+        from deblur_rotate.data.readers import open_training_dataset
         from deblur_rotate.models.stylegan2 import stylegan2_config
 
+        c = self.config
         size = stylegan2_config(c.preset)["img_resolution"]
-        kwargs = {"split": c.split} if c.kind in ("auto", "synthbmfd") else {}
-        try:
-            ds = open_dataset(c.kind, root, size=size, **kwargs)
-        except TypeError:
-            ds = open_dataset(c.kind, root, size=size)
-        if len(ds) == 0:
-            raise UserError(f"{root} holds no training samples: expected sharp face images (a folder of images, "
-                            "a SynthBMFD folder, 300VW videos or the multi-view layout)")
+        ds = open_training_dataset(c.kind, c.data, size, split=c.split, needs="sharp faces")
         return SharpImages(ds, all_frames=c.all_frames, mirror=c.mirror)
 
     def batches(self, start_step: int) -> Iterator[torch.Tensor]:

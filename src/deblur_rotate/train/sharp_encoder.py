@@ -291,20 +291,10 @@ class SharpEncoderStage:
         return load_pretrained(G, folder)  # UserError naming keys/shapes on another preset
 
     def _open_data(self) -> SharpFaces:
-        from deblur_rotate.data.readers import open_dataset
+        from deblur_rotate.data.readers import open_training_dataset
 
         c = self.config
-        if not c.data:
-            raise UserError("--data is required: a folder of sharp faces (SynthBMFD, images, 300VW or multi-view)")
-        root = Path(c.data)
-        kwargs = {"split": c.split} if c.kind in ("auto", "synthbmfd") else {}
-        try:
-            ds = open_dataset(c.kind, root, size=self.resolution, m=c.m, **kwargs)
-        except TypeError:
-            ds = open_dataset(c.kind, root, size=self.resolution, m=c.m)
-        if len(ds) == 0:
-            raise UserError(f"{root} holds no training samples: expected sharp face images (a folder of images, "
-                            "a SynthBMFD folder, 300VW videos or the multi-view layout)")
+        ds = open_training_dataset(c.kind, c.data, self.resolution, m=c.m, split=c.split, needs="sharp faces")
         return SharpFaces(ds, all_frames=c.all_frames, mirror=c.mirror)
 
     def _fixed_grid(self, n: int) -> dict:
@@ -343,6 +333,7 @@ class SharpEncoderStage:
 
     def step_fn(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         """One iteration: E_s and G together on a batch of sharp faces."""
+        from deblur_rotate.evaluate.metrics import psnr
         from deblur_rotate.losses import parameter_drift_loss
 
         c, amp, dev = self.config, self.amp, self.info.device
@@ -368,7 +359,7 @@ class SharpEncoderStage:
             amp.step(self.opt_G)
         out = {k: v.detach() for k, v in terms.items()}
         out["total"] = total.detach()
-        out["psnr"] = _psnr(recon.detach(), target)
+        out["psnr"] = psnr(recon.detach(), target).mean()
         out["lambda_g"] = torch.tensor(lambda_g)
         return out
 
@@ -403,12 +394,6 @@ class SharpEncoderStage:
             save_pretrained(self.G_ema, self.out / "generator")
         dist_utils.barrier()
         return losses
-
-
-def _psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean PSNR in dB of [-1, 1] images (peak-to-peak 2)."""
-    mse = (pred.float() - target.float()).square().flatten(1).mean(1).clamp_min(1e-10)
-    return (10 * torch.log10(4.0 / mse)).mean()
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -1,0 +1,127 @@
+"""Same-view deblurring quality of E_v + G on held-out data (paper §4, the original-viewpoint case).
+
+For each evaluated sample, the blurry image goes through E_v (5 W+ codes) and G.synthesis
+(``noise_mode='const'``) to 5 frames, which are clamped to [-1, 1] and quantised to 8 bits (as they would
+be written). They are scored against the 5 sharp targets with :mod:`deblur_rotate.evaluate.metrics`:
+
+* PSNR: 10 log10(1 / MSE) on [0, 1] images (peak 1), dB, per frame;
+* SSIM: kornia.metrics.ssim, 11 x 11 Gaussian window, on [0, 1] images, per frame;
+
+per sequence under the better of the forward and the backward order (each metric picks its own order,
+the paper's protocol), then averaged over the 5 frames and over the sequences. The blurry input itself,
+repeated 5 times, is scored against the same targets (no order question there). Printed ``name: value``:
+
+  samples                 sequences evaluated (spread evenly over the split)
+  same_view_psnr_db       PSNR of the decoded frames
+  blurry_psnr_db          PSNR of the blurry input
+  same_view_ssim, blurry_ssim
+  psnr_gain_db            same_view_psnr_db - blurry_psnr_db
+  middle_frame_psnr_db    PSNR of the middle decoded frame against the middle target (order-free)
+  reversed_fraction       share of sequences where the reversed order scored the better PSNR
+  ms_per_sample           E_v + G time per blurry image (batch --batch, --device)
+
+    python benchmarks/same_view_quality.py --blur-encoder runs/ev/blur_encoder --generator runs/es/generator \\
+        --data data/synthbmfd --split test --limit 256
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _network_folder(folder: Path, name: str) -> Path:
+    """``folder/name`` when ``folder`` is a run folder holding it, else ``folder`` itself."""
+    return folder / name if (folder / name / "config.json").is_file() else folder
+
+
+@torch.no_grad()
+def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test", limit: int | None = 256,
+             m: int | None = 32, kind: str = "auto", batch: int = 16, device: str = "cpu") -> dict[str, float]:
+    """The figures listed in the module docstring, as a dict."""
+    from deblur_rotate.errors import UserError
+    from deblur_rotate.evaluate.metrics import psnr, ssim, video_metric
+    from deblur_rotate.files import from_uint8, to_uint8
+    from deblur_rotate.models.io import load_pretrained
+    from deblur_rotate.train.blur_encoder import BlurSequences, open_blur_dataset
+
+    dev = torch.device(device)
+    E_v = load_pretrained("encoders.blur", _network_folder(blur_encoder, "blur_encoder"), dev)
+    G = load_pretrained("stylegan2.generator", _network_folder(generator, "generator"), dev)
+    if (E_v.num_ws, E_v.w_dim) != (G.num_ws, G.w_dim):
+        raise UserError(f"E_v gives {E_v.num_ws} x {E_v.w_dim} codes but G takes {G.num_ws} x {G.w_dim}: "
+                        "give the generator E_v was trained with")
+    dataset = BlurSequences(open_blur_dataset(kind, data, G.img_resolution, m, split), mirror=False)
+    count = len(dataset) if not limit else min(int(limit), len(dataset))
+    picks = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
+
+    sums = {k: 0.0 for k in ("psnr", "ssim", "blurry_psnr", "blurry_ssim", "middle_psnr", "reversed")}
+    seconds = 0.0
+    for start in range(0, count, batch):
+        items = [dataset[i] for i in picks[start:start + batch]]
+        blurry = torch.stack([it["blurry"] for it in items]).to(dev)  # [B, 3, R, R]
+        targets = torch.stack([it["targets"] for it in items]).to(dev)  # [B, 5, 3, R, R]
+        t0 = time.perf_counter()
+        codes = E_v(blurry)  # [B, 5, num_ws, w_dim]
+        frames = G.synthesis(codes.flatten(0, 1), noise_mode="const")  # [B * 5, 3, R, R]
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - t0
+        frames = from_uint8(to_uint8(frames)).to(dev).view_as(targets)  # clamped, 8-bit, [B, 5, 3, R, R]
+        by_psnr = video_metric(psnr, frames, targets)
+        by_ssim = video_metric(ssim, frames, targets)
+        repeated = blurry[:, None].expand_as(targets)
+        sums["psnr"] += float(by_psnr.per_frame.double().mean(1).sum())
+        sums["ssim"] += float(by_ssim.per_frame.double().mean(1).sum())
+        sums["blurry_psnr"] += float(psnr(repeated, targets).double().mean(1).sum())
+        sums["blurry_ssim"] += float(ssim(repeated, targets).double().mean(1).sum())
+        sums["middle_psnr"] += float(psnr(frames[:, 2], targets[:, 2]).double().sum())
+        sums["reversed"] += float(by_psnr.reversed.double().sum())
+    mean = {k: v / count for k, v in sums.items()}
+    return {
+        "samples": count,
+        "same_view_psnr_db": mean["psnr"],
+        "blurry_psnr_db": mean["blurry_psnr"],
+        "same_view_ssim": mean["ssim"],
+        "blurry_ssim": mean["blurry_ssim"],
+        "psnr_gain_db": mean["psnr"] - mean["blurry_psnr"],
+        "middle_frame_psnr_db": mean["middle_psnr"],
+        "reversed_fraction": mean["reversed"],
+        "ms_per_sample": 1000.0 * seconds / count,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blur-encoder", required=True, type=Path,
+                        help="E_v folder (RUN/blur_encoder of `train blur-encoder`, or the run folder)")
+    parser.add_argument("--generator", required=True, type=Path,
+                        help="generator folder E_v was trained with (RUN/generator of `train sharp-encoder`)")
+    parser.add_argument("--data", required=True, type=Path, help="dataset folder (SynthBMFD or any reader's layout)")
+    parser.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
+    parser.add_argument("--split", default="test", choices=("train", "test", "all"),
+                        help="SynthBMFD split (default test: held-out subjects)")
+    parser.add_argument("--limit", type=int, default=256, help="sequences to evaluate, spread evenly (0: all)")
+    parser.add_argument("--m", type=int, default=32, help="blur half-window in frames (default 32)")
+    parser.add_argument("--batch", type=int, default=16, help="sequences per forward pass (default 16)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    from deblur_rotate.errors import UserError
+
+    try:
+        figures = evaluate(args.blur_encoder, args.generator, args.data, split=args.split, limit=args.limit,
+                           m=args.m, kind=args.kind, batch=max(1, args.batch), device=args.device)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, value in figures.items():
+        print(f"{name}: {value}" if isinstance(value, int) else f"{name}: {value:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

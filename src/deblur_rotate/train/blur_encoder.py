@@ -1,0 +1,490 @@
+"""Stage 3: the blurry-image encoder E_v (paper §3.3), distilled from the sharp encoder E_s.
+
+E_v maps one blurry face x to 5 W+ codes, one per sharp frame of the instant the shutter was open. Its
+targets are the codes the (frozen) sharp encoder gives the 5 sharp frames, ``z = E_s(y_1..y_5)``
+(``[B, 5, num_ws, w_dim]``, computed on the fly under ``no_grad``). A blurry image does not tell which
+way time ran, so the loss keeps the better of the two orders per sample::
+
+    L = mean_b min( |E_v(x_b) - z_b|, |E_v(x_b) - reversed(z_b)| )
+
+with ``|.|`` the mean absolute (``--latent-loss l1``, default) or squared (``l2``) difference over
+frames, W+ entries and channels (:func:`ordered_latent_loss`). An optional image term (``--lambda-image``,
+default 0: the paper has none) adds the L1 between ``G.synthesis(E_v(x))`` and the sharp targets, in the
+order the latent minimum chose; G is the fine-tuned generator of stage 2, frozen.
+
+Choices the paper leaves open, made here and written to RUN/config.json:
+
+* E_v starts at the teacher's average face: its head is zero-initialised and its latent offset is
+  ``E_s.latent_offset`` (G's mean W), so the untrained E_v predicts E_s's offset for every frame.
+* Augmentation: ``--mirror`` (default on) adds a mirrored copy of every sample (blurry image and targets
+  flipped together; the codes are recomputed from the flipped targets); ``--jitter`` (default on for the
+  ``paper`` preset only) applies the same colour jitter to the blurry image and its targets
+  (:func:`deblur_rotate.data.readers.jitter_batch`, drawn from a generator seeded by ``(seed, step)``, so
+  resuming is exact).
+* The saved network is the EMA copy (half-life ``ema_images``), as for G and E_s.
+
+Run folder: ``RUN/config.json``, ``RUN/checkpoints/``, ``RUN/tb/`` (scalars ``loss/latent``,
+``loss/reversed`` = the fraction of samples where the reversed order won, ...),
+``RUN/samples/step-XXXXXXXX.png`` (per row: the blurry input, the 5 frames G decodes from the EMA E_v's
+codes, the 5 sharp targets) and at the end ``RUN/blur_encoder/`` (``config.json`` + ``model.safetensors``).
+
+Usage::
+
+    deblur-rotate train blur-encoder --preset tiny --data data/synthbmfd \\
+        --sharp-encoder runs/es/sharp_encoder --generator runs/es/generator --out runs/ev
+
+Top-level imports stay light: every ``deblur-rotate`` call imports this module.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from deblur_rotate.errors import UserError
+from deblur_rotate.train import distributed as dist_utils
+
+__all__ = [
+    "NUM_FRAMES",
+    "OUTPUT_FOLDER",
+    "BlurEncoderConfig",
+    "BlurEncoderStage",
+    "BlurSequences",
+    "add_parser",
+    "open_blur_dataset",
+    "ordered_latent_loss",
+    "run_blur_encoder",
+]
+
+OUTPUT_FOLDER = "blur_encoder"
+NUM_FRAMES = 5  # sharp frames per blurry image (targets c-m, c-m/2, c, c+m/2, c+m)
+LATENT_LOSSES = ("l1", "l2")
+
+# per-preset defaults: total batch (the paper's 96 for E_v), EMA half-life (images), colour jitter
+PRESET_DEFAULTS: dict[str, dict] = {
+    "paper": {"batch": 96, "ema_images": 10_000.0, "jitter": True},
+    "tiny": {"batch": 8, "ema_images": 2_000.0, "jitter": False},
+    "micro": {"batch": 4, "ema_images": 100.0, "jitter": False},
+}
+
+
+# ------------------------------------------------------------------------------------------------- loss
+
+def ordered_latent_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1"
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward/backward-invariant distance between predicted and target code sequences (paper §3.3).
+
+    pred, target: ``[N, T, num_ws, w_dim]`` (E_v's codes and E_s's codes of the T sharp frames).
+    kind: ``"l1"`` (mean absolute difference) or ``"l2"`` (mean squared difference), averaged over the
+          T frames, the W+ entries and the channels.
+    Returns ``(per_sample [N], reversed [N] bool)``: per sample the smaller of the distances to the target
+    as ordered and to the target with its frames reversed, and whether the reversed order won (a tie keeps
+    the forward order). The training loss is ``per_sample.mean()``.
+    """
+    if pred.shape != target.shape or pred.dim() != 4:
+        raise ValueError(f"expected two [N, T, num_ws, w_dim] tensors, got {tuple(pred.shape)} and "
+                         f"{tuple(target.shape)}")
+    if kind not in LATENT_LOSSES:
+        raise ValueError(f"latent loss must be one of {', '.join(LATENT_LOSSES)}, got {kind!r}")
+    n = pred.shape[0]
+
+    def distance(tgt: torch.Tensor) -> torch.Tensor:  # [N]
+        diff = pred - tgt
+        return (diff.abs() if kind == "l1" else diff.square()).reshape(n, -1).mean(1)
+
+    fwd, bwd = distance(target), distance(target.flip(1))
+    rev = bwd < fwd
+    return torch.where(rev, bwd, fwd), rev
+
+
+def _in_order(video: torch.Tensor, reversed_: torch.Tensor) -> torch.Tensor:
+    """``video [N, T, ...]`` with the frames of the samples where ``reversed_ [N]`` (bool) is True reversed."""
+    mask = reversed_.view(-1, *([1] * (video.dim() - 1)))
+    return torch.where(mask, video.flip(1), video)
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+def open_blur_dataset(kind: str, root: str | os.PathLike, size: int, m: int | None, split: str = "train"):
+    """A reader of blurry images with their 5 sharp frames at ``size`` px (see
+    :func:`deblur_rotate.data.readers.open_training_dataset`)."""
+    from deblur_rotate.data.readers import open_training_dataset
+
+    return open_training_dataset(kind, root, size, m=m, split=split, needs="blurry images with their sharp frames")
+
+
+class BlurSequences(torch.utils.data.Dataset):
+    """Blurry images and their sharp frames from any reader, optionally with mirrored copies.
+
+    Item: ``{"blurry": [3, R, R], "targets": [5, 3, R, R]}`` in [-1, 1]. With ``mirror``, item ``2 i`` is
+    sample ``i`` and item ``2 i + 1`` its horizontal mirror (blurry image and targets flipped together);
+    deterministic in the index. For a two-view reader item ``[2, ...]``, the first view.
+    """
+
+    def __init__(self,
+                 dataset: torch.utils.data.Dataset,  # a reader (open_dataset) giving blurry and targets
+                 mirror: bool = True,                 # add horizontally mirrored copies
+                 ):
+        self.dataset = dataset
+        self.copies = 2 if mirror else 1
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.copies
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        i, flip = divmod(int(i), self.copies)
+        sample = self.dataset[i]
+        blurry, targets = sample["blurry"].float(), sample["targets"].float()
+        if blurry.dim() == 4:  # a pair of views [2, 3, R, R]
+            blurry, targets = blurry[0], targets[0]
+        if targets.shape[0] != NUM_FRAMES:
+            raise UserError(f"samples must have {NUM_FRAMES} sharp targets, got {targets.shape[0]}")
+        if flip:
+            blurry, targets = blurry.flip(-1), targets.flip(-1)
+        return {"blurry": blurry, "targets": targets}
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+@dataclass
+class BlurEncoderConfig:
+    """Everything that determines a blur-encoder run (written to RUN/config.json)."""
+
+    preset: str = "tiny"  # micro (32 px), tiny (64 px), paper (256 px): G's size and E_v's backbone
+    data: str = ""  # dataset folder (SynthBMFD, images, 300VW, multi-view)
+    sharp_encoder: str = ""  # folder of the trained sharp encoder E_s (RUN_ES/sharp_encoder), the teacher
+    generator: str = ""  # folder of the fine-tuned generator (RUN_ES/generator)
+    out: str = ""  # run folder
+    kind: str = "auto"  # dataset kind for open_dataset
+    split: str = "train"  # SynthBMFD split
+    m: int | None = None  # blur half-window in frames (default: the data's own, 32 for SynthBMFD)
+    mirror: bool = True  # add mirrored copies of every sample
+    jitter: bool | None = None  # colour jitter of blurry image and targets alike (default: paper preset only)
+    steps: int = 5000  # iterations
+    batch: int | None = None  # total batch over all processes (default per preset)
+    lr: float = 1e-4  # Adam learning rate (the paper's 1e-4)
+    latent_loss: str = "l1"  # l1 or l2 distance between code sequences
+    lambda_image: float = 0.0  # weight of the L1 between decoded frames and sharp targets (0: off, as the paper)
+    ema_images: float | None = None  # EMA half-life in images (default per preset)
+    backbone_weights: str | None = None  # torchvision ResNet weights to start E_v's backbone from
+    checkpoint_every: int = 500
+    log_every: int = 50
+    image_every: int | None = None  # default: checkpoint_every
+    grid: int = 4  # samples in the image grid (0: none)
+    seed: int = 0
+    device: str | None = None  # cpu / cuda / None (auto)
+    precision: str = "fp32"  # fp32, or on CUDA fp16 / bf16 mixed precision
+    workers: int = 0  # DataLoader worker processes
+    resume: bool = False
+    progress: bool = True
+
+    def resolved(self) -> BlurEncoderConfig:
+        """A copy with the preset defaults filled in; UserError on impossible values."""
+        if self.preset not in PRESET_DEFAULTS:
+            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESET_DEFAULTS)}")
+        c = copy.deepcopy(self)
+        d = PRESET_DEFAULTS[c.preset]
+        c.batch = d["batch"] if c.batch is None else int(c.batch)
+        c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
+        c.jitter = d["jitter"] if c.jitter is None else bool(c.jitter)
+        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        c.data, c.out, c.sharp_encoder, c.generator = str(c.data), str(c.out), str(c.sharp_encoder), str(c.generator)
+        for name in ("batch", "checkpoint_every", "log_every"):
+            if getattr(c, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
+        for name in ("steps", "lr", "lambda_image", "ema_images", "grid", "workers", "image_every"):
+            if getattr(c, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
+        if c.latent_loss not in LATENT_LOSSES:
+            raise UserError(f"--latent-loss must be one of {', '.join(LATENT_LOSSES)} (got {c.latent_loss!r})")
+        if c.m is not None and (c.m < 2 or c.m % 2):
+            raise UserError(f"--m must be an even number >= 2 (got {c.m})")
+        if c.precision not in ("fp32", "fp16", "bf16"):
+            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
+        return c
+
+
+# ------------------------------------------------------------------------------------------------- stage
+
+class BlurEncoderStage:
+    """Builds E_v, its optimizer and EMA copy, the frozen teachers (E_s, G) and the data stream, and runs
+    them through the shared Trainer. ``run()`` writes RUN/blur_encoder/ (EMA weights).
+
+    Attributes after construction: ``E`` (E_v, bare module), ``E_ema``, ``E_s``, ``G`` (frozen, eval),
+    ``opt``, ``trainer``, ``config`` (resolved), ``info`` (DistInfo), ``resolution``, ``dataset``.
+    """
+
+    def __init__(self, config: BlurEncoderConfig):
+        from deblur_rotate.models.encoders import BlurEncoder, encoder_config
+        from deblur_rotate.train.gan import ema_beta_for
+        from deblur_rotate.train.loop import MixedPrecision, Trainer
+
+        self.config = c = config.resolved()
+        self.info = info = dist_utils.setup(c.device)
+        if c.batch % info.world_size:
+            raise UserError(f"--batch {c.batch} must be a multiple of the number of processes ({info.world_size})")
+        self.batch_per_rank = c.batch // info.world_size
+        self.out = Path(c.out)
+        dev = info.device
+
+        self.G = self._load_generator().to(dev).eval().requires_grad_(False)
+        self.E_s = self._load_sharp_encoder().to(dev).eval().requires_grad_(False)
+        self.resolution = self.G.img_resolution
+        self.dataset = BlurSequences(open_blur_dataset(c.kind, c.data, self.resolution, c.m, c.split), c.mirror)
+
+        dist_utils.seed_all(c.seed, per_rank=False)  # the same initial weights on every rank
+        self.e_config = dict(num_frames=NUM_FRAMES, num_ws=self.G.num_ws, w_dim=self.G.w_dim,
+                             **encoder_config(c.preset, "blur"))
+        self.E = BlurEncoder(**self.e_config, pretrained_backbone=c.backbone_weights).to(dev).train()
+        self.E.set_latent_offset(self.E_s.latent_offset)
+        self.E_ema = copy.deepcopy(self.E).eval().requires_grad_(False)
+        self.E_ddp = dist_utils.wrap_ddp(self.E)
+        self.opt = torch.optim.Adam(self.E.parameters(), lr=c.lr, betas=(0.9, 0.999))
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
+        self.amp = MixedPrecision(enabled=c.precision != "fp32", device=dev, dtype=dtype)
+        dist_utils.seed_all(c.seed)
+
+        count = min(c.grid, len(self.dataset))
+        picks = [round(i * (len(self.dataset) - 1) / max(count - 1, 1)) for i in range(count)]
+        self.grid_items = [self.dataset[i] for i in picks]
+        total_batch = c.batch
+
+        def ema_beta(step: int) -> float:
+            return ema_beta_for(total_batch, c.ema_images, 0.05, step)
+
+        run_config = {**asdict(c), "stage": "blur-encoder", "world_size": info.world_size,
+                      "blur_encoder": self.e_config, "sharp_encoder_config": self.E_s.config,
+                      "generator_config": self.G.config, "resolution": self.resolution,
+                      "dataset_items": len(self.dataset)}
+        run_config.pop("resume", None)
+        run_config.pop("progress", None)
+        self.trainer = Trainer(
+            run_dir=self.out, networks={"E": self.E}, network_configs={"E": self.e_config},
+            optimizers={"E": self.opt}, step_fn=self.step_fn, data=self.batches, total_steps=c.steps,
+            checkpoint_every=c.checkpoint_every, log_every=c.log_every, ema={"E": self.E_ema}, ema_beta=ema_beta,
+            amp=self.amp, run_config=run_config, image_fn=self.image_fn if count > 0 else None,
+            image_every=c.image_every if count > 0 else 0, progress=c.progress)
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _load_generator(self):
+        from deblur_rotate.models.io import load_pretrained
+        from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
+
+        c = self.config
+        if not c.generator:
+            raise UserError("--generator is required: the fine-tuned generator folder "
+                            "(RUN/generator from `deblur-rotate train sharp-encoder`)")
+        folder = Path(c.generator)
+        if not folder.is_dir():
+            raise UserError(f"generator folder {folder} not found; give RUN/generator of "
+                            "`deblur-rotate train sharp-encoder` (config.json + model.safetensors)")
+        G = Generator(**stylegan2_config(c.preset, "generator"))
+        return load_pretrained(G, folder)  # UserError naming keys/shapes (and the presets) on another preset
+
+    def _load_sharp_encoder(self):
+        """The teacher E_s (any backbone) whose codes fit G (num_ws, w_dim); UserError otherwise."""
+        from deblur_rotate.models.io import load_pretrained
+
+        c = self.config
+        if not c.sharp_encoder:
+            raise UserError("--sharp-encoder is required: the sharp encoder folder "
+                            "(RUN/sharp_encoder from `deblur-rotate train sharp-encoder`)")
+        folder = Path(c.sharp_encoder)
+        if not folder.is_dir():
+            raise UserError(f"sharp encoder folder {folder} not found; give RUN/sharp_encoder of "
+                            "`deblur-rotate train sharp-encoder` (config.json + model.safetensors)")
+        E_s = load_pretrained("encoders.sharp", folder)  # UserError on another kind or damaged files
+        if (E_s.num_ws, E_s.w_dim) != (self.G.num_ws, self.G.w_dim):
+            raise UserError(f"sharp encoder {folder} gives codes of {E_s.num_ws} x {E_s.w_dim} (num_ws x w_dim), "
+                            f"but the generator of preset {c.preset} needs {self.G.num_ws} x {self.G.w_dim}: "
+                            "give the E_s trained with this generator (same --preset)")
+        return E_s
+
+    def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches ``{blurry [B, 3, R, R], targets [B, 5, 3, R, R]}`` for iterations start_step, start_step + 1, ..."""
+        c = self.config
+        sampler = dist_utils.InfiniteSampler(len(self.dataset), seed=c.seed, start=start_step * self.batch_per_rank)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_per_rank, sampler=sampler,
+                                             num_workers=c.workers, pin_memory=self.info.device.type == "cuda",
+                                             drop_last=True, persistent_workers=False)
+        return iter(loader)
+
+    # ------------------------------------------------------------------------------------------ step
+    def _augment(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """Colour jitter (when on), drawn from a generator seeded by (seed, step, rank): exact on resume."""
+        if not self.config.jitter:
+            return batch
+        from deblur_rotate.data.readers import jitter_batch
+
+        g = torch.Generator().manual_seed((self.config.seed * 1_000_003 + step) * 64 + self.info.rank)
+        return jitter_batch(batch, g)
+
+    @torch.no_grad()
+    def teacher_codes(self, targets: torch.Tensor) -> torch.Tensor:
+        """E_s codes of the sharp targets: ``[B, 5, 3, R, R]`` -> ``[B, 5, num_ws, w_dim]`` (float32)."""
+        with self.amp.autocast():
+            z = self.E_s(targets.flatten(0, 1))  # [B * 5, num_ws, w_dim]
+        return z.float().view(*targets.shape[:2], *z.shape[1:])
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Frames G renders from codes: ``[B, T, num_ws, w_dim]`` -> ``[B, T, 3, R, R]`` in about [-1, 1]."""
+        images = self.G.synthesis(codes.flatten(0, 1), noise_mode="const")  # [B * T, 3, R, R]
+        return images.float().view(*codes.shape[:2], *images.shape[1:])
+
+    def step_fn(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """One Adam step of E_v on the order-invariant latent loss (+ the optional image term)."""
+        from deblur_rotate.evaluate.metrics import psnr
+
+        c, amp, dev = self.config, self.amp, self.info.device
+        batch = {k: batch[k].to(dev, non_blocking=True).float() for k in ("blurry", "targets")}
+        batch = self._augment(batch, step)
+        blurry, targets = batch["blurry"], batch["targets"]  # [B, 3, R, R], [B, 5, 3, R, R]
+        z = self.teacher_codes(targets)  # [B, 5, num_ws, w_dim]
+        self.opt.zero_grad(set_to_none=True)
+        with amp.autocast():
+            pred = self.E_ddp(blurry)  # [B, 5, num_ws, w_dim]
+        per_sample, rev = ordered_latent_loss(pred.float(), z, c.latent_loss)
+        terms = {"latent": per_sample.mean()}
+        total = terms["latent"]
+        frames = None
+        if c.lambda_image > 0:
+            with amp.autocast():
+                frames = self.decode(pred)  # [B, 5, 3, R, R]
+            terms["image"] = (frames - _in_order(targets, rev)).abs().mean()
+            total = total + c.lambda_image * terms["image"]
+        amp.backward(total)
+        amp.step(self.opt)
+        out = {k: v.detach() for k, v in terms.items()}
+        out["total"] = total.detach()
+        out["reversed"] = rev.float().mean()  # fraction of samples where the reversed order won
+        if frames is not None:
+            out["psnr"] = psnr(frames.detach().flatten(0, 1), _in_order(targets, rev).flatten(0, 1)).mean()
+        return out
+
+    # ------------------------------------------------------------------------------------------ images
+    @torch.no_grad()
+    def predict_grid(self) -> torch.Tensor:
+        """``[rows * 11, 3, R, R]``: per grid sample the blurry input, the 5 frames G decodes from the EMA
+        E_v's codes and the 5 sharp targets."""
+        dev = self.info.device
+        blurry = torch.stack([it["blurry"] for it in self.grid_items]).to(dev)
+        targets = torch.stack([it["targets"] for it in self.grid_items]).to(dev)
+        frames = self.decode(self.E_ema(blurry)).clamp(-1, 1)  # [rows, 5, 3, R, R]
+        rows = torch.cat([blurry[:, None], frames, targets], 1)  # [rows, 11, 3, R, R]
+        return rows.flatten(0, 1).cpu()
+
+    def image_fn(self, step: int) -> dict[str, torch.Tensor]:
+        """Writes RUN/samples/step-XXXXXXXX.png (rank 0) and returns the grid for TensorBoard."""
+        from torchvision.utils import make_grid
+
+        from deblur_rotate.files import save_png, to_uint8
+
+        imgs = self.predict_grid()
+        grid = make_grid(imgs, nrow=1 + 2 * NUM_FRAMES, padding=2, pad_value=-1.0)  # [3, H', W']
+        folder = self.out / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".step-{step:08d}.png.tmp"
+        save_png(tmp, to_uint8(grid), compress_level=6)
+        os.replace(tmp, folder / f"step-{step:08d}.png")
+        return {"blur_encoder": imgs}
+
+    # ------------------------------------------------------------------------------------------ run
+    def _check_resume_config(self) -> None:
+        """A clear UserError when the checkpoint to resume holds an E_v of another configuration."""
+        from deblur_rotate.models.io import read_config
+        from deblur_rotate.train.checkpoint import latest_checkpoint
+
+        folder = latest_checkpoint(self.out / "checkpoints")
+        if folder is None or not (folder / "E").is_dir():
+            return
+        saved = {k: v for k, v in read_config(folder / "E").items() if not k.startswith("_")}
+        if saved != self.e_config:
+            diff = sorted(k for k in set(saved) | set(self.e_config) if saved.get(k) != self.e_config.get(k))
+            raise UserError(f"{folder} holds a blur encoder of another configuration (differing: {', '.join(diff)}) "
+                            f"than this run's --preset {self.config.preset}; resume with the run's own preset or "
+                            "choose another --out")
+
+    def run(self) -> dict[str, float]:
+        """Train (resuming first when ``config.resume``), then write RUN/blur_encoder/ (EMA E_v). Returns the
+        last losses."""
+        from deblur_rotate.models.io import save_pretrained
+
+        if self.config.resume:
+            self._check_resume_config()
+            self.trainer.resume()
+        losses = self.trainer.train()
+        if self.info.rank == 0:
+            save_pretrained(self.E_ema, self.out / OUTPUT_FOLDER)
+        dist_utils.barrier()
+        return losses
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+def add_parser(stages) -> None:
+    """Register ``deblur-rotate train blur-encoder``."""
+    import argparse
+
+    from deblur_rotate.train.commands import add_common_options
+
+    p = stages.add_parser(
+        "blur-encoder", help="stage 3: the blurry-image encoder E_v (5 W+ codes per blurry face)",
+        description="Train E_v (blurry face -> 5 W+ codes, one per sharp frame) to match the codes the frozen "
+                    "sharp encoder E_s gives the 5 sharp frames, with the loss min(|E_v(x) - z|, "
+                    "|E_v(x) - z_reversed|) (forward/backward ambiguity). Writes RUN/blur_encoder/ (EMA weights). "
+                    "Multi-GPU: launch with torchrun --nproc_per_node N.")
+    p.add_argument("--preset", choices=("micro", "tiny", "paper"), default="tiny",
+                   help="network sizes (micro 32 px, tiny 64, paper 256; default tiny)")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder: SynthBMFD, images, 300VW or multi-view")
+    p.add_argument("--sharp-encoder", required=True, type=Path,
+                   help="trained sharp encoder folder (RUN/sharp_encoder of `train sharp-encoder`), the teacher")
+    p.add_argument("--generator", required=True, type=Path,
+                   help="fine-tuned generator folder (RUN/generator of `train sharp-encoder`)")
+    p.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
+    p.add_argument("--split", default="train", choices=("train", "test", "all"), help="SynthBMFD split (default train)")
+    p.add_argument("--m", type=int, default=None,
+                   help="blur half-window in frames: 2m+1 frames are averaged (default: the data's own, "
+                        "SynthBMFD 32)")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                   help="add a mirrored copy of every sample (default on)")
+    p.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=None,
+                   help="colour jitter of the blurry image and its targets alike (default: paper preset only)")
+    add_common_options(p, batch_help="total batch over all processes (default: micro 4, tiny 8, paper 96)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--latent-loss", choices=LATENT_LOSSES, default="l1",
+                   help="distance between code sequences: l1 (mean absolute) or l2 (mean squared); default l1")
+    p.add_argument("--lambda-image", type=float, default=0.0,
+                   help="weight of an L1 between the decoded frames and the sharp targets (default 0: off)")
+    p.add_argument("--backbone-weights", type=str, default=None,
+                   help="torchvision ResNet state dict to start E_v's backbone from")
+    p.add_argument("--ema-kimg", type=float, default=None,
+                   help="EMA half-life in thousands of images (default: micro 0.1, tiny 2, paper 10)")
+    p.add_argument("--image-every", type=int, default=None,
+                   help="iterations between sample grids (default: --checkpoint-every)")
+    p.add_argument("--grid", type=int, default=4, help="samples in the grid (default 4; 0: none)")
+    p.set_defaults(func=run_blur_encoder)
+
+
+def run_blur_encoder(args) -> int:
+    config = BlurEncoderConfig(
+        preset=args.preset, data=str(args.data), sharp_encoder=str(args.sharp_encoder), generator=str(args.generator),
+        out=str(args.out), kind=args.kind, split=args.split, m=args.m, mirror=args.mirror, jitter=args.jitter,
+        steps=args.steps, batch=args.batch, lr=args.lr, latent_loss=args.latent_loss, lambda_image=args.lambda_image,
+        ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0, backbone_weights=args.backbone_weights,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
+        grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
+        resume=args.resume, progress=args.progress)
+    try:
+        stage = BlurEncoderStage(config)
+        losses = stage.run()
+        if stage.info.rank == 0:
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if math.isfinite(v))
+            print(f"trained {stage.config.steps} steps ({terms}); E_v written to {Path(config.out) / OUTPUT_FOLDER}")
+    finally:
+        dist_utils.shutdown()
+    return 0
