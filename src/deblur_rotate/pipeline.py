@@ -1,0 +1,804 @@
+"""Inference (paper Figure 1): one motion-blurred face -> a sharp T-frame video from the same or a new view.
+
+Data flow (all under ``torch.no_grad``)::
+
+    images [N, 3, R, R] in [-1, 1] (aligned faces)
+      --E_v-->   codes [N, T, num_ws, w_dim]          one W+ code per sharp frame
+      --E_3D-->  pose  [N, 3]                          (pitch, yaw, roll), radians
+    per view (dyaw, dpitch) in degrees:
+      Δp = (dpitch, dyaw, 0) in radians               (to_frontal: Δp = (dpitch, dyaw, 0) - pose)
+      codes' = F(codes, Δp)                            view (0, 0) without to_frontal: codes' = codes, no F
+      frames = G.synthesis(codes', noise_mode="const")  [N, V, T, 3, R, R]
+
+A positive yaw turns the nose to the image's left and a positive pitch tilts the face about the camera's
+x axis (README "Conventions"); both are changes relative to the input view, or with ``to_frontal``
+relative to the frontal view (the face looking into the camera).
+
+Model folder (format version 1)::
+
+    MODEL/pipeline.json
+        {"format_version": 1,
+         "kind": "deblur-rotate",
+         "preset": "tiny",                 # name of the network sizes (micro / tiny / paper / custom)
+         "resolution": 64,                 # R: side of the faces in and out, pixels
+         "num_frames": 5,                  # T: sharp frames E_v predicts per blurry image
+         "networks": {"generator": "generator", "blur_encoder": "blur_encoder",
+                      "face3d_encoder": "face3d_encoder", "fusion": "fusion"},   # role -> sub-folder
+         "crop": {"method": "ffhq", "face_side": 1.0, "face_center": [0.5, 0.5], "source": "..."},
+         "storage_dtype": "float32",       # or "float16": how the weights are stored (they load as fp32)
+         "extra": {}}                      # free-form (training runs, notes)
+    MODEL/<sub-folder>/config.json + model.safetensors     (models/io.py save_pretrained / load_pretrained)
+
+``face3d_encoder`` and ``fusion`` may be missing (or null): such a model only reconstructs the input view
+(``views=[(0, 0)]``, no ``to_frontal``); a fusion network without E_3D can still turn by relative angles.
+The stored weights are the EMA weights of each training stage.
+
+``crop`` says how the faces the networks were trained on are framed, so that real photos are aligned the
+same way: with the FFHQ recipe (:func:`deblur_rotate.data.align.ffhq_transform`) the face's oriented square
+fills the whole crop; training faces that sit smaller or off-centre (SynthBMFD's rig camera) are described
+by the side of that square as a fraction of the image side (``face_side``) and its centre in fractions of
+the image (``face_center`` = (x, y) from the top-left outer corner). :func:`crop_from_landmarks` measures
+both from the 68 landmarks of training images.
+
+Real photos: :func:`read_image` (any jpg/png/webp/bmp/tiff, grey, palette, RGBA, 16-bit -> 8-bit RGB),
+:func:`prepare_image` (dlib detection, HOG then CNN fallback, and the alignment above; or ``aligned=True``
+to just resize), :func:`paste_back` (the same-view sharp frame warped back into the photo with a feathered
+mask of the face).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from deblur_rotate.errors import UserError
+
+__all__ = [
+    "DEFAULT_CROP",
+    "FORMAT_VERSION",
+    "MIN_IMAGE_SIDE",
+    "NETWORK_KINDS",
+    "PIPELINE_FILE",
+    "AlignedFace",
+    "DeblurRotatePipeline",
+    "FaceFinder",
+    "PipelineOutput",
+    "alignment_matrix",
+    "assemble_model",
+    "bundled_model_dir",
+    "crop_from_landmarks",
+    "face_mask",
+    "paste_back",
+    "prepare_image",
+    "read_image",
+    "resolve_device",
+    "sweep_views",
+]
+
+PIPELINE_FILE = "pipeline.json"
+FORMAT_VERSION = 1
+# role in pipeline.json "networks" -> registered kind (models/io.py)
+NETWORK_KINDS: dict[str, str] = {
+    "generator": "stylegan2.generator",
+    "blur_encoder": "encoders.blur",
+    "face3d_encoder": "encoders.face3d",
+    "fusion": "fusion",
+}
+REQUIRED_ROLES = ("generator", "blur_encoder")
+# FFHQ framing: the face's oriented square fills the crop.
+DEFAULT_CROP: dict = {"method": "ffhq", "face_side": 1.0, "face_center": [0.5, 0.5], "source": "FFHQ alignment"}
+MIN_IMAGE_SIDE = 16  # pixels; smaller images cannot hold a usable face
+
+
+# ------------------------------------------------------------------------------------------------ devices
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``None`` -> cuda when available, else cpu; ``"cuda"`` without a GPU is a UserError."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but this machine has no usable CUDA device; use --device cpu")
+    return device
+
+
+def bundled_model_dir() -> Path:
+    """Where the model shipped with the package lives (``deblur_rotate/assets/model/``; may not exist)."""
+    return Path(__file__).resolve().parent / "assets" / "model"
+
+
+# ------------------------------------------------------------------------------------------------ framing
+
+
+def _crop_values(crop: dict | None) -> tuple[float, np.ndarray]:
+    """(face_side, face_center [2]) of a pipeline.json ``crop`` entry, validated."""
+    crop = DEFAULT_CROP if crop is None else crop
+    if not isinstance(crop, dict) or crop.get("method", "ffhq") != "ffhq":
+        raise UserError(f"unsupported crop description {crop!r}: expected {{'method': 'ffhq', 'face_side': s, "
+                        "'face_center': [x, y]}")
+    try:
+        side = float(crop.get("face_side", 1.0))
+        center = np.asarray(crop.get("face_center", [0.5, 0.5]), dtype=np.float64).reshape(2)
+    except (TypeError, ValueError):
+        raise UserError(f"crop description {crop!r}: face_side must be a number and face_center two numbers") from None
+    if not (0.05 <= side <= 20.0) or not np.isfinite(center).all():
+        raise UserError(f"crop description {crop!r}: face_side must be in [0.05, 20] and face_center finite")
+    return side, center
+
+
+def crop_from_landmarks(landmarks: np.ndarray | torch.Tensor, size: int, source: str = "training landmarks") -> dict:
+    """Measure how training faces are framed, for pipeline.json's ``crop``.
+
+    landmarks: ``[N, 68, 2]`` (u, v) pixels of N training images of side ``size`` (e.g. SynthBMFD's
+               ``landmarks``); NaN rows are skipped.
+    Returns ``{"method": "ffhq", "face_side": s, "face_center": [x, y], "source": ...}``: the median side of
+    the faces' FFHQ squares as a fraction of ``size`` and the median centre in fractions of the image.
+    """
+    from deblur_rotate.data.align import ffhq_transform, invert_affine
+
+    lm = np.asarray(landmarks.detach().cpu() if isinstance(landmarks, torch.Tensor) else landmarks, np.float64)
+    if lm.ndim != 3 or lm.shape[1:] != (68, 2):
+        raise ValueError(f"expected landmarks [N, 68, 2], got {lm.shape}")
+    lm = lm[np.isfinite(lm).all(axis=(1, 2))]
+    if len(lm) == 0:
+        raise ValueError("no finite landmark set to measure the crop from")
+    sides, centers = [], []
+    for points in lm:
+        a = ffhq_transform(points, size)  # training-image pixels -> FFHQ crop pixels
+        scale = math.sqrt(abs(np.linalg.det(a[:, :2])))
+        inv = invert_affine(a)
+        c = inv[:, :2] @ np.full(2, (size - 1) / 2.0) + inv[:, 2]  # square centre, training-image pixels
+        sides.append(1.0 / scale)
+        centers.append((c + 0.5) / size)
+    return {"method": "ffhq", "face_side": float(np.median(sides)),
+            "face_center": [float(v) for v in np.median(np.stack(centers), 0)], "source": f"{source} ({len(lm)})"}
+
+
+def alignment_matrix(landmarks: np.ndarray, size: int, crop: dict | None = None) -> np.ndarray:
+    """Similarity ``A`` (2 x 3 float64, photo pixels -> crop pixels) framing the face with ``landmarks
+    [68, 2]`` in a ``size`` x ``size`` crop as the training faces were framed (``crop``, default FFHQ)."""
+    from deblur_rotate.data.align import ffhq_transform
+
+    side, center = _crop_values(crop)
+    a = ffhq_transform(landmarks, size)
+    mid = (size - 1) / 2.0
+    target = center * size - 0.5  # the square's centre in crop pixels (pixel centres at integers)
+    linear = side * a[:, :2]
+    offset = side * (a[:, 2] - mid) + target
+    return np.concatenate([linear, offset[:, None]], 1)
+
+
+# ------------------------------------------------------------------------------------------ model folders
+
+
+def _check_parts(generator: nn.Module, blur_encoder: nn.Module, face3d_encoder: nn.Module | None,
+                 fusion: nn.Module | None, where: str) -> None:
+    """UserError unless the networks fit together (same W+ layout everywhere)."""
+    from deblur_rotate.models.encoders import BlurEncoder, FaceCoefficientEncoder
+    from deblur_rotate.models.fusion import FusionNetwork
+    from deblur_rotate.models.stylegan2 import Generator
+
+    expected = {"generator": (generator, Generator), "blur_encoder": (blur_encoder, BlurEncoder),
+                "face3d_encoder": (face3d_encoder, FaceCoefficientEncoder), "fusion": (fusion, FusionNetwork)}
+    for role, (module, cls) in expected.items():
+        if module is not None and not isinstance(module, cls):
+            raise UserError(f"{where}: {role} must be a {cls.__name__}, got a {type(module).__name__}")
+    want = (generator.num_ws, generator.w_dim)
+    for role, module in (("blur_encoder", blur_encoder), ("fusion", fusion)):
+        if module is not None and (module.num_ws, module.w_dim) != want:
+            raise UserError(f"{where}: the {role} works on codes [num_ws {module.num_ws}, w_dim {module.w_dim}] "
+                            f"but the generator takes [num_ws {want[0]}, w_dim {want[1]}]; the networks come from "
+                            "different presets")
+
+
+def _as_module(value, role: str, device: str | torch.device = "cpu") -> nn.Module:
+    """A network given as a module or as a saved-network folder -> the module (on ``device``)."""
+    from deblur_rotate.models.io import load_pretrained
+
+    if isinstance(value, nn.Module):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return load_pretrained(NETWORK_KINDS[role], value, device)
+    raise TypeError(f"{role}: expected an nn.Module or a network folder, got {type(value).__name__}")
+
+
+def assemble_model(out: str | os.PathLike, *,
+                   generator: nn.Module | str | os.PathLike,             # G (EMA weights): module or folder
+                   blur_encoder: nn.Module | str | os.PathLike,          # E_v
+                   face3d_encoder: nn.Module | str | os.PathLike | None = None,  # E_3D (needed for to_frontal)
+                   fusion: nn.Module | str | os.PathLike | None = None,  # F (needed for any other view)
+                   preset: str,                                          # name of the sizes, e.g. "tiny"
+                   crop: dict | None = None,                             # framing (crop_from_landmarks); FFHQ
+                   dtype: torch.dtype | None = None,                     # torch.float16: half-size storage
+                   extra: dict | None = None,                            # free-form JSON (runs, notes)
+                   overwrite: bool = False,                              # replace an existing model folder
+                   ) -> Path:
+    """Write a model folder (format in the module docstring) and return its path.
+
+    The folder is built in a temporary sibling and renamed into place, so ``out`` is either the complete
+    new model or untouched. With ``dtype=torch.float16`` the floating-point weights are stored in half
+    precision (half the size; they load back as float32). UserError when the networks do not fit together,
+    ``out`` is a file, or ``out`` exists and ``overwrite`` is False.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"model output path {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"model folder {out} already exists and is not empty; pass overwrite=True or pick a new one")
+    if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be None, torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
+    if not isinstance(preset, str) or not preset:
+        raise ValueError("preset must be a non-empty name such as 'tiny'")
+    _crop_values(crop)  # validate
+    parts = {"generator": _as_module(generator, "generator"), "blur_encoder": _as_module(blur_encoder, "blur_encoder"),
+             "face3d_encoder": None if face3d_encoder is None else _as_module(face3d_encoder, "face3d_encoder"),
+             "fusion": None if fusion is None else _as_module(fusion, "fusion")}
+    _check_parts(*parts.values(), where=f"model {out}")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": "deblur-rotate",
+        "preset": preset,
+        "resolution": int(parts["generator"].img_resolution),
+        "num_frames": int(parts["blur_encoder"].num_frames),
+        "networks": {role: role for role, module in parts.items() if module is not None},
+        "crop": dict(DEFAULT_CROP if crop is None else crop),
+        "storage_dtype": str(dtype or torch.float32).replace("torch.", ""),
+        "extra": dict(extra or {}),
+    }
+    json.dumps(meta)  # fail on non-JSON extras before writing anything
+    from deblur_rotate.files import atomic_write_json
+    from deblur_rotate.models.io import save_pretrained
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for role, module in parts.items():
+            if module is None:
+                continue
+            if dtype is not None and dtype != torch.float32:
+                module = copy.deepcopy(module).to(device="cpu", dtype=dtype)  # casts floating tensors only
+            save_pretrained(module, tmp / role)
+        atomic_write_json(tmp / PIPELINE_FILE, meta)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Move the finished folder ``new`` to ``dest``, replacing what is there (old one removed last)."""
+    if dest.exists():
+        trash = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(dest, trash)
+        os.replace(new, dest)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(new, dest)
+
+
+def _read_pipeline_json(folder: Path) -> dict:
+    if not folder.exists():
+        raise UserError(f"model folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"model path {folder} is a file; give the model folder (the one holding {PIPELINE_FILE})")
+    path = folder / PIPELINE_FILE
+    if not path.is_file():
+        hint = (" (it looks like a single network folder; a model folder holds pipeline.json and one sub-folder "
+                "per network: build one with deblur_rotate.pipeline.assemble_model)"
+                if (folder / "config.json").exists() else
+                " (not a deblur-rotate model folder; build one with deblur_rotate.pipeline.assemble_model)")
+        raise UserError(f"model folder {folder} has no {PIPELINE_FILE}{hint}")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise UserError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("kind") != "deblur-rotate":
+        raise UserError(f"{path}: not a deblur-rotate pipeline description (\"kind\" must be \"deblur-rotate\")")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(f"{path}: format_version {version!r} is not supported (this version reads up to "
+                        f"{FORMAT_VERSION}); update deblur-rotate")
+    networks = meta.get("networks")
+    if not isinstance(networks, dict):
+        raise UserError(f"{path}: \"networks\" must map roles ({', '.join(NETWORK_KINDS)}) to sub-folders")
+    unknown = sorted(set(networks) - set(NETWORK_KINDS))
+    if unknown:
+        raise UserError(f"{path}: unknown network role(s) {', '.join(unknown)}; known: {', '.join(NETWORK_KINDS)}")
+    for role in REQUIRED_ROLES:
+        if not networks.get(role):
+            raise UserError(f"{path}: no {role} listed under \"networks\"; a model needs at least "
+                            f"{' and '.join(REQUIRED_ROLES)}")
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+@dataclass
+class PipelineOutput:
+    """What :class:`DeblurRotatePipeline` returns (tensors on the pipeline's device)."""
+
+    frames: torch.Tensor                 # [N, V, T, 3, R, R] raw generator output, about [-1, 1] (not clamped)
+    pose: torch.Tensor | None            # [N, 3] (pitch, yaw, roll) radians from E_3D; None without E_3D
+    codes: torch.Tensor                  # [N, T, num_ws, w_dim] the input-view codes (after time resampling)
+    view_codes: torch.Tensor             # [N, V, T, num_ws, w_dim] the codes G rendered for each view
+    views: list[tuple[float, float]] = field(default_factory=list)  # [(dyaw_deg, dpitch_deg)] per view
+    to_frontal: bool = False             # views relative to the frontal pose instead of the input view
+
+
+def _view_list(views: Sequence[Sequence[float]] | None) -> list[tuple[float, float]]:
+    if views is None:
+        return [(0.0, 0.0)]
+    out = []
+    for v in views:
+        if len(v) != 2 or not all(math.isfinite(float(x)) for x in v):
+            raise ValueError(f"a view is (dyaw_deg, dpitch_deg), two finite numbers; got {v!r}")
+        out.append((float(v[0]), float(v[1])))
+    if not out:
+        raise ValueError("views must list at least one (dyaw_deg, dpitch_deg)")
+    return out
+
+
+def sweep_views(steps: int = 36, yaw_deg: float = 45.0, pitch_deg: float = 0.0) -> list[tuple[float, float]]:
+    """An orbit: yaw 0 -> +yaw_deg -> 0 -> -yaw_deg -> back (a sine over ``steps`` views), fixed pitch."""
+    if steps < 2:
+        raise ValueError("a sweep needs at least 2 steps")
+    return [(float(yaw_deg * math.sin(2 * math.pi * k / steps)), float(pitch_deg)) for k in range(steps)]
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+
+
+class DeblurRotatePipeline:
+    """The four networks of a model folder, in eval mode on one device; no other state.
+
+    ``pipe(images, views=[(dyaw_deg, dpitch_deg), ...])`` runs the data flow of the module docstring.
+    Build it with :meth:`from_pretrained` (a model folder) or directly from modules (tests, benchmarks).
+    """
+
+    def __init__(self,
+                 generator: nn.Module,                     # StyleGAN2 Generator: synthesis(ws) -> [N, 3, R, R]
+                 blur_encoder: nn.Module,                  # BlurEncoder E_v: [N, 3, R, R] -> [N, T, num_ws, w_dim]
+                 face3d_encoder: nn.Module | None = None,  # FaceCoefficientEncoder E_3D (pose); optional
+                 fusion: nn.Module | None = None,          # FusionNetwork F (new views); optional
+                 config: dict | None = None,               # the pipeline.json contents (crop, preset, ...)
+                 name: str = "model",                      # how errors name this model (its folder)
+                 max_batch: int = 32,                      # images per G.synthesis call (memory bound)
+                 ):
+        _check_parts(generator, blur_encoder, face3d_encoder, fusion, where=name)
+        self.generator = generator.eval()
+        self.blur_encoder = blur_encoder.eval()
+        self.face3d_encoder = None if face3d_encoder is None else face3d_encoder.eval()
+        self.fusion = None if fusion is None else fusion.eval()
+        self.name = str(name)
+        self.max_batch = int(max_batch)
+        self.config = dict(config or {})
+        self.config.setdefault("resolution", int(generator.img_resolution))
+        self.config.setdefault("num_frames", int(blur_encoder.num_frames))
+        self.config.setdefault("crop", dict(DEFAULT_CROP))
+        if self.config["resolution"] != generator.img_resolution:
+            raise UserError(f"{name}: {PIPELINE_FILE} says resolution {self.config['resolution']} but the generator "
+                            f"renders {generator.img_resolution} px")
+        if self.config["num_frames"] != blur_encoder.num_frames:
+            raise UserError(f"{name}: {PIPELINE_FILE} says num_frames {self.config['num_frames']} but the blur "
+                            f"encoder predicts {blur_encoder.num_frames}")
+        _crop_values(self.config["crop"])
+
+    # ---------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike | None = None,
+                        device: str | torch.device | None = "cpu") -> DeblurRotatePipeline:
+        """Load a model folder (``None``: the model bundled with the package). UserError naming the folder
+        and the problem when it is missing, unreadable or its networks do not fit."""
+        from deblur_rotate.models.io import load_pretrained
+
+        if folder is None:
+            folder = bundled_model_dir()
+            if not (folder / PIPELINE_FILE).is_file():
+                raise UserError(
+                    "no model is bundled with this install of deblur-rotate (deblur_rotate/assets/model/ is "
+                    "missing); train one (`deblur-rotate train --help`: generator, then the encoders and fusion), "
+                    "assemble it with deblur_rotate.pipeline.assemble_model, and pass --model FOLDER")
+        folder = Path(folder)
+        meta = _read_pipeline_json(folder)
+        device = resolve_device(device)
+        modules: dict[str, nn.Module | None] = {}
+        root = folder.resolve()
+        for role, kind in NETWORK_KINDS.items():
+            sub = meta["networks"].get(role)
+            if not sub:
+                modules[role] = None
+                continue
+            path = (folder / str(sub)).resolve()
+            if root != path and root not in path.parents:
+                raise UserError(f"model folder {folder}: network {role!r} points outside the folder ({sub!r})")
+            if not path.is_dir():
+                raise UserError(f"model folder {folder}: the {role} sub-folder {sub!r} is missing")
+            try:
+                modules[role] = load_pretrained(kind, path, device)
+            except UserError as err:
+                raise UserError(f"model folder {folder}: {role}: {err}") from None
+        return cls(modules["generator"], modules["blur_encoder"], modules["face3d_encoder"], modules["fusion"],
+                   config=meta, name=f"model folder {folder}")
+
+    # ---------------------------------------------------------------- facts
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @property
+    def resolution(self) -> int:
+        """R: side of the faces in and out, pixels."""
+        return int(self.generator.img_resolution)
+
+    @property
+    def num_frames(self) -> int:
+        """T: sharp frames E_v predicts."""
+        return int(self.blur_encoder.num_frames)
+
+    @property
+    def crop(self) -> dict:
+        return self.config["crop"]
+
+    @property
+    def can_rotate(self) -> bool:
+        """True when the model has F (views other than the input's)."""
+        return self.fusion is not None
+
+    @property
+    def has_pose(self) -> bool:
+        """True when the model has E_3D (pose estimates, to_frontal)."""
+        return self.face3d_encoder is not None
+
+    def check_request(self, views: Sequence[tuple[float, float]], to_frontal: bool = False) -> None:
+        """UserError when the model lacks a network the request needs (F for new views, E_3D for frontal)."""
+        if to_frontal and not self.has_pose:
+            raise UserError(f"{self.name} has no face3d_encoder (E_3D), so it cannot estimate the head pose for "
+                            "--to-frontal; give views relative to the input (--yaw/--pitch) or use a model with E_3D")
+        if (to_frontal or any(v != (0.0, 0.0) for v in views)) and not self.can_rotate:
+            raise UserError(f"{self.name} has no fusion network (F): it can only reconstruct the input view; "
+                            "use --yaw 0 --pitch 0 (no --to-frontal, no --sweep) or a model with F")
+
+    # ---------------------------------------------------------------- steps
+
+    def _images(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """[N, 3, H, W] or a list of [3, H, W] / [n, 3, H, W] in [-1, 1] -> [N, 3, R, R] float32 on device."""
+        if not isinstance(images, torch.Tensor):
+            parts = [x if x.ndim == 4 else x.unsqueeze(0) for x in images]
+            if not parts:
+                raise ValueError("no images given")
+            images = torch.cat([p.to(self.device, torch.float32) for p in parts])
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"expected square RGB images [N, 3, H, H], got {tuple(images.shape)}")
+        images = images.to(self.device, torch.float32)
+        if images.numel() and (images.min() < -1.05 or images.max() > 1.05):
+            raise ValueError(f"images must be in [-1, 1] (got [{images.min().item():.3g}, {images.max().item():.3g}]); "
+                             "use deblur_rotate.files.from_uint8 for 8-bit pixels")
+        if images.shape[-1] != self.resolution:
+            images = torch.nn.functional.interpolate(images, size=(self.resolution, self.resolution),
+                                                     mode="bilinear", antialias=True, align_corners=False)
+        return images
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Aligned faces -> (codes ``[N, T, num_ws, w_dim]``, pose ``[N, 3]`` radians or None without E_3D)."""
+        x = self._images(images)
+        codes = self.blur_encoder(x)
+        pose = None if self.face3d_encoder is None else self.face3d_encoder.pose(x)
+        return codes, pose
+
+    @staticmethod
+    def resample_frames(codes: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Codes ``[N, T, num_ws, w_dim]`` -> ``[N, num_frames, ...]`` by linear interpolation in W+ over the
+        exposure (frame 1 and T are kept; 1 frame: the middle one). Unchanged when num_frames == T."""
+        t = codes.shape[1]
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        if num_frames == t:
+            return codes
+        if num_frames == 1:
+            pos = torch.tensor([(t - 1) / 2.0])
+        else:
+            pos = torch.linspace(0, t - 1, num_frames)
+        lo = pos.floor().long().clamp(max=t - 1)
+        hi = (lo + 1).clamp(max=t - 1)
+        w = (pos - lo.float()).to(codes)[None, :, None, None]
+        return torch.lerp(codes[:, lo.to(codes.device)], codes[:, hi.to(codes.device)], w)
+
+    def delta_pose(self, views: Sequence[tuple[float, float]], pose: torch.Tensor | None, n: int,
+                   to_frontal: bool = False) -> torch.Tensor:
+        """Δp ``[N, V, 3]`` radians: (dpitch, dyaw, 0) per view, minus the pose with ``to_frontal``."""
+        dp = torch.tensor([[math.radians(p), math.radians(y), 0.0] for y, p in views], device=self.device)
+        dp = dp.unsqueeze(0).expand(n, -1, -1)
+        if to_frontal:
+            if pose is None:
+                raise UserError(f"{self.name} has no face3d_encoder (E_3D): to_frontal needs the head pose")
+            dp = dp - pose.to(dp).unsqueeze(1)
+        return dp
+
+    @torch.no_grad()
+    def rotate(self, codes: torch.Tensor, pose: torch.Tensor | None, views: Sequence[tuple[float, float]],
+               to_frontal: bool = False) -> torch.Tensor:
+        """codes ``[N, T, num_ws, w_dim]`` -> per-view codes ``[N, V, T, num_ws, w_dim]`` (F where Δp is asked)."""
+        views = _view_list(views)
+        self.check_request(views, to_frontal)
+        n = codes.shape[0]
+        dp = self.delta_pose(views, pose, n, to_frontal)                           # [N, V, 3]
+        out = codes.unsqueeze(1).expand(-1, len(views), -1, -1, -1)                # [N, V, T, num_ws, w_dim]
+        turn = [i for i, v in enumerate(views) if to_frontal or v != (0.0, 0.0)]
+        if not turn:
+            return out
+        turned = self.fusion(out[:, turn], dp[:, turn])                            # [N, V', T, num_ws, w_dim]
+        if len(turn) == len(views):
+            return turned
+        out = out.clone()
+        out[:, turn] = turned
+        return out
+
+    @torch.no_grad()
+    def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
+        """``[..., num_ws, w_dim]`` -> images ``[..., 3, R, R]``, deterministic noise, in chunks of max_batch."""
+        lead = ws.shape[:-2]
+        flat = ws.reshape(-1, *ws.shape[-2:])
+        chunks = [self.generator.synthesis(flat[i:i + self.max_batch], noise_mode="const")
+                  for i in range(0, flat.shape[0], self.max_batch)]
+        images = torch.cat(chunks) if chunks else flat.new_zeros(0, 3, self.resolution, self.resolution)
+        return images.reshape(*lead, *images.shape[1:])
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor | Sequence[torch.Tensor],
+                 views: Sequence[Sequence[float]] | None = ((0.0, 0.0),),
+                 num_frames: int | None = None, to_frontal: bool = False) -> PipelineOutput:
+        """Aligned blurry faces ``[N, 3, R, R]`` in [-1, 1] (or a list of them; other square sizes are resized)
+        -> sharp frames for every view (``views``: (dyaw_deg, dpitch_deg) pairs, relative to the input view,
+        or to the frontal view with ``to_frontal``). ``num_frames`` (default T) resamples the codes in time."""
+        views = _view_list(views)
+        self.check_request(views, to_frontal)
+        codes, pose = self.encode(images)
+        codes = self.resample_frames(codes, num_frames or self.num_frames)
+        view_codes = self.rotate(codes, pose, views, to_frontal)
+        frames = self.synthesize(view_codes)
+        return PipelineOutput(frames=frames, pose=pose, codes=codes, view_codes=view_codes, views=views,
+                              to_frontal=to_frontal)
+
+    @torch.no_grad()
+    def sweep(self, codes: torch.Tensor, pose: torch.Tensor | None, views: Sequence[tuple[float, float]],
+              to_frontal: bool = False) -> torch.Tensor:
+        """An orbit video: step k shows view k at frame t_k, time running back and forth over the exposure
+        (0, 1, .., T-1, T-2, .., 1, 0, ..). Every step goes through F, also at Δp = 0, so the orbit is smooth.
+        codes ``[N, T, num_ws, w_dim]`` -> ``[N, K, 3, R, R]``."""
+        views = _view_list(views)
+        if not self.can_rotate:
+            raise UserError(f"{self.name} has no fusion network (F): it cannot render a sweep of views")
+        self.check_request(views, to_frontal)
+        t = codes.shape[1]
+        cycle = list(range(t)) + list(range(t - 2, 0, -1)) or [0]
+        order = torch.tensor([cycle[k % len(cycle)] for k in range(len(views))], device=codes.device)
+        dp = self.delta_pose(views, pose, codes.shape[0], to_frontal)                  # [N, K, 3]
+        return self.synthesize(self.fusion(codes[:, order], dp))                       # [N, K, 3, R, R]
+
+
+# ------------------------------------------------------------------------------------------- real photos
+
+
+def _to_rgb8(img) -> np.ndarray:
+    """A PIL image of any mode -> uint8 RGB [H, W, 3] (16-bit and float scaled, alpha over black)."""
+
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0
+        elif mode == "F" and np.nanmax(arr, initial=0.0) <= 1.0:
+            arr = arr * 255.0
+        elif mode == "I" and np.nanmax(arr, initial=0.0) > 255:
+            arr = arr * (255.0 / 65535.0) if np.nanmax(arr) <= 65535 else arr * (255.0 / np.nanmax(arr))
+        grey = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode not in ("RGB", "RGBA", "LA", "La", "RGBa", "PA"):
+        img = img.convert("RGB")
+    if img.mode != "RGB":
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+        rgb = rgba[..., :3] * (rgba[..., 3:] / 255.0)  # composite over black (the training background)
+        return rgb.round().clip(0, 255).astype(np.uint8)
+    out = np.array(img, dtype=np.uint8)
+    return out if out.ndim == 3 else np.repeat(out[..., None], 3, axis=2)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a photo (jpg, png, webp, bmp, tiff, ...; grey, palette, RGBA, 16-bit) as uint8 RGB ``[H, W, 3]``,
+    turned upright by its EXIF orientation. UserError naming the file when it is corrupt, truncated, or
+    smaller than MIN_IMAGE_SIDE pixels a side."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, not later
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb8(img)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not an image") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises many kinds for damaged files
+        reason = str(err) or type(err).__name__
+        raise UserError(f"{path}: not a readable image ({reason})") from None
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise UserError(f"{path}: image is {w}x{h} pixels, too small to hold a face (at least {MIN_IMAGE_SIDE} "
+                        "pixels a side)")
+    return rgb
+
+
+@dataclass
+class AlignedFace:
+    """One face cut out of a photo, ready for the pipeline."""
+
+    image: np.ndarray                    # uint8 [R, R, 3] the aligned crop (what the networks see)
+    affine: np.ndarray | None            # [2, 3] photo pixels -> crop pixels; None for --aligned inputs
+    box: tuple[float, float, float, float] | None  # detector box (left, top, right, bottom), photo pixels
+    landmarks: np.ndarray | None         # [68, 2] (u, v) photo pixels, iBUG 300-W order; None for --aligned
+
+    def tensor(self) -> torch.Tensor:
+        """The crop as ``[3, R, R]`` float in [-1, 1]."""
+        from deblur_rotate.files import from_uint8
+
+        return from_uint8(self.image)
+
+
+class FaceFinder:
+    """dlib's HOG face detector, with the (slower) CNN detector as a fallback for faces HOG misses (blurry
+    or turned faces); 68 landmarks for each face found. Models load on first use."""
+
+    def __init__(self,
+                 upsample: int = 1,        # HOG upsampling (finds faces ~2x smaller per step)
+                 cnn_fallback: bool = True,  # try the CNN (MMOD) detector when HOG finds nothing
+                 max_side: int = 640,      # images are shrunk to this longest side for detection (speed)
+                 ):
+        from deblur_rotate.data.align import FaceAligner
+
+        self.hog = FaceAligner("hog", upsample=upsample, max_side=max_side)
+        self.cnn_fallback = bool(cnn_fallback)
+        self.max_side = int(max_side)
+        self._cnn: dict[int, FaceAligner] = {}
+
+    def _cnn_for(self, image: np.ndarray):
+        from deblur_rotate.data.align import FaceAligner
+
+        # on CPU the CNN is slow: upsample only small images (faces of >= ~80 px are found without it)
+        up = 1 if max(image.shape[:2]) < 320 else 0
+        if up not in self._cnn:
+            self._cnn[up] = FaceAligner("cnn", upsample=up, max_side=self.max_side)
+        return self._cnn[up]
+
+    def find(self, image: np.ndarray) -> list[tuple[tuple[float, float, float, float], np.ndarray]]:
+        """[(box, landmarks [68, 2]), ...] of the faces in uint8 ``image`` [H, W, 3], largest first."""
+        boxes = self.hog.detect(image)
+        aligner = self.hog
+        if not boxes and self.cnn_fallback:
+            aligner = self._cnn_for(image)
+            boxes = aligner.detect(image)
+        return [(box, aligner.landmarks(image, box)) for box in boxes]
+
+
+def _square_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square (when not square) and resize to size x size (Lanczos)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    square = image[top:top + s, left:left + s]
+    if s == size:
+        return np.ascontiguousarray(square)
+    return np.array(Image.fromarray(np.ascontiguousarray(square)).resize((size, size), Image.LANCZOS))
+
+
+def prepare_image(image: np.ndarray, size: int, *, crop: dict | None = None, aligned: bool = False,
+                  only_center_face: bool = False, finder: FaceFinder | None = None,
+                  name: str = "image") -> list[AlignedFace]:
+    """Cut the faces of a photo (uint8 ``[H, W, 3]``) into ``size`` px crops framed like the training faces.
+
+    aligned:          the photo already is such a crop: centre-crop to a square if needed and resize.
+    only_center_face: keep only the detected face nearest the image centre; otherwise all faces, largest first.
+    UserError (naming ``name``) when no face is found.
+    """
+    if aligned:
+        return [AlignedFace(_square_resize(image, size), None, None, None)]
+    finder = finder or FaceFinder()
+    found = finder.find(image)
+    if not found:
+        raise UserError(f"{name}: no face found (dlib HOG and CNN detectors); if the image already is an aligned "
+                        "face crop, pass --aligned")
+    if only_center_face:
+        h, w = image.shape[:2]
+        found = [min(found, key=lambda f: math.hypot((f[0][0] + f[0][2]) / 2 - (w - 1) / 2,
+                                                     (f[0][1] + f[0][3]) / 2 - (h - 1) / 2))]
+    from deblur_rotate.data.align import warp_image
+
+    faces = []
+    for box, lm in found:
+        a = alignment_matrix(lm, size, crop)
+        faces.append(AlignedFace(warp_image(image, a, size), a, tuple(float(v) for v in box), lm))
+    return faces
+
+
+def face_mask(landmarks: np.ndarray | None, size: int, feather: float | None = None) -> np.ndarray:
+    """Soft mask float32 ``[size, size]`` in [0, 1] of the face in a crop: the polygon of the jaw line and
+    the brows raised by a third of the brow-to-chin height (the forehead), fading to 0 over ``feather`` px
+    (default size / 16) inside its edge. Without landmarks: the whole crop with feathered borders."""
+    import kornia
+    from PIL import Image, ImageDraw
+
+    feather = size / 16.0 if feather is None else float(feather)
+    scale = 4  # draw at 4x, then box-reduce: anti-aliased edges
+    canvas = Image.new("L", (size * scale, size * scale), 0)
+    draw = ImageDraw.Draw(canvas)
+    if landmarks is None:
+        draw.rectangle([0, 0, size * scale - 1, size * scale - 1], fill=255)
+    else:
+        lm = np.asarray(landmarks, dtype=np.float64)
+        jaw, brows = lm[0:17], lm[17:27][::-1]
+        up = (lm[8] - brows.mean(0)) / 3.0  # brow-to-chin direction, a third of its length
+        poly = np.concatenate([jaw, brows - up])
+        draw.polygon([((u + 0.5) * scale - 0.5, (v + 0.5) * scale - 0.5) for u, v in poly], fill=255)
+    mask = torch.from_numpy(np.asarray(canvas.reduce(scale), dtype=np.float32) / 255.0)[None, None]
+    if feather > 0:
+        # blur, then keep the inner half of the ramp: 0 on the edge, ~1 at `feather` px inside it
+        sigma = feather / 2.0
+        k = int(2 * math.ceil(3 * sigma) + 1)
+        blurred = kornia.filters.gaussian_blur2d(mask, (k, k), (sigma, sigma), border_type="constant")
+        mask = (2.0 * blurred - 1.0).clamp(0.0, 1.0)
+    return mask[0, 0].numpy()
+
+
+def paste_back(photo: np.ndarray, faces: Sequence[tuple[AlignedFace, np.ndarray]]) -> np.ndarray:
+    """Warp each face's sharp same-view frame (uint8 ``[R, R, 3]``) back into ``photo`` (uint8 ``[H, W, 3]``)
+    with a feathered mask of the face; faces given without an ``affine`` (aligned inputs) are skipped.
+    Returns a new uint8 ``[H, W, 3]``."""
+    import kornia
+
+    from deblur_rotate.data.align import invert_affine, transform_points
+
+    h, w = photo.shape[:2]
+    out = torch.from_numpy(np.array(photo, dtype=np.float32)).permute(2, 0, 1)  # [3, H, W]
+    for face, frame in faces:
+        if face.affine is None:
+            continue
+        size = frame.shape[0]
+        inv = invert_affine(face.affine)                                           # crop -> photo pixels
+        corners = transform_points(inv, np.array([[-1, -1], [size, -1], [-1, size], [size, size]], np.float64))
+        x0, y0 = np.floor(corners.min(0)).astype(int).clip(0, [w - 1, h - 1])
+        x1, y1 = np.ceil(corners.max(0)).astype(int).clip(0, [w - 1, h - 1])
+        if x1 <= x0 or y1 <= y0:
+            continue  # the face lies outside the photo
+        lm_crop = None if face.landmarks is None else transform_points(face.affine, face.landmarks)
+        src = torch.cat([torch.from_numpy(np.array(frame, dtype=np.float32)).permute(2, 0, 1),
+                         torch.from_numpy(face_mask(lm_crop, size))[None] * 255.0])[None]   # [1, 4, R, R]
+        m = inv.copy()
+        m[:, 2] -= (x0, y0)                                                        # crop -> box pixels
+        box = kornia.geometry.transform.warp_affine(src, torch.from_numpy(m).float()[None],
+                                                    dsize=(y1 - y0 + 1, x1 - x0 + 1), mode="bilinear",
+                                                    padding_mode="zeros", align_corners=True)[0]
+        alpha = (box[3:] / 255.0).clamp(0, 1)
+        region = out[:, y0:y1 + 1, x0:x1 + 1]
+        out[:, y0:y1 + 1, x0:x1 + 1] = region * (1 - alpha) + box[:3] * alpha
+    return out.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

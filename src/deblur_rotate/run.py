@@ -1,0 +1,455 @@
+"""``deblur-rotate run``: deblur and rotate the faces of photos with a trained model, and write the results.
+
+For each input image ``PATH`` the results go to ``OUT/<stem>/`` (written in a hidden sibling folder and
+renamed into place when complete, so a folder is never half-written)::
+
+    input.png                       the aligned face crop the networks saw (R x R)
+    frames/<view>/frame_1..T.png    the sharp frames of each view
+    <view>.gif, <view>.mp4          each view as a video (--fps)
+    sweep.gif, sweep.mp4            --sweep: an orbit of views, time running back and forth
+    contact_sheet.png               rows: views; columns: the input, then frames 1..T (the paper's Figure 5)
+    pose.json                       --save-pose: E_3D's head pose (degrees and radians)
+    latents.npz                     --save-latents: codes [T, num_ws, w_dim], view_codes [V, T, num_ws, w_dim],
+                                    views [V, 2] (dyaw, dpitch degrees), pose [3] radians
+    pasted/frame_1..T.png, pasted.gif, pasted.mp4   --paste-back: the same-view frames in the photo
+    result.json                     what was done: faces (boxes, poses), views, files
+
+A photo with several faces (and no --only-center-face) gets one sub-folder per face, ``face_1`` (the
+largest), ``face_2``, ... each holding the per-face files above; ``pasted/`` and ``result.json`` stay at
+``OUT/<stem>/``. View folders are named ``input_view`` (0, 0), ``yaw+30``, ``pitch-10``, ``yaw+30_pitch-10``;
+with --to-frontal the angles are relative to the frontal view and the names start with ``frontal``.
+
+``OUT/summary.json`` lists the inputs done and the ones that failed with the reason. A damaged image, an
+image without a face, a too-small image or an ``OUT/<stem>`` that is a file fail that input only: the run
+goes on and exits with status 1. Problems with the whole run (no inputs, ``-o`` is a file, an unusable
+model folder, a request the model cannot do) are a one-line ``error: ...`` with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deblur_rotate.errors import UserError
+
+__all__ = [
+    "RunOptions",
+    "add_arguments",
+    "contact_sheet",
+    "encode_gif",
+    "encode_mp4",
+    "list_inputs",
+    "output_names",
+    "process_input",
+    "run_command",
+    "view_name",
+    "views_from_angles",
+]
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"}
+SUMMARY = "summary.json"
+MAX_VIEWS = 64
+SHEET_MIN_CELL = 128  # contact-sheet cells are enlarged (nearest neighbour) to at least this many pixels
+
+
+# --------------------------------------------------------------------------------------------------- options
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``deblur-rotate run``."""
+    p.add_argument("-i", "--input", nargs="+", required=True, metavar="PATH",
+                   help="image file(s), folder(s) of images, or glob pattern(s) such as 'photos/*.jpg'")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
+                   help="output folder; results go to OUT/<image stem>/")
+    p.add_argument("--model", type=Path, default=None, metavar="FOLDER",
+                   help="model folder (pipeline.json + one sub-folder per network); default: the bundled model")
+    p.add_argument("--yaw", type=float, nargs="+", default=[0.0, -30.0, 30.0], metavar="DEG",
+                   help="view changes in yaw, degrees (+ turns the nose to the image's left; default 0 -30 30)")
+    p.add_argument("--pitch", type=float, nargs="+", default=[0.0], metavar="DEG",
+                   help="view changes in pitch, degrees (default 0); every yaw is combined with every pitch")
+    p.add_argument("--to-frontal", action="store_true",
+                   help="angles are relative to the frontal view (the face looking into the camera), not the input")
+    p.add_argument("--sweep", type=float, nargs="?", const=45.0, default=None, metavar="DEG",
+                   help="also write an orbit video: yaw 0 -> +DEG -> -DEG -> 0 (default 45)")
+    p.add_argument("--sweep-steps", type=int, default=36, help="views in the orbit (default 36)")
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="sharp frames per view (default: the model's, 5); other counts interpolate the codes")
+    p.add_argument("--fps", type=float, default=10.0, help="frame rate of the GIF/MP4 videos (default 10)")
+    p.add_argument("--aligned", action="store_true",
+                   help="inputs already are aligned face crops: no detection, just resize")
+    p.add_argument("--only-center-face", action="store_true",
+                   help="only the face nearest the image centre (default: every face found)")
+    p.add_argument("--paste-back", action="store_true",
+                   help="also paste the sharp same-view frames back into the original photo")
+    p.add_argument("--save-pose", action="store_true", help="write pose.json (E_3D's head pose)")
+    p.add_argument("--save-latents", action="store_true", help="write latents.npz (the W+ codes)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+@dataclass
+class RunOptions:
+    """Resolved settings of one ``run`` (what :func:`process_input` needs)."""
+
+    views: list[tuple[float, float]]          # [(dyaw_deg, dpitch_deg)] in order
+    to_frontal: bool = False                  # views relative to the frontal pose
+    num_frames: int | None = None             # frames per view (None: the model's T)
+    fps: float = 10.0                         # video frame rate
+    sweep: float | None = None                # orbit amplitude in degrees, None: no sweep
+    sweep_steps: int = 36                     # views in the orbit
+    aligned: bool = False                     # inputs are aligned crops
+    only_center_face: bool = False            # keep the face nearest the centre only
+    paste_back: bool = False                  # write pasted/ frames
+    save_pose: bool = False                   # write pose.json
+    save_latents: bool = False                # write latents.npz
+
+
+def views_from_angles(yaws: list[float], pitches: list[float]) -> list[tuple[float, float]]:
+    """Every (yaw, pitch) combination, pitch-major, duplicates removed; UserError on unusable angles."""
+    for a in [*yaws, *pitches]:
+        if not math.isfinite(a) or abs(a) > 180:
+            raise UserError(f"view angles must be finite degrees in [-180, 180] (got {a})")
+    views = list(dict.fromkeys((float(y), float(p)) for p in pitches for y in yaws))
+    if len(views) > MAX_VIEWS:
+        raise UserError(f"{len(views)} views asked for (--yaw x --pitch); at most {MAX_VIEWS}")
+    return views
+
+
+def _fmt(deg: float) -> str:
+    return f"{deg:+g}"
+
+
+def view_name(view: tuple[float, float], to_frontal: bool = False) -> str:
+    """Folder-safe name of a view: ``input_view``, ``yaw+30``, ``pitch-10``, ``yaw+30_pitch-10``; with
+    ``to_frontal`` ``frontal``, ``frontal_yaw+30``, ..."""
+    yaw, pitch = view
+    parts = ([f"yaw{_fmt(yaw)}"] if yaw != 0 else []) + ([f"pitch{_fmt(pitch)}"] if pitch != 0 else [])
+    if to_frontal:
+        return "_".join(["frontal", *parts])
+    return "_".join(parts) or "input_view"
+
+
+def _options(args) -> RunOptions:
+    if not (args.fps > 0 and math.isfinite(args.fps)) or args.fps > 240:
+        raise UserError(f"--fps must be in (0, 240] (got {args.fps})")
+    if args.num_frames is not None and not 1 <= args.num_frames <= 256:
+        raise UserError(f"--num-frames must be between 1 and 256 (got {args.num_frames})")
+    if args.sweep is not None and not 0 < args.sweep <= 180:
+        raise UserError(f"--sweep amplitude must be in (0, 180] degrees (got {args.sweep})")
+    if not 2 <= args.sweep_steps <= 720:
+        raise UserError(f"--sweep-steps must be between 2 and 720 (got {args.sweep_steps})")
+    if args.paste_back and args.aligned:
+        raise UserError("--paste-back puts the faces back into the original photo, but with --aligned the input "
+                        "already is the face crop; drop one of the two")
+    return RunOptions(views=views_from_angles(args.yaw, args.pitch), to_frontal=args.to_frontal,
+                      num_frames=args.num_frames, fps=args.fps, sweep=args.sweep, sweep_steps=args.sweep_steps,
+                      aligned=args.aligned, only_center_face=args.only_center_face, paste_back=args.paste_back,
+                      save_pose=args.save_pose, save_latents=args.save_latents)
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+def _natural_key(path: Path):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
+
+
+def list_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand ``-i`` arguments (files, folders, globs) -> (image paths in order, [(spec, why it gave nothing)]).
+
+    Folders are listed without recursion; folders and globs keep files with an image extension; a file named
+    explicitly is kept whatever its extension (reading it decides)."""
+    paths: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = sorted((f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS), key=_natural_key)
+            if not found:
+                problems.append((spec, f"folder has no images ({', '.join(sorted(IMAGE_EXTS))})"))
+        elif p.is_file():
+            found = [p]
+        elif any(ch in spec for ch in "*?["):
+            found = sorted((Path(f) for f in glob.glob(spec, recursive=True)
+                            if Path(f).is_file() and Path(f).suffix.lower() in IMAGE_EXTS), key=_natural_key)
+            if not found:
+                problems.append((spec, "the pattern matches no image files"))
+        else:
+            found = []
+            problems.append((spec, "no such file or folder"))
+        paths.extend(found)
+    unique = list(dict.fromkeys(paths))
+    return unique, problems
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """One output folder name per input: the file stem; inputs sharing a stem get their extension appended
+    (``a_png``, ``a_jpg``), and a counter if that is not enough."""
+    stems = [p.stem or p.name for p in paths]
+    names = [f"{s}_{p.suffix.lstrip('.').lower()}" if stems.count(s) > 1 else s for s, p in zip(stems, paths)]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        out.append(n if k == 0 else f"{n}_{k + 1}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H, W, 3] -> PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def encode_gif(frames: np.ndarray, fps: float) -> bytes:
+    """uint8 [K, H, W, 3] -> looping animated GIF bytes."""
+    import imageio.v3 as iio
+
+    buffer = io.BytesIO()
+    iio.imwrite(buffer, np.asarray(frames), extension=".gif", duration=1000.0 / fps, loop=0)
+    return buffer.getvalue()
+
+
+def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
+    """uint8 [K, H, W, 3] -> H.264 MP4 bytes (PyAV; odd sides are padded by one black pixel, as yuv420p
+    needs even sides)."""
+    import av
+
+    frames = np.asarray(frames)
+    _k, h, w = frames.shape[:3]
+    ph, pw = h % 2, w % 2
+    if ph or pw:
+        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)))
+    buffer = io.BytesIO()
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=max(1, round(fps)))
+        stream.width, stream.height, stream.pix_fmt = w + pw, h + ph, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "16", "preset": "medium"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def contact_sheet(input_image: np.ndarray, frames: np.ndarray, view_labels: list[str]) -> bytes:
+    """PNG bytes of a grid like the paper's Figure 5: one row per view, the input then frames 1..T.
+
+    input_image: uint8 [R, R, 3]; frames: uint8 [V, T, R, R, 3]; view_labels: V row labels."""
+    from PIL import Image, ImageDraw
+
+    v, t, r = frames.shape[:3]
+    scale = max(1, math.ceil(SHEET_MIN_CELL / r))
+    cell, pad, top = r * scale, 4, 16
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = int(max(probe.textlength(label) for label in view_labels)) + 10
+    sheet = Image.new("RGB", (left + (t + 1) * (cell + pad), top + v * (cell + pad)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    for c, label in enumerate(["input"] + [f"frame {j + 1}" for j in range(t)]):
+        draw.text((left + c * (cell + pad) + 2, 2), label, fill=(230, 230, 230))
+    big = lambda a: Image.fromarray(a).resize((cell, cell), Image.NEAREST)
+    for row in range(v):
+        y = top + row * (cell + pad)
+        draw.text((4, y + cell // 2 - 6), view_labels[row], fill=(230, 230, 230))
+        sheet.paste(big(input_image), (left, y))
+        for j in range(t):
+            sheet.paste(big(frames[row, j]), (left + (j + 1) * (cell + pad), y))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write(folder: Path, rel: str, data: bytes, written: list[str]) -> None:
+    from deblur_rotate.files import atomic_write_bytes
+
+    atomic_write_bytes(folder / rel, data)
+    written.append(rel)
+
+
+def _write_frames(folder: Path, frames_dir: str, video: str, frames: np.ndarray, fps: float,
+                  written: list[str]) -> None:
+    """frames uint8 [T, H, W, 3] -> frames_dir/frame_1..T.png + video.gif + video.mp4 (paths relative)."""
+    for j, frame in enumerate(frames):
+        _write(folder, f"{frames_dir}/frame_{j + 1}.png", encode_png(frame), written)
+    _write(folder, f"{video}.gif", encode_gif(frames, fps), written)
+    _write(folder, f"{video}.mp4", encode_mp4(frames, fps), written)
+
+
+# ------------------------------------------------------------------------------------------------ processing
+
+
+def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None) -> dict:
+    """Run one image through the pipeline and write its results to ``dest`` (replaced when complete).
+
+    Returns the record written to ``dest/result.json``. UserError for problems of this input (unreadable,
+    too small, no face, ``dest`` is a file)."""
+    import torch
+
+    from deblur_rotate.files import to_uint8
+    from deblur_rotate.pipeline import _replace_dir, paste_back, prepare_image, read_image, sweep_views
+
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{path}: its output path {dest} is a file; move it away or choose another -o")
+    photo = read_image(path)
+    faces = prepare_image(photo, pipe.resolution, crop=pipe.crop, aligned=options.aligned,
+                          only_center_face=options.only_center_face, finder=finder, name=str(path))
+    batch = torch.stack([f.tensor() for f in faces])                                  # [F, 3, R, R]
+    result = pipe(batch, views=options.views, num_frames=options.num_frames, to_frontal=options.to_frontal)
+    frames = to_uint8(result.frames.flatten(0, 2)).reshape(*result.frames.shape[:3], *faces[0].image.shape)
+    names = [view_name(v, options.to_frontal) for v in result.views]
+    sweep = None
+    if options.sweep is not None:
+        orbit = sweep_views(options.sweep_steps, options.sweep)
+        sweep = to_uint8(pipe.sweep(result.codes, result.pose, orbit, options.to_frontal).flatten(0, 1))
+        sweep = sweep.reshape(len(faces), len(orbit), *faces[0].image.shape)         # [F, K, R, R, 3]
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    written: list[str] = []
+    record: dict = {"input": str(path), "image_size": [int(photo.shape[1]), int(photo.shape[0])],
+                    "views": [{"name": n, "dyaw_deg": v[0], "dpitch_deg": v[1]} for n, v in zip(names, result.views)],
+                    "to_frontal": options.to_frontal, "num_frames": int(result.frames.shape[2]), "faces": []}
+    try:
+        for k, face in enumerate(faces):
+            sub = "" if len(faces) == 1 else f"face_{k + 1}/"
+            _write(stage, f"{sub}input.png", encode_png(face.image), written)
+            for v, name in enumerate(names):
+                _write_frames(stage, f"{sub}frames/{name}", f"{sub}{name}", frames[k, v], options.fps, written)
+            if sweep is not None:
+                _write(stage, f"{sub}sweep.gif", encode_gif(sweep[k], options.fps), written)
+                _write(stage, f"{sub}sweep.mp4", encode_mp4(sweep[k], options.fps), written)
+            _write(stage, f"{sub}contact_sheet.png", contact_sheet(face.image, frames[k], names), written)
+            info: dict = {"folder": sub.rstrip("/") or ".",
+                          "box": None if face.box is None else [round(b, 1) for b in face.box]}
+            if result.pose is not None:
+                rad = [float(a) for a in result.pose[k].cpu()]
+                info["pose_deg"] = dict(zip(("pitch", "yaw", "roll"), (round(math.degrees(a), 3) for a in rad)))
+                if options.save_pose:
+                    pose = {"pitch_deg": math.degrees(rad[0]), "yaw_deg": math.degrees(rad[1]),
+                            "roll_deg": math.degrees(rad[2]), "radians": rad,
+                            "convention": "(pitch, yaw, roll) about the camera's x, y, z axes; OpenCV camera"}
+                    _write(stage, f"{sub}pose.json", (json.dumps(pose, indent=2) + "\n").encode(), written)
+            if options.save_latents:
+                arrays = {"codes": result.codes[k].float().cpu().numpy(),
+                          "view_codes": result.view_codes[k].float().cpu().numpy(),
+                          "views": np.asarray(result.views, dtype=np.float32)}
+                if result.pose is not None:
+                    arrays["pose"] = result.pose[k].float().cpu().numpy()
+                buffer = io.BytesIO()
+                np.savez(buffer, **arrays)
+                _write(stage, f"{sub}latents.npz", buffer.getvalue(), written)
+            record["faces"].append(info)
+        if options.paste_back:
+            same = [i for i, v in enumerate(result.views) if v == (0.0, 0.0)]
+            if same and not options.to_frontal:
+                own = frames[:, same[0]]                                               # [F, T, R, R, 3]
+            else:
+                own = to_uint8(pipe.synthesize(result.codes).flatten(0, 1))
+                own = own.reshape(len(faces), -1, *faces[0].image.shape)
+            pasted = np.stack([paste_back(photo, [(f, own[k, j]) for k, f in enumerate(faces)])
+                               for j in range(own.shape[1])])
+            _write_frames(stage, "pasted", "pasted", pasted, options.fps, written)
+        record["files"] = sorted(written)
+        _write(stage, "result.json", (json.dumps(record, indent=2) + "\n").encode(), written)
+        _replace_dir(stage, dest)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return record
+
+
+def _check_output(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} is a file; give a folder for -o")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the output folder {out} ({err.strerror or err})") from None
+
+
+def run_command(args) -> int:
+    """``deblur-rotate run``: returns 0 when every input was done, 1 when some failed."""
+    from tqdm import tqdm
+
+    from deblur_rotate.pipeline import DeblurRotatePipeline, FaceFinder
+
+    options = _options(args)
+    out: Path = args.output
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} is a file; give a folder for -o")
+    paths, problems = list_inputs(args.input)
+    if not paths:
+        reasons = "; ".join(f"{spec}: {why}" for spec, why in problems)
+        raise UserError(f"no input images found ({reasons})")
+    pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
+    pipe.check_request(options.views, options.to_frontal)
+    if options.sweep is not None and not pipe.can_rotate:
+        raise UserError(f"{pipe.name} has no fusion network (F): it cannot render --sweep")
+    if options.save_pose and not pipe.has_pose:
+        raise UserError(f"{pipe.name} has no face3d_encoder (E_3D): there is no pose for --save-pose")
+    _check_output(out)
+
+    finder = None if options.aligned else FaceFinder()
+    done: list[dict] = []
+    failed: list[dict] = [{"input": spec, "reason": why} for spec, why in problems]
+    for spec, why in problems:
+        print(f"skipped {spec}: {why}", file=sys.stderr)
+    bar = tqdm(list(zip(paths, output_names(paths))), unit="image", disable=not args.progress, file=sys.stderr)
+    for path, name in bar:
+        bar.set_postfix_str(path.name[-30:], refresh=False)
+        try:
+            record = process_input(path, out / name, pipe, options, finder)
+            done.append({"input": str(path), "output": str(out / name), "faces": len(record["faces"])})
+        except UserError as err:
+            reason = str(err)
+            reason = reason[len(str(path)) + 2:] if reason.startswith(f"{path}: ") else reason
+            failed.append({"input": str(path), "reason": reason})
+            tqdm.write(f"failed {path}: {reason}", file=sys.stderr)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - one bad input must not stop the others; the trace is shown
+            traceback.print_exc(file=sys.stderr)
+            failed.append({"input": str(path), "reason": f"unexpected {type(err).__name__}: {err}"})
+    bar.close()
+
+    from deblur_rotate.files import atomic_write_json
+    from deblur_rotate.pipeline import bundled_model_dir
+
+    model = args.model if args.model is not None else bundled_model_dir()
+    atomic_write_json(out / SUMMARY, {"model": str(model), "device": str(pipe.device),
+                                      "views": [view_name(v, options.to_frontal) for v in options.views],
+                                      "done": done, "failed": failed})
+    total = len(paths) + len(problems)
+    print(f"done: {len(done)} of {total} input(s) -> {out}")
+    for item in done:
+        faces = f" ({item['faces']} faces)" if item["faces"] > 1 else ""
+        print(f"  {item['input']} -> {item['output']}{faces}")
+    if failed:
+        print(f"failed: {len(failed)}", file=sys.stderr)
+        for item in failed:
+            print(f"  {item['input']}: {item['reason']}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,201 @@
+"""`deblur-rotate run`: every promised file, per-input errors, exit codes, whole-run errors."""
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deblur_rotate.cli import main
+from deblur_rotate.files import from_uint8, to_uint8
+from deblur_rotate.models.encoders import BlurEncoder, FaceCoefficientEncoder, encoder_config
+from deblur_rotate.models.fusion import FusionNetwork, fusion_config
+from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
+from deblur_rotate.pipeline import DeblurRotatePipeline, assemble_model
+from deblur_rotate.run import list_inputs, output_names, view_name, views_from_angles
+
+
+def _micro_networks(seed: int = 0):
+    """Random micro networks; the zero-initialised heads get random weights so outputs depend on the input."""
+    torch.manual_seed(seed)
+    g = Generator(**stylegan2_config("micro"))
+    ev = BlurEncoder(num_frames=5, num_ws=g.num_ws, w_dim=g.w_dim, **encoder_config("micro", "blur"))
+    e3 = FaceCoefficientEncoder(**encoder_config("micro", "face3d"))
+    f = FusionNetwork(**fusion_config("micro"))
+    with torch.no_grad():
+        ev.head.weight.normal_(0, 0.5)
+        e3.head.weight.normal_(0, 0.5)
+        f.mlp[-1].weight.normal_(0, 0.3)
+    return g, ev, e3, f
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    g, ev, e3, f = _micro_networks()
+    return assemble_model(tmp_path_factory.mktemp("model") / "micro", generator=g, blur_encoder=ev,
+                          face3d_encoder=e3, fusion=f, preset="micro")
+
+
+@pytest.fixture(scope="module")
+def plain_model_dir(tmp_path_factory):
+    g, ev, _, _ = _micro_networks()
+    return assemble_model(tmp_path_factory.mktemp("model") / "plain", generator=g, blur_encoder=ev, preset="micro")
+
+
+def _face_like(size: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    img = np.stack([200 * np.exp(-((xx - 0.5) ** 2 + (yy - 0.5) ** 2) * 6)] * 3, -1)
+    return (img + rng.integers(0, 40, img.shape)).clip(0, 255).astype(np.uint8)
+
+
+def _mp4_frames(path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_aligned_input_writes_every_promised_file(tmp_path, model_dir, capsys):
+    src = tmp_path / "in" / "blurry face.png"
+    src.parent.mkdir()
+    Image.fromarray(_face_like()).save(src)
+    out = tmp_path / "out"
+    code = main(["run", "-i", str(src), "-o", str(out), "--model", str(model_dir), "--aligned", "--yaw", "0", "20",
+                 "--pitch", "0", "--sweep", "30", "--sweep-steps", "6", "--save-pose", "--save-latents",
+                 "--fps", "10", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert "done: 1 of 1" in capsys.readouterr().out
+    res = out / "blurry face"
+    views = ["input_view", "yaw+20"]
+    expected = {"input.png", "contact_sheet.png", "pose.json", "latents.npz", "result.json", "sweep.gif",
+                "sweep.mp4"}
+    for v in views:
+        expected |= {f"{v}.gif", f"{v}.mp4"} | {f"frames/{v}/frame_{j}.png" for j in range(1, 6)}
+    written = {p.relative_to(res).as_posix() for p in res.rglob("*") if p.is_file()}
+    assert written == expected
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+    # the frames are the pipeline's output for the resized input
+    pipe = DeblurRotatePipeline.from_pretrained(model_dir)
+    crop = np.array(Image.open(res / "input.png"))
+    assert crop.shape == (32, 32, 3)
+    result = pipe(from_uint8(crop)[None], views=[(0, 0), (20, 0)])
+    for vi, v in enumerate(views):
+        for j in range(5):
+            saved = np.asarray(Image.open(res / f"frames/{v}/frame_{j + 1}.png")).astype(int)
+            assert np.abs(saved - to_uint8(result.frames[0, vi, j]).astype(int)).max() <= 1
+        gif = Image.open(res / f"{v}.gif")
+        assert gif.n_frames == 5 and gif.size == (32, 32) and gif.info["duration"] == 100
+        assert _mp4_frames(res / f"{v}.mp4") == 5
+    assert Image.open(res / "sweep.gif").n_frames == 6 and _mp4_frames(res / "sweep.mp4") == 6
+    sheet = Image.open(res / "contact_sheet.png")
+    assert sheet.size[0] > 6 * 128 and sheet.size[1] >= 2 * 128  # input + 5 frames, 2 view rows, cells >= 128 px
+
+    pose = json.loads((res / "pose.json").read_text())
+    np.testing.assert_allclose(pose["radians"], result.pose[0].numpy(), atol=1e-5)
+    assert pose["yaw_deg"] == pytest.approx(np.degrees(pose["radians"][1]))
+    lat = np.load(res / "latents.npz")
+    assert lat["codes"].shape == (5, 8, 32) and lat["view_codes"].shape == (2, 5, 8, 32)
+    np.testing.assert_allclose(lat["codes"], result.codes[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(lat["views"], [[0, 0], [20, 0]])
+    record = json.loads((res / "result.json").read_text())
+    assert [v["name"] for v in record["views"]] == views and len(record["faces"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["done"]) == 1 and summary["failed"] == []
+
+
+def test_bad_inputs_fail_alone_and_exit_1(tmp_path, model_dir, capsys):
+    skimage_data = pytest.importorskip("skimage.data")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(inputs / "astronaut.jpg", quality=90)
+    (inputs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(inputs / "grey.png")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(inputs / "dot.png")
+    jpeg = io.BytesIO()
+    Image.fromarray(_face_like(64)).save(jpeg, format="JPEG")
+    (inputs / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (inputs / "notes.txt").write_text("not an image, not listed")
+    out = tmp_path / "out"
+    code = main(["run", "-i", str(inputs), "-o", str(out), "--model", str(model_dir), "--yaw", "0",
+                 "--only-center-face", "--paste-back", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "corrupt.png: not a readable image" in err and "grey.png: no face found" in err
+    assert "dot.png: image is 1x1 pixels, too small" in err and "cut.jpg: not a readable image" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut", "summary.json"]  # failed inputs leave nothing
+    summary = json.loads((out / "summary.json").read_text())
+    assert [d["input"] for d in summary["done"]] == [str(inputs / "astronaut.jpg")]
+    assert len(summary["failed"]) == 4
+    pasted = np.asarray(Image.open(out / "astronaut" / "pasted" / "frame_3.png"))
+    assert pasted.shape == (512, 512, 3)
+    assert (out / "astronaut" / "pasted.gif").is_file() and (out / "astronaut" / "frames/input_view/frame_5.png").is_file()
+
+
+def test_output_paths_that_are_files(tmp_path, model_dir, capsys):
+    src = tmp_path / "a.png"
+    Image.fromarray(_face_like()).save(src)
+    Image.fromarray(_face_like(seed=1)).save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("mine")  # where a.png's results would go
+    code = main(["run", "-i", str(src), str(tmp_path / "b.png"), "-o", str(out), "--model", str(model_dir),
+                 "--aligned", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"its output path {out / 'a'} is a file" in err
+    assert (out / "a").read_text() == "mine" and (out / "b" / "input_view.gif").is_file()
+    # -o itself a file: a one-line error for the whole run
+    code = main(["run", "-i", str(src), "-o", str(out / "a"), "--model", str(model_dir), "--aligned"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: output path") and "is a file" in err[0]
+
+
+def test_whole_run_errors_are_one_line(tmp_path, model_dir, plain_model_dir, capsys, monkeypatch):
+    src = tmp_path / "a.png"
+    Image.fromarray(_face_like()).save(src)
+    out = tmp_path / "out"
+
+    def run(*args):
+        code = main(["run", "-i", str(src), "-o", str(out), "--aligned", "--no-progress", *args])
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    code, err = run("--model", str(tmp_path / "missing"))
+    assert code == 2 and len(err) == 1 and "missing does not exist" in err[0]
+    code, err = run("--model", str(model_dir / "fusion"))  # a network folder, not a model folder
+    assert code == 2 and "single network folder" in err[0]
+    import deblur_rotate.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "bundled_model_dir", lambda: tmp_path / "assets" / "model")
+    code, err = run()
+    assert code == 2 and "no model is bundled" in err[0] and "--model" in err[0]
+    code, err = run("--model", str(plain_model_dir))  # default views need F
+    assert code == 2 and len(err) == 1 and "no fusion network" in err[0]
+    code, err = run("--model", str(plain_model_dir), "--yaw", "0", "--save-pose")
+    assert code == 2 and "no face3d_encoder" in err[0]
+    code, err = run("--model", str(model_dir), "--paste-back")
+    assert code == 2 and "--paste-back" in err[0]
+    main(["run", "-i", str(tmp_path / "nothing*.png"), "-o", str(out), "--model", str(model_dir)])
+    assert "no input images found" in capsys.readouterr().err
+    assert not out.exists()  # nothing was started
+    code, err = run("--model", str(plain_model_dir), "--yaw", "0")  # same-view only works without F and E_3D
+    assert code == 0 and (out / "a" / "frames" / "input_view" / "frame_1.png").is_file()
+
+
+def test_helpers(tmp_path):
+    assert views_from_angles([0, -30, 30], [0]) == [(0.0, 0.0), (-30.0, 0.0), (30.0, 0.0)]
+    assert len(views_from_angles([0, 10], [0, 5, 0])) == 4  # grid, duplicates dropped
+    assert [view_name(v) for v in [(0, 0), (30, 0), (0, -10), (7.5, 5)]] == \
+        ["input_view", "yaw+30", "pitch-10", "yaw+7.5_pitch+5"]
+    assert view_name((0, 0), to_frontal=True) == "frontal" and view_name((-20, 0), True) == "frontal_yaw-20"
+    from pathlib import Path
+
+    assert output_names([Path("x/a.png"), Path("y/a.jpg"), Path("b.png"), Path("z/b.png")]) == \
+        ["a_png", "a_jpg", "b_png", "b_png_2"]
+    for name in ("img2.png", "img10.png", "img1.jpg", "skip.txt"):
+        (tmp_path / name).write_bytes(b"")
+    paths, problems = list_inputs([str(tmp_path), str(tmp_path / "*.jpg"), str(tmp_path / "none")])
+    assert [p.name for p in paths] == ["img1.jpg", "img2.png", "img10.png"]  # natural order, no duplicates
+    assert problems == [(str(tmp_path / "none"), "no such file or folder")]
