@@ -5,7 +5,8 @@ double, :func:`deblur_rotate.skin.skin_weights`). Every function returns a scala
 batch) unless it says otherwise.
 
 The sharp-encoder objective is
-``l_s = lambda_id L_id + lambda_per L_per + lambda_edge L_edge + L_1 + lambda_g |G_init - G|^2 + lambda_s |1 - |E_s(y)||``
+``l_s = lambda_id L_id + lambda_per L_per + lambda_edge L_edge + L_1 + lambda_g |G_init - G|^2
++ lambda_s |1 - |E_s(y)||``
 with the paper's weights ``SHARP_ENCODER_WEIGHTS``.
 """
 from __future__ import annotations
@@ -22,8 +23,10 @@ from deblur_rotate.errors import UserError
 
 __all__ = [
     "SHARP_ENCODER_WEIGHTS", "l1_loss", "edge_loss", "identity_loss", "perceptual_loss", "latent_norm_loss",
-    "parameter_drift_loss", "PerceptualFeatures",
+    "parameter_drift_loss", "PerceptualFeatures", "ordered_latent_loss", "LATENT_LOSSES",
 ]
+
+LATENT_LOSSES = ("l1", "l2")
 
 # lambda_id, lambda_per, lambda_edge, lambda_g (relaxed during training), lambda_s; L1 has weight 1.
 SHARP_ENCODER_WEIGHTS = {"id": 0.5, "per": 1e-6, "edge": 0.2, "g": 1.0, "s": 1.0, "l1": 1.0}
@@ -94,6 +97,34 @@ def parameter_drift_loss(module: nn.Module, initial_state: dict[str, torch.Tenso
     if total is None:
         raise ValueError("parameter_drift_loss: no parameter of the module is in initial_state")
     return total
+
+
+def ordered_latent_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1"
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward/backward-invariant distance between code sequences (paper §3.3, §3.5): a blurry image
+    does not tell which way time ran.
+
+    pred, target: ``[N, T, ...]`` (e.g. ``[N, T, num_ws, w_dim]``: E_v's or F's codes and E_s's codes of
+    the T sharp frames). kind: ``"l1"`` (mean absolute difference) or ``"l2"`` (mean squared difference),
+    averaged over the frames, W+ entries and channels.
+    Returns ``(per_sample [N], reversed [N] bool)``: per sample the smaller of the distances to the target as
+    ordered and with its frames reversed, and whether the reversed order won (a tie keeps the forward
+    order). The training loss is ``per_sample.mean()``.
+    """
+    if pred.shape != target.shape or pred.dim() < 2:
+        raise ValueError(f"expected pred and target of one shape [N, T, ...], got {tuple(pred.shape)} and "
+                         f"{tuple(target.shape)}")
+    if kind not in LATENT_LOSSES:
+        raise ValueError(f"latent loss must be one of {', '.join(LATENT_LOSSES)}, got {kind!r}")
+    n = pred.shape[0]
+
+    def distance(tgt: torch.Tensor) -> torch.Tensor:  # [N]
+        diff = pred - tgt
+        return (diff.abs() if kind == "l1" else diff.square()).reshape(n, -1).mean(1)
+
+    forward, backward = distance(target), distance(target.flip(1))
+    reversed_ = backward < forward
+    return torch.where(reversed_, backward, forward), reversed_
 
 
 class PerceptualFeatures(nn.Module):

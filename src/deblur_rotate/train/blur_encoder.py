@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from deblur_rotate.errors import UserError
+from deblur_rotate.losses import LATENT_LOSSES, ordered_latent_loss  # noqa: F401  (re-exported)
 from deblur_rotate.train import distributed as dist_utils
 
 __all__ = [
@@ -63,7 +64,6 @@ __all__ = [
 
 OUTPUT_FOLDER = "blur_encoder"
 NUM_FRAMES = 5  # sharp frames per blurry image (targets c-m, c-m/2, c, c+m/2, c+m)
-LATENT_LOSSES = ("l1", "l2")
 
 # per-preset defaults: total batch (the paper's 96 for E_v), EMA half-life (images), colour jitter
 PRESET_DEFAULTS: dict[str, dict] = {
@@ -74,33 +74,6 @@ PRESET_DEFAULTS: dict[str, dict] = {
 
 
 # ------------------------------------------------------------------------------------------------- loss
-
-def ordered_latent_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1"
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward/backward-invariant distance between predicted and target code sequences (paper §3.3).
-
-    pred, target: ``[N, T, num_ws, w_dim]`` (E_v's codes and E_s's codes of the T sharp frames).
-    kind: ``"l1"`` (mean absolute difference) or ``"l2"`` (mean squared difference), averaged over the
-          T frames, the W+ entries and the channels.
-    Returns ``(per_sample [N], reversed [N] bool)``: per sample the smaller of the distances to the target
-    as ordered and to the target with its frames reversed, and whether the reversed order won (a tie keeps
-    the forward order). The training loss is ``per_sample.mean()``.
-    """
-    if pred.shape != target.shape or pred.dim() != 4:
-        raise ValueError(f"expected two [N, T, num_ws, w_dim] tensors, got {tuple(pred.shape)} and "
-                         f"{tuple(target.shape)}")
-    if kind not in LATENT_LOSSES:
-        raise ValueError(f"latent loss must be one of {', '.join(LATENT_LOSSES)}, got {kind!r}")
-    n = pred.shape[0]
-
-    def distance(tgt: torch.Tensor) -> torch.Tensor:  # [N]
-        diff = pred - tgt
-        return (diff.abs() if kind == "l1" else diff.square()).reshape(n, -1).mean(1)
-
-    fwd, bwd = distance(target), distance(target.flip(1))
-    rev = bwd < fwd
-    return torch.where(rev, bwd, fwd), rev
-
 
 def _in_order(video: torch.Tensor, reversed_: torch.Tensor) -> torch.Tensor:
     """``video [N, T, ...]`` with the frames of the samples where ``reversed_ [N]`` (bool) is True reversed."""

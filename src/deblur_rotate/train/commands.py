@@ -41,6 +41,8 @@ def _add_generator(stages) -> None:
     p.add_argument("--preset", choices=PRESETS, default="tiny", help="network size (micro 32 px, tiny 64, paper 256)")
     p.add_argument("--data", required=True, type=Path, help="dataset folder: SynthBMFD, images, 300VW or multi-view")
     p.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
+    p.add_argument("--m", type=int, default=None,
+                   help="blur half-window in frames, sets which sharp targets a sample has (default: the data's own)")
     p.add_argument("--all-frames", action="store_true", help="train on all 5 sharp targets, not only the middle")
     p.add_argument("--mirror", action="store_true", help="x-flip augmentation")
     add_common_options(p, batch_help="total batch over all processes (default: micro 4, tiny 8, paper 32)")
@@ -60,7 +62,7 @@ def _add_generator(stages) -> None:
 
 STAGES = [_add_generator]
 # stage modules in training order, each with add_parser(stages); see the module docstring
-STAGE_MODULES = ("sharp_encoder", "blur_encoder", "face3d", "fusion", "deblur_baseline")
+STAGE_MODULES = ("sharp_encoder", "blur_encoder", "face3d", "fusion", "deblur_baseline", "all_stages")
 
 
 def _stage_adders():
@@ -92,7 +94,8 @@ def run_generator(args) -> int:
     from deblur_rotate.train.gan import GeneratorConfig, GeneratorStage
 
     config = GeneratorConfig(
-        preset=args.preset, data=str(args.data), out=str(args.out), kind=args.kind, all_frames=args.all_frames,
+        preset=args.preset, data=str(args.data), out=str(args.out), kind=args.kind, m=args.m,
+        all_frames=args.all_frames,
         mirror=args.mirror, steps=args.steps, batch=args.batch, lr=args.lr, r1_gamma=args.r1_gamma,
         r1_every=args.r1_every, pl_weight=args.pl_weight, pl_every=args.pl_every, style_mixing=args.style_mixing,
         ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0,

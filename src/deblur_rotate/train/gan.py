@@ -166,6 +166,7 @@ class GeneratorConfig:
     out: str = ""  # run folder
     kind: str = "auto"  # dataset kind for open_dataset
     split: str = "train"  # SynthBMFD split
+    m: int | None = None  # blur half-window in frames: which 5 targets a sample has (default: the kind's own)
     all_frames: bool = False  # use all 5 targets of each sample, not just the middle one
     mirror: bool = False  # x-flip augmentation (dataset doubled)
     steps: int = 1000  # iterations (each: one D step + one G step)
@@ -291,7 +292,7 @@ class GeneratorStage:
 
         c = self.config
         size = stylegan2_config(c.preset)["img_resolution"]
-        ds = open_training_dataset(c.kind, c.data, size, split=c.split, needs="sharp faces")
+        ds = open_training_dataset(c.kind, c.data, size, m=c.m, split=c.split, needs="sharp faces")
         return SharpImages(ds, all_frames=c.all_frames, mirror=c.mirror)
 
     def batches(self, start_step: int) -> Iterator[torch.Tensor]:

@@ -1,0 +1,265 @@
+"""``deblur-rotate train all``: every stage in order, each resuming if interrupted, then the model folder.
+
+    RUN/generator/       stage 1  StyleGAN2 G                     -> RUN/generator/generator/
+    RUN/sharp_encoder/   stage 2  E_s with G fine-tuned           -> .../sharp_encoder/, .../generator/
+    RUN/blur_encoder/    stage 3  E_v against E_s's codes         -> .../blur_encoder/
+    RUN/face3d/          stage 4  E_3D through the renderer       -> .../face3d_encoder/
+    RUN/fusion/          stage 5  F on view pairs (Δp from E_3D)  -> .../fusion/
+    RUN/model/           the assembled model (pipeline.json + one folder per network; G is stage 2's)
+    RUN/train_all.json   the resolved plan, and per stage: steps, wall time, machine
+
+Rerunning the same command continues where it stopped: a finished stage (its ``done.json`` names the
+steps it trained) is skipped, an interrupted one resumes from its newest checkpoint, and the model
+folder is re-assembled at the end. Asking for more steps than a finished stage trained continues it.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deblur_rotate.errors import UserError
+
+__all__ = ["DEFAULT_STEPS", "STAGE_ORDER", "TrainAllPlan", "add_parser", "run_all"]
+
+STAGE_ORDER = ("generator", "sharp_encoder", "blur_encoder", "face3d", "fusion")
+
+# iterations per stage and preset; paper: the paper's §3.6 figures (G: StyleGAN2's FFHQ schedule at batch 32)
+DEFAULT_STEPS: dict[str, dict[str, int]] = {
+    "micro": {"generator": 20, "sharp_encoder": 20, "blur_encoder": 20, "face3d": 20, "fusion": 20},
+    "tiny": {"generator": 2000, "sharp_encoder": 2000, "blur_encoder": 3000, "face3d": 1500, "fusion": 2000},
+    "paper": {"generator": 780_000, "sharp_encoder": 1_000_000, "blur_encoder": 100_000, "face3d": 600_000,
+              "fusion": 500_000},
+}
+
+
+@dataclass
+class TrainAllPlan:
+    """What ``train all`` runs (written to RUN/train_all.json)."""
+
+    preset: str = "tiny"
+    data: str = ""  # SynthBMFD folder (every stage trains on it)
+    out: str = ""  # run folder
+    steps: dict = field(default_factory=dict)  # stage -> iterations (missing: DEFAULT_STEPS)
+    batch: dict = field(default_factory=dict)  # stage -> total batch (missing: the stage's preset default)
+    m: int | None = None  # blur half-window in frames (None: the data's own, 32 for SynthBMFD)
+    fusion_arch: str = "FC3R"
+    model_dtype: str = "float32"  # storage of the assembled model: float32 or float16
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str | None = None
+    workers: int = 0
+    progress: bool = True
+
+    def resolved(self) -> TrainAllPlan:
+        if self.preset not in DEFAULT_STEPS:
+            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(DEFAULT_STEPS)}")
+        if not self.data or not Path(self.data).is_dir():
+            raise UserError(f"--data {self.data!r} is not a folder: give a SynthBMFD folder "
+                            "(`deblur-rotate synth --out data/synthbmfd`)")
+        if self.model_dtype not in ("float32", "float16"):
+            raise UserError(f"model dtype must be float32 or float16 (got {self.model_dtype!r})")
+        unknown = (set(self.steps) | set(self.batch)) - set(STAGE_ORDER)
+        if unknown:
+            raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}: stages are {', '.join(STAGE_ORDER)}")
+        steps = {**DEFAULT_STEPS[self.preset], **{k: int(v) for k, v in self.steps.items()}}
+        return TrainAllPlan(**{**self.__dict__, "steps": steps, "data": str(self.data), "out": str(self.out)})
+
+
+def _stage_done(folder: Path, steps: int, output: Path) -> bool:
+    """A stage is done when it wrote its output and its done.json names at least ``steps`` iterations."""
+    marker = folder / "done.json"
+    if not marker.is_file() or not (output / "model.safetensors").is_file():
+        return False
+    try:
+        return int(json.loads(marker.read_text())["steps"]) >= steps
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    from deblur_rotate.train.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(folder / "checkpoints") is not None
+
+
+def _common(plan: TrainAllPlan, stage: str, folder: Path) -> dict:
+    out = {"out": str(folder), "steps": plan.steps[stage], "seed": plan.seed, "device": plan.device,
+           "workers": plan.workers, "progress": plan.progress, "checkpoint_every": plan.checkpoint_every,
+           "resume": _has_checkpoint(folder)}
+    if stage in plan.batch:
+        out["batch"] = int(plan.batch[stage])
+    return out
+
+
+def _build(plan: TrainAllPlan, stage: str, run: Path):
+    """(stage object, output network folder) for ``stage``; the stage runs with ``.run()``."""
+    folder = run / stage
+    common = _common(plan, stage, folder)
+    m = {} if plan.m is None else {"m": plan.m}
+    es_run = run / "sharp_encoder"
+    if stage == "generator":
+        from deblur_rotate.train.gan import GeneratorConfig, GeneratorStage
+
+        return GeneratorStage(GeneratorConfig(preset=plan.preset, data=plan.data, all_frames=True, mirror=True,
+                                              **m, **common)), folder / "generator"
+    if stage == "sharp_encoder":
+        from deblur_rotate.train.sharp_encoder import SharpEncoderConfig, SharpEncoderStage
+
+        return SharpEncoderStage(SharpEncoderConfig(preset=plan.preset, data=plan.data,
+                                                    generator=str(run / "generator" / "generator"), **m,
+                                                    **common)), folder / "sharp_encoder"
+    if stage == "blur_encoder":
+        from deblur_rotate.train.blur_encoder import BlurEncoderConfig, BlurEncoderStage
+
+        return BlurEncoderStage(BlurEncoderConfig(preset=plan.preset, data=plan.data,
+                                                  sharp_encoder=str(es_run / "sharp_encoder"),
+                                                  generator=str(es_run / "generator"), **m, **common)), \
+            folder / "blur_encoder"
+    if stage == "face3d":
+        from deblur_rotate.train.face3d import Face3DConfig, Face3DStage
+
+        return Face3DStage(Face3DConfig(preset=plan.preset, data=plan.data, **m, **common)), \
+            folder / "face3d_encoder"
+    if stage == "fusion":
+        from deblur_rotate.train.fusion import FusionConfig, FusionStage
+
+        return FusionStage(FusionConfig(preset=plan.preset, data=plan.data, arch=plan.fusion_arch,
+                                        sharp_encoder=str(es_run / "sharp_encoder"),
+                                        generator=str(es_run / "generator"),
+                                        face3d_encoder=str(run / "face3d" / "face3d_encoder"), **m, **common)), \
+            folder / "fusion"
+    raise ValueError(stage)
+
+
+def training_crop(data: str, size: int, m: int | None) -> dict:
+    """pipeline.json's ``crop``: how the training faces are framed, measured from SynthBMFD's landmarks."""
+    import numpy as np
+
+    from deblur_rotate.data.synthbmfd import SynthBMFD
+    from deblur_rotate.pipeline import crop_from_landmarks
+
+    ds = SynthBMFD(data, split="train", m=m or 32, size=size)
+    idx = np.linspace(0, len(ds) - 1, min(256, len(ds))).round().astype(int)
+    marks = np.stack([ds[int(i)]["landmarks"].numpy() for i in idx])
+    return crop_from_landmarks(marks, size, source=f"SynthBMFD {Path(data).name} train landmarks")
+
+
+def run_all(plan: TrainAllPlan) -> Path:
+    """Run every stage of ``plan`` (skipping finished ones), assemble RUN/model; returns its path."""
+    import torch
+
+    from deblur_rotate.files import atomic_write_json
+    from deblur_rotate.pipeline import assemble_model
+
+    plan = plan.resolved()
+    run = Path(plan.out)
+    if run.exists() and not run.is_dir():
+        raise UserError(f"--out {run} is a file; give a folder for the run")
+    run.mkdir(parents=True, exist_ok=True)
+    log_path = run / "train_all.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    log["plan"] = plan.__dict__
+    log.setdefault("stages", {})
+    machine = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+               "cpu_threads": torch.get_num_threads(),
+               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    for number, stage in enumerate(STAGE_ORDER, 1):
+        folder = run / stage
+        steps = plan.steps[stage]
+        output = _output_folder(run, stage)
+        if _stage_done(folder, steps, output):
+            print(f"[{number}/5] {stage}: done ({steps} steps), skipped")
+            continue
+        print(f"[{number}/5] {stage}: {'resuming' if _has_checkpoint(folder) else 'training'} to {steps} steps "
+              f"in {folder}")
+        start = time.time()
+        stage_obj, output = _build(plan, stage, run)
+        losses = stage_obj.run()
+        wall = time.time() - start
+        entry = log["stages"].get(stage, {})
+        entry.update({"steps": steps, "wall_s_last_session": round(wall, 1),
+                      "wall_s_total": round(entry.get("wall_s_total", 0.0) + wall, 1),
+                      "machine": machine, "last_losses": {k: float(v) for k, v in losses.items()}})
+        log["stages"][stage] = entry
+        atomic_write_json(folder / "done.json", {"steps": steps, "output": str(output)})
+        atomic_write_json(log_path, log)
+
+    size = _resolution(plan.preset)
+    crop = training_crop(plan.data, size, plan.m)
+    dtype = torch.float16 if plan.model_dtype == "float16" else None
+    model = assemble_model(run / "model", generator=run / "sharp_encoder" / "generator",
+                           blur_encoder=_output_folder(run, "blur_encoder"),
+                           face3d_encoder=_output_folder(run, "face3d"), fusion=_output_folder(run, "fusion"),
+                           preset=plan.preset, crop=crop, dtype=dtype, overwrite=True,
+                           extra={"train_all": str(log_path.name), "steps": plan.steps})
+    log["model"] = str(model)
+    atomic_write_json(log_path, log)
+    return model
+
+
+def _output_folder(run: Path, stage: str) -> Path:
+    name = {"generator": "generator", "sharp_encoder": "sharp_encoder", "blur_encoder": "blur_encoder",
+            "face3d": "face3d_encoder", "fusion": "fusion"}[stage]
+    return run / stage / name
+
+
+def _resolution(preset: str) -> int:
+    from deblur_rotate.models.stylegan2 import stylegan2_config
+
+    return int(stylegan2_config(preset)["img_resolution"])
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+def _parse_stage_values(items: list[str] | None, what: str) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--{what} takes STAGE=N (e.g. generator=2000), got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.replace("-", "_")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            raise UserError(f"--{what} {item!r}: N must be an integer") from None
+    return out
+
+
+def add_parser(stages) -> None:
+    """Register ``deblur-rotate train all``."""
+    p = stages.add_parser(
+        "all", help="every stage in order (G, E_s, E_v, E_3D, F), resumable, then the model folder",
+        description="Train G, E_s, E_v, E_3D and F one after another on a SynthBMFD folder, each resuming if "
+                    "interrupted (rerun the same command), and assemble RUN/model (pipeline.json + one folder "
+                    "per network) for `deblur-rotate run --model RUN/model`.")
+    p.add_argument("--preset", choices=tuple(DEFAULT_STEPS), default="tiny", help="network sizes (default tiny)")
+    p.add_argument("--data", required=True, type=Path, help="SynthBMFD folder")
+    p.add_argument("--out", required=True, type=Path, help="run folder (one sub-folder per stage, model/)")
+    p.add_argument("--steps", nargs="*", metavar="STAGE=N",
+                   help=f"iterations per stage, e.g. generator=2000 fusion=500 (stages: {', '.join(STAGE_ORDER)}; "
+                        "default per preset)")
+    p.add_argument("--batch", nargs="*", metavar="STAGE=N", help="total batch per stage (default per preset)")
+    p.add_argument("--m", type=int, default=None, help="blur half-window in frames (default: the data's own)")
+    p.add_argument("--fusion-arch", default="FC3R", help="F's architecture, FC<x> or FC<x>R (default FC3R)")
+    p.add_argument("--fp16-model", action="store_true", help="store the assembled model's weights as float16")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    plan = TrainAllPlan(preset=args.preset, data=str(args.data), out=str(args.out),
+                        steps=_parse_stage_values(args.steps, "steps"), batch=_parse_stage_values(args.batch, "batch"),
+                        m=args.m, fusion_arch=args.fusion_arch,
+                        model_dtype="float16" if args.fp16_model else "float32",
+                        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
+                        workers=args.workers, progress=args.progress)
+    model = run_all(plan)
+    print(f"model written to {model}; try: deblur-rotate run -i PHOTO -o out --model {model}")
+    return 0

@@ -1,0 +1,608 @@
+"""Stage 5: the fusion network F (paper §3.5): turn the 5 frame codes of a face to a new viewpoint.
+
+F (:class:`deblur_rotate.models.fusion.FusionNetwork`, ``FCx`` or ``FCxR``) is trained on pairs of views
+u != v of the same instant of a multi-view SynthBMFD folder, with frozen teachers:
+
+    z^u = E_s(the 5 sharp frames of view u)    (--input-codes sharp, default)
+        = E_v(the blurry image of view u)      (--input-codes blur: what the pipeline feeds F)
+    z^v = E_s(the 5 sharp frames of view v)    (the target codes)
+    Δp  = R^v - R^u  (pitch, yaw, roll; radians) from E_3D on the BLURRY images of u and v (--pose-source e3d,
+          as at inference) or the dataset's ground truth (--pose-source gt)
+
+    L = mean_n min( |F(z^u, Δp) - z^v|, |F(z^u, Δp) - reverse(z^v)| )        (forward/backward ambiguity)
+      + lambda_image |G.synthesis(F(z^u, Δp)) - y^v|_1                          (optional, default 0)
+
+Every pair is used in both directions (u -> v with Δp, v -> u with -Δp) in the same batch. The L1 of the
+latent term is the mean over frames, W+ entries and channels.
+
+Choices the paper leaves open, made here and written to RUN/config.json:
+
+* The data are all unordered view pairs {u, v} of every instant (not one random pair per instant), with an
+  optional horizontal mirror of both views (pose (pitch, yaw, roll) -> (pitch, -yaw, -roll)).
+* F's input normalisation (``w_offset``, ``w_scale``) is set once at the start from the teacher codes E_s gives
+  on ``stats_samples`` evenly spread training pairs: the mean code and the RMS deviation per element.
+* Δp is wrapped to [-pi, pi). The image term compares the frames in the time order the latent term chose.
+* ``--batch`` counts training samples (directed view pairs), two per instant, so it is even.
+* The EMA copy of F (half-life ``ema_images``) is what RUN/fusion/ holds.
+
+Usage::
+
+    deblur-rotate train fusion --preset tiny --data data/synthbmfd --sharp-encoder runs/es/sharp_encoder \\
+        --generator runs/es/generator --face3d-encoder runs/e3d/face3d_encoder --out runs/fusion
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deblur_rotate.data.blur import mirror_pose  # noqa: F401  (re-exported)
+from deblur_rotate.errors import UserError
+from deblur_rotate.losses import ordered_latent_loss  # noqa: F401  (re-exported)
+from deblur_rotate.train import distributed as dist_utils
+
+__all__ = ["PRESET_DEFAULTS", "FusionConfig", "FusionPairs", "FusionStage", "add_parser", "mirror_pose",
+           "ordered_latent_loss", "run_fusion", "wrap_angle"]
+
+_NETWORK = "F"  # the network's name in checkpoints
+
+# per-preset defaults: total batch (directed view pairs; two per instant), EMA half-life (samples)
+PRESET_DEFAULTS: dict[str, dict] = {
+    "paper": {"batch": 84, "ema_images": 10_000.0},  # §3.6: batch 84
+    "tiny": {"batch": 16, "ema_images": 2_000.0},
+    "micro": {"batch": 4, "ema_images": 100.0},
+}
+
+
+# ------------------------------------------------------------------------------------------------- pure helpers
+
+def wrap_angle(angles: torch.Tensor) -> torch.Tensor:
+    """Angles (radians, any shape) wrapped to [-pi, pi)."""
+    return torch.remainder(angles + math.pi, 2 * math.pi) - math.pi
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+class FusionPairs(torch.utils.data.Dataset):
+    """Every unordered pair of views {u, v} (u < v) of every instant of a SynthBMFD split, optionally mirrored.
+
+    Item (leading [2] axis = the views u, v)::
+
+        blurry   [2, 3, R, R]     in [-1, 1], the mean of 2m+1 frames
+        targets  [2, 5, 3, R, R]  the 5 sharp frames of each view
+        pose     [2, 3]           ground-truth (pitch, yaw, roll) of the middle frame in each camera, radians
+        view     [2]              view numbers (1..V)
+        mirrored []               bool: both views flipped left-right (pose mirrored too)
+
+    A pure function of the index (item ``i`` is pair ``i // 2`` of instant ..., mirrored when ``i`` is odd
+    and ``mirror`` is on).
+    """
+
+    def __init__(self,
+                 dataset,               # a SynthBMFD (at the generator's resolution) with at least two views
+                 mirror: bool = True,   # add left-right mirrored copies of every pair
+                 ):
+        if len(dataset.views) < 2:
+            raise UserError("the fusion stage needs at least two views per instant; give a multi-view SynthBMFD "
+                            "folder (`deblur-rotate synth --out DIR`)")
+        self.dataset = dataset
+        self.pairs = list(itertools.combinations(dataset.views, 2))
+        self.copies = 2 if mirror else 1
+
+    def __len__(self) -> int:
+        return len(self.dataset.instants) * len(self.pairs) * self.copies
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        i, flip = divmod(int(i), self.copies)
+        instant, pair = divmod(i, len(self.pairs))
+        subject, perf, center = self.dataset.instants[instant]
+        s = self.dataset.load_views(subject, perf, center, list(self.pairs[pair]))
+        blurry, targets, pose = s["blurry"].float(), s["targets"].float(), s["pose"].float()
+        if flip:
+            blurry, targets, pose = blurry.flip(-1), targets.flip(-1), mirror_pose(pose)
+        return {"blurry": blurry, "targets": targets, "pose": pose, "view": s["view"],
+                "mirrored": torch.tensor(bool(flip))}
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+@dataclass
+class FusionConfig:
+    """Everything that determines a fusion run (written to RUN/config.json)."""
+
+    preset: str = "tiny"  # micro (32 px), tiny (64 px), paper (256 px): code sizes of F and the teachers
+    data: str = ""  # SynthBMFD folder (multi-view)
+    out: str = ""  # run folder
+    arch: str = "FC3R"  # F's architecture: FC<x> or FC<x>R (x layers; R: residual)
+    sharp_encoder: str = ""  # E_s folder (RUN_ES/sharp_encoder): input (sharp) and target codes
+    generator: str = ""  # fine-tuned G folder (RUN_ES/generator): sample grids and the image term
+    face3d_encoder: str = ""  # E_3D folder (RUN_3D/face3d_encoder): Δp from the blurry images (pose_source e3d)
+    blur_encoder: str = ""  # E_v folder (RUN_EV/blur_encoder): input codes when input_codes is blur
+    pose_source: str = "e3d"  # e3d: E_3D on the blurry images; gt: the dataset's ground-truth poses
+    input_codes: str = "sharp"  # sharp: E_s of view u's 5 sharp frames; blur: E_v of view u's blurry image
+    split: str = "train"  # SynthBMFD split
+    m: int = 32  # blur half-window in frames (the blurry image is the mean of 2m+1 frames)
+    stride: int = 1  # use every stride-th centre frame
+    mirror: bool = True  # left-right mirrored pairs as well
+    steps: int = 5000  # iterations
+    batch: int | None = None  # total training samples (directed pairs) per iteration over all processes; even
+    lr: float = 1e-4  # Adam learning rate (the paper's 1e-4)
+    lambda_image: float = 0.0  # weight of the L1 image term through G (0: off)
+    stats_samples: int = 64  # view pairs whose teacher codes set F's input normalisation
+    ema_images: float | None = None  # EMA half-life in samples (default per preset)
+    checkpoint_every: int = 500
+    log_every: int = 50
+    image_every: int | None = None  # default: checkpoint_every
+    grid: int = 4  # view pairs in the sample grid (0: none)
+    seed: int = 0
+    device: str | None = None
+    precision: str = "fp32"
+    workers: int = 0
+    resume: bool = False
+    progress: bool = True
+
+    def resolved(self) -> FusionConfig:
+        """A copy with preset defaults filled in; UserError on impossible values or missing networks."""
+        from deblur_rotate.models.fusion import fusion_config
+
+        if self.preset not in PRESET_DEFAULTS:
+            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESET_DEFAULTS)}")
+        c = copy.deepcopy(self)
+        d = PRESET_DEFAULTS[c.preset]
+        c.batch = d["batch"] if c.batch is None else int(c.batch)
+        c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
+        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        for name in ("data", "out", "sharp_encoder", "generator", "face3d_encoder", "blur_encoder"):
+            value = getattr(c, name)
+            setattr(c, name, "" if value is None else str(value))
+        try:
+            fusion_config(c.preset, c.arch)
+        except ValueError as err:
+            raise UserError(f"--arch {c.arch!r}: {err}") from None
+        c.arch = c.arch.upper()
+        if c.pose_source not in ("e3d", "gt"):
+            raise UserError(f"--pose-source must be e3d or gt (got {c.pose_source!r})")
+        if c.input_codes not in ("sharp", "blur"):
+            raise UserError(f"--input-codes must be sharp or blur (got {c.input_codes!r})")
+        if not c.sharp_encoder:
+            raise UserError("--sharp-encoder is required: the E_s folder (RUN/sharp_encoder of "
+                            "`deblur-rotate train sharp-encoder`), which gives the target codes")
+        if c.input_codes == "blur" and not c.blur_encoder:
+            raise UserError("--input-codes blur needs --blur-encoder: the E_v folder (RUN/blur_encoder of "
+                            "`deblur-rotate train blur-encoder`); or use --input-codes sharp")
+        if c.pose_source == "e3d" and not c.face3d_encoder:
+            raise UserError("--pose-source e3d needs --face3d-encoder: the E_3D folder (RUN/face3d_encoder of "
+                            "`deblur-rotate train face3d`); or use --pose-source gt (the dataset's poses)")
+        if (c.grid > 0 or c.lambda_image > 0) and not c.generator:
+            raise UserError("--generator is required for the sample grid and the image term: the fine-tuned G "
+                            "folder (RUN/generator of `deblur-rotate train sharp-encoder`); or pass --grid 0 "
+                            "(and --lambda-image 0)")
+        for name in ("batch", "checkpoint_every", "log_every", "stride", "stats_samples"):
+            if getattr(c, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
+        if c.batch % 2:
+            raise UserError(f"--batch counts training samples, two (u -> v and v -> u) per view pair, so it must "
+                            f"be even (got {c.batch})")
+        for name in ("steps", "lr", "lambda_image", "ema_images", "grid", "workers", "image_every"):
+            if getattr(c, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
+        if c.precision not in ("fp32", "fp16", "bf16"):
+            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
+        return c
+
+
+# ------------------------------------------------------------------------------------------------- stage
+
+class FusionStage:
+    """Builds F (with its EMA copy and optimizer), loads the frozen teachers (E_s, optional E_v, E_3D, G)
+    and the pair data, and runs them through the shared Trainer. ``run()`` writes RUN/fusion/ (EMA weights).
+
+    Attributes after construction: ``F`` (bare, on the device), ``F_ema``, ``E_s``, ``E_v`` / ``E_3D`` / ``G``
+    (None when not used), ``dataset`` (:class:`FusionPairs`), ``resolution``, ``opt``, ``trainer``,
+    ``config`` (resolved), ``info``.
+    """
+
+    def __init__(self, config: FusionConfig):
+        from deblur_rotate.models.fusion import FusionNetwork, fusion_config
+        from deblur_rotate.models.stylegan2 import stylegan2_config
+        from deblur_rotate.train.gan import ema_beta_for
+        from deblur_rotate.train.loop import MixedPrecision, Trainer
+
+        self.config = c = config.resolved()
+        self.info = info = dist_utils.setup(c.device)
+        if (c.batch // 2) % info.world_size:
+            raise UserError(f"--batch {c.batch} holds {c.batch // 2} view pairs, which must be a multiple of the "
+                            f"number of processes ({info.world_size})")
+        self.pairs_per_rank = c.batch // 2 // info.world_size
+        self.out = Path(c.out)
+        dev = info.device
+
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
+        self.amp = MixedPrecision(enabled=c.precision != "fp32", device=dev, dtype=dtype)
+        self.f_config = fusion_config(c.preset, c.arch)
+        self.resolution = int(stylegan2_config(c.preset, "generator")["img_resolution"])
+        self.num_ws, self.w_dim = int(self.f_config["num_ws"]), int(self.f_config["w_dim"])
+        self.G = self._load_generator() if c.generator else None
+        self.E_s = self._load_teacher("encoders.sharp", c.sharp_encoder, "--sharp-encoder",
+                                      "RUN/sharp_encoder of `deblur-rotate train sharp-encoder`")
+        self.E_v = None
+        if c.input_codes == "blur":
+            self.E_v = self._load_teacher("encoders.blur", c.blur_encoder, "--blur-encoder",
+                                          "RUN/blur_encoder of `deblur-rotate train blur-encoder`")
+            if self.E_v.num_frames != 5:
+                raise UserError(f"{c.blur_encoder}: E_v predicts {self.E_v.num_frames} frames but the targets are the "
+                                "5 sharp frames of a sample; give an E_v with num_frames 5")
+        self.E_3D = None
+        if c.pose_source == "e3d":
+            self.E_3D = self._load_teacher("encoders.face3d", c.face3d_encoder, "--face3d-encoder",
+                                           "RUN/face3d_encoder of `deblur-rotate train face3d`")
+            self._check_face3d_input_size(Path(c.face3d_encoder))
+        self.synth, self.dataset = self._open_data()
+
+        dist_utils.seed_all(c.seed, per_rank=False)  # the same initial weights on every rank
+        self.F = FusionNetwork(**self.f_config).to(dev).train()
+        self.f_config = dict(self.F.config)  # as saved (with index_dim)
+        stats = self._checkpoint_statistics() if c.resume else None  # a resumed run keeps its own
+        self.F.set_latent_statistics(*(stats or self.latent_statistics(c.stats_samples)))
+        self.F_ema = copy.deepcopy(self.F).eval().requires_grad_(False)
+        self.F_ddp = dist_utils.wrap_ddp(self.F)
+        self.opt = torch.optim.Adam(self.F.parameters(), lr=c.lr, betas=(0.9, 0.999))
+        dist_utils.seed_all(c.seed)  # from here on, per-rank random streams
+        self._grid_batch: dict[str, torch.Tensor] | None = None
+
+        total_batch = c.batch
+
+        def ema_beta(step: int) -> float:
+            return ema_beta_for(total_batch, c.ema_images, 0.05, step)
+
+        run_config = {**asdict(c), "stage": "fusion", "world_size": info.world_size, "fusion": self.f_config,
+                      "latent_offset_norm": float(self.F.w_offset.norm()), "latent_scale": float(self.F.w_scale),
+                      "sharp_encoder_config": self.E_s.config,
+                      "blur_encoder_config": None if self.E_v is None else self.E_v.config,
+                      "face3d_encoder_config": None if self.E_3D is None else self.E_3D.config,
+                      "generator_config": None if self.G is None else self.G.config,
+                      "view_pairs": [list(p) for p in self.dataset.pairs], "dataset_items": len(self.dataset)}
+        run_config.pop("resume", None)
+        run_config.pop("progress", None)
+        grid_on = c.grid > 0
+        self.trainer = Trainer(
+            run_dir=self.out, networks={_NETWORK: self.F}, network_configs={_NETWORK: self.f_config},
+            optimizers={_NETWORK: self.opt}, step_fn=self.step_fn, data=self.batches, total_steps=c.steps,
+            checkpoint_every=c.checkpoint_every, log_every=c.log_every, ema={_NETWORK: self.F_ema},
+            ema_beta=ema_beta, amp=self.amp, run_config=run_config, image_fn=self.image_fn if grid_on else None,
+            image_every=c.image_every if grid_on else 0, progress=c.progress)
+
+    # ------------------------------------------------------------------------------------------ setup
+    @staticmethod
+    def _folder(value: str, option: str, what: str) -> Path:
+        folder = Path(value)
+        if not folder.is_dir():
+            raise UserError(f"{option} folder {folder} not found; give the folder that holds config.json + "
+                            f"model.safetensors ({what})")
+        return folder
+
+    def _load_generator(self):
+        from deblur_rotate.models.io import load_pretrained
+        from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
+
+        c = self.config
+        folder = self._folder(c.generator, "--generator", "RUN/generator of `deblur-rotate train sharp-encoder`")
+        G = Generator(**stylegan2_config(c.preset, "generator"))
+        G = load_pretrained(G, folder, self.info.device)  # UserError naming the preset on a mismatch
+        return G.requires_grad_(False)
+
+    def _load_teacher(self, kind: str, value: str, option: str, what: str) -> torch.nn.Module:
+        """A frozen network (eval mode, on the device); UserError when missing or of another preset."""
+        from deblur_rotate.models.io import load_pretrained
+
+        folder = self._folder(value, option, what)
+        net = load_pretrained(kind, folder, self.info.device).requires_grad_(False)
+        if kind != "encoders.face3d" and (net.num_ws, net.w_dim) != (self.num_ws, self.w_dim):
+            raise UserError(f"{option} {folder} gives codes [num_ws {net.num_ws}, w_dim {net.w_dim}] but --preset "
+                            f"{self.config.preset} needs [num_ws {self.num_ws}, w_dim {self.w_dim}]; give the "
+                            "networks of one preset")
+        return net
+
+    def _check_face3d_input_size(self, folder: Path) -> None:
+        """UserError when E_3D's face_model.json (written by `train face3d`) says it was trained on images of
+        another size than this preset's; folders without that file are taken as they are."""
+        import json
+
+        from deblur_rotate.train.face3d import FACE_MODEL_FILE
+
+        path = folder / FACE_MODEL_FILE
+        if not path.is_file():
+            return
+        try:
+            size = int(json.loads(path.read_text())["input_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if size != self.resolution:
+            raise UserError(f"--face3d-encoder {folder} was trained on {size} px images but --preset "
+                            f"{self.config.preset} works at {self.resolution} px; give the E_3D of this preset")
+
+    def _open_data(self):
+        """(SynthBMFD at the generator's resolution, FusionPairs); UserError for other dataset kinds."""
+        from deblur_rotate.data.readers import detect_kind
+        from deblur_rotate.data.synthbmfd import SynthBMFD
+
+        c = self.config
+        if not c.data:
+            raise UserError("--data is required: a multi-view SynthBMFD folder (`deblur-rotate synth --out DIR`)")
+        root = Path(c.data)
+        kind = detect_kind(root)
+        if kind != "synthbmfd":
+            raise UserError(f"{root} looks like a {kind!r} dataset, but `train fusion` needs a multi-view SynthBMFD "
+                            "folder (the same instant from several calibrated views); generate one with "
+                            "`deblur-rotate synth --out DIR`")
+        synth = SynthBMFD(root, split=c.split, m=c.m, size=self.resolution, stride=c.stride)
+        return synth, FusionPairs(synth, mirror=c.mirror)
+
+    @torch.no_grad()
+    def latent_statistics(self, samples: int) -> tuple[torch.Tensor, float]:
+        """Mean code ``[w_dim]`` and RMS deviation per element (scalar) of E_s on the 5 sharp frames of both
+        views of ``samples`` view pairs spread evenly over the dataset (deterministic)."""
+        n = min(int(samples), len(self.dataset))
+        idx = np.linspace(0, len(self.dataset) - 1, n).round().astype(int)
+        codes = []
+        for chunk in np.array_split(idx, max(1, math.ceil(n / 8))):
+            targets = torch.stack([self.dataset[int(i)]["targets"] for i in chunk]).to(self.info.device)
+            codes.append(self._sharp_codes(targets).reshape(-1, self.w_dim).float())
+        w = torch.cat(codes)                                      # [n * 2 * 5 * num_ws, w_dim]
+        offset = w.mean(0)                                        # [w_dim]
+        rms = float((w - offset).square().mean().sqrt())
+        return offset, rms if rms > 1e-6 else 1.0
+
+    def _checkpoint_statistics(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """F's input normalisation (``w_offset [w_dim]``, ``w_scale []``) in the newest checkpoint of the run
+        folder, or None when there is none (or it holds no such buffers)."""
+        from deblur_rotate.models.io import read_weights
+        from deblur_rotate.train.checkpoint import latest_checkpoint
+
+        folder = latest_checkpoint(self.out / "checkpoints")
+        if folder is None or not (folder / _NETWORK).is_dir():
+            return None
+        state = read_weights(folder / _NETWORK)
+        if "w_offset" not in state or "w_scale" not in state or state["w_offset"].numel() != self.w_dim:
+            return None
+        return state["w_offset"], state["w_scale"]
+
+    def batches(self, start_step: int) -> Iterator[dict]:
+        """Batches of ``pairs_per_rank`` view pairs for iterations start_step, start_step + 1, ..."""
+        c = self.config
+        sampler = dist_utils.InfiniteSampler(len(self.dataset), seed=c.seed, start=start_step * self.pairs_per_rank)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.pairs_per_rank, sampler=sampler,
+                                             num_workers=c.workers, pin_memory=self.info.device.type == "cuda",
+                                             drop_last=True, persistent_workers=False)
+        return iter(loader)
+
+    # ------------------------------------------------------------------------------------------ teachers
+    @torch.no_grad()
+    def _sharp_codes(self, targets: torch.Tensor) -> torch.Tensor:
+        """E_s codes of sharp frames ``[..., 5, 3, R, R]`` -> ``[..., 5, num_ws, w_dim]`` (float32)."""
+        lead = targets.shape[:-3]
+        with self.amp.autocast():
+            codes = self.E_s(targets.reshape(-1, *targets.shape[-3:]))
+        return codes.float().reshape(*lead, self.num_ws, self.w_dim)
+
+    @torch.no_grad()
+    def teacher_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Frozen-teacher quantities of a batch of P view pairs, in both directions (2P training samples).
+
+        Returns ``inputs [2P, 5, num_ws, w_dim]`` (codes of the source view), ``targets`` (E_s codes of the
+        other view, same shape), ``delta_pose [2P, 3]`` radians (source -> other view, from the pose source),
+        ``delta_pose_gt [2P, 3]`` (from the dataset), ``images [2P, 5, 3, R, R]`` (the other view's sharp
+        frames) and ``source_images`` (the source view's sharp frames); rows 0..P-1 are u -> v, P..2P-1 v -> u.
+        """
+        dev = self.info.device
+        blurry = batch["blurry"].to(dev, non_blocking=True).float()      # [P, 2, 3, R, R]
+        frames = batch["targets"].to(dev, non_blocking=True).float()     # [P, 2, 5, 3, R, R]
+        pose_gt = batch["pose"].to(dev, non_blocking=True).float()       # [P, 2, 3]
+        p = blurry.shape[0]
+        target_codes = self._sharp_codes(frames)                          # [P, 2, 5, num_ws, w_dim]
+        if self.E_v is not None:
+            with self.amp.autocast():
+                source_codes = self.E_v(blurry.flatten(0, 1)).float()    # [2P, 5, num_ws, w_dim]
+            source_codes = source_codes.reshape(p, 2, *source_codes.shape[1:])
+        else:
+            source_codes = target_codes
+        if self.E_3D is not None:
+            with self.amp.autocast():
+                pose = self.E_3D.pose(blurry.flatten(0, 1)).float().reshape(p, 2, 3)
+        else:
+            pose = pose_gt
+        dp = wrap_angle(pose[:, 1] - pose[:, 0])                          # [P, 3] u -> v
+        dp_gt = wrap_angle(pose_gt[:, 1] - pose_gt[:, 0])
+
+        def both(x: torch.Tensor) -> torch.Tensor:  # [P, 2, ...] -> [2P, ...]: sources u then v
+            return torch.cat([x[:, 0], x[:, 1]])
+
+        def other(x: torch.Tensor) -> torch.Tensor:  # [P, 2, ...] -> [2P, ...]: targets v then u
+            return torch.cat([x[:, 1], x[:, 0]])
+
+        return {"inputs": both(source_codes), "targets": other(target_codes), "delta_pose": torch.cat([dp, -dp]),
+                "delta_pose_gt": torch.cat([dp_gt, -dp_gt]), "images": other(frames), "source_images": both(frames)}
+
+    # ------------------------------------------------------------------------------------------ step
+    def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
+        """Codes ``[N, T, num_ws, w_dim]`` -> frames ``[N, T, 3, R, R]`` with the frozen G (gradient flows to ws)."""
+        with self.amp.autocast():
+            images = self.G.synthesis(ws.flatten(0, 1), noise_mode="const").float()
+        return images.reshape(*ws.shape[:2], *images.shape[1:])
+
+    def step_fn(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """One iteration: F on a batch of view pairs in both directions."""
+        return self.fusion_step(self.teacher_inputs(batch))
+
+    def fusion_step(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimizer step of F on the teacher quantities ``t`` of :meth:`teacher_inputs`; returns the
+        logged terms (scalars)."""
+        from deblur_rotate.losses import l1_loss
+
+        c, amp = self.config, self.amp
+        self.opt.zero_grad(set_to_none=True)
+        with amp.autocast():
+            pred = self.F_ddp(t["inputs"], t["delta_pose"]).float()      # [2P, 5, num_ws, w_dim]
+        per_sample, reversed_ = ordered_latent_loss(pred, t["targets"])
+        terms = {"latent": per_sample.mean()}
+        if c.lambda_image > 0:
+            ordered = torch.where(reversed_[:, None, None, None], pred.flip(1), pred)  # the latent term's order
+            frames = self.synthesize(ordered)
+            terms["image"] = l1_loss(frames, t["images"])
+        total = terms["latent"] + c.lambda_image * terms.get("image", 0.0)
+        amp.backward(total)
+        amp.step(self.opt)
+        out = {k: v.detach() for k, v in terms.items()}
+        out["total"] = total.detach()
+        with torch.no_grad():
+            out["latent_unrotated"] = ordered_latent_loss(t["inputs"], t["targets"])[0].mean()  # F = identity
+            out["reversed"] = reversed_.float().mean()
+            deg = 180.0 / math.pi
+            out["dp_abs_deg"] = t["delta_pose"].abs().mean() * deg
+            out["dyaw_abs_deg"] = t["delta_pose"][:, 1].abs().mean() * deg
+            if self.E_3D is not None:
+                out["dp_error_deg"] = wrap_angle(t["delta_pose"] - t["delta_pose_gt"]).abs().mean() * deg
+        return out
+
+    # ------------------------------------------------------------------------------------------ images
+    def _grid_inputs(self) -> dict[str, torch.Tensor]:
+        """A fixed set of ``grid`` (unmirrored) view pairs spread over the dataset, collated, on the device."""
+        if self._grid_batch is None:
+            n = self.config.grid
+            idx = np.linspace(0, len(self.dataset) // self.dataset.copies - 1, n).round().astype(int)
+            items = [self.dataset[int(i) * self.dataset.copies] for i in idx]
+            self._grid_batch = {k: torch.stack([it[k] for it in items]).to(self.info.device)
+                                for k in ("blurry", "targets", "pose")}
+        return self._grid_batch
+
+    @torch.no_grad()
+    def image_fn(self, step: int) -> dict[str, torch.Tensor]:
+        """RUN/samples/step-XXXXXXXX.png: per view pair (u -> v), three rows of 5 frames: view u's sharp
+        frames, G(F_ema(z^u, Δp)), view v's sharp frames."""
+        from torchvision.utils import make_grid
+
+        from deblur_rotate.files import save_png, to_uint8
+
+        t = self.teacher_inputs(self._grid_inputs())
+        p = t["inputs"].shape[0] // 2
+        with self.amp.autocast():
+            rotated = self.F_ema(t["inputs"][:p], t["delta_pose"][:p]).float()
+        frames = self.synthesize(rotated).clamp(-1, 1)                        # [P, 5, 3, R, R]
+        rows = torch.stack([t["source_images"][:p], frames, t["images"][:p]], 1)  # [P, 3, 5, 3, R, R]
+        flat = rows.reshape(-1, *frames.shape[2:]).cpu()
+        grid = make_grid(flat, nrow=frames.shape[1], padding=2, pad_value=-1.0)
+        folder = self.out / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".step-{step:08d}.png.tmp"
+        save_png(tmp, to_uint8(grid), compress_level=6)
+        os.replace(tmp, folder / f"step-{step:08d}.png")
+        return {"fusion/input_rotated_target": grid[None]}
+
+    # ------------------------------------------------------------------------------------------ run
+    def _check_resume_config(self) -> None:
+        """A clear UserError when the checkpoint to resume holds another F (preset or architecture)."""
+        from deblur_rotate.models.io import read_config
+        from deblur_rotate.train.checkpoint import latest_checkpoint
+
+        folder = latest_checkpoint(self.out / "checkpoints")
+        if folder is None or not (folder / _NETWORK).is_dir():
+            return
+        saved = {k: v for k, v in read_config(folder / _NETWORK).items() if not k.startswith("_")}
+        if saved != self.f_config:
+            diff = sorted(k for k in set(saved) | set(self.f_config) if saved.get(k) != self.f_config.get(k))
+            raise UserError(f"{folder} holds an F of another configuration (differing: {', '.join(diff)}) than "
+                            f"--preset {self.config.preset} --arch {self.config.arch}; resume with the run's own "
+                            "options or choose another --out")
+
+    def run(self) -> dict[str, float]:
+        """Train (resuming first when ``config.resume``), then write RUN/fusion/. Returns the last losses."""
+        from deblur_rotate.models.io import save_pretrained
+
+        if self.config.resume:
+            self._check_resume_config()
+            self.trainer.resume()
+        losses = self.trainer.train()
+        if self.info.rank == 0:
+            save_pretrained(self.F_ema, self.out / "fusion")
+        dist_utils.barrier()
+        return losses
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+def add_parser(stages) -> None:
+    """Register ``deblur-rotate train fusion``."""
+    from deblur_rotate.train.commands import add_common_options
+
+    p = stages.add_parser(
+        "fusion", help="stage 5: the fusion network F (frame codes + pose change -> codes of another view)",
+        description="Train F on pairs of views u != v of the same instants of a multi-view SynthBMFD folder: "
+                    "F(z^u, R^v - R^u) should give E_s's codes of view v (min over the two time orders); both "
+                    "directions of every pair are used. The teachers (E_s, E_3D, optional E_v, G) stay frozen. "
+                    "Writes RUN/fusion/ (EMA weights) at the end. Multi-GPU: launch with torchrun --nproc_per_node N.")
+    p.add_argument("--preset", choices=tuple(PRESET_DEFAULTS), default="tiny",
+                   help="code sizes (micro 32 px, tiny 64, paper 256; default tiny)")
+    p.add_argument("--data", required=True, type=Path, help="multi-view SynthBMFD folder (`deblur-rotate synth`)")
+    p.add_argument("--arch", default="FC3R", help="FC<x> or FC<x>R: x layers, R residual (default FC3R)")
+    p.add_argument("--sharp-encoder", required=True, type=Path,
+                   help="E_s folder (RUN/sharp_encoder of `train sharp-encoder`): input and target codes")
+    p.add_argument("--generator", type=Path, default=None,
+                   help="fine-tuned G folder (RUN/generator of `train sharp-encoder`), for the sample grids and "
+                        "--lambda-image (needed unless --grid 0)")
+    p.add_argument("--face3d-encoder", type=Path, default=None,
+                   help="E_3D folder (RUN/face3d_encoder of `train face3d`), for Δp with --pose-source e3d")
+    p.add_argument("--blur-encoder", type=Path, default=None,
+                   help="E_v folder (RUN/blur_encoder of `train blur-encoder`), for --input-codes blur")
+    p.add_argument("--pose-source", choices=("e3d", "gt"), default="e3d",
+                   help="Δp from E_3D on the blurry images (e3d, default, as at inference) or the data's "
+                        "ground truth (gt)")
+    p.add_argument("--input-codes", choices=("sharp", "blur"), default="sharp",
+                   help="F's input: E_s of the source view's sharp frames (sharp, default) or E_v of its blurry "
+                        "image (blur)")
+    p.add_argument("--m", type=int, default=32, help="blur half-window: the mean of 2m+1 frames (default 32)")
+    p.add_argument("--stride", type=int, default=1, help="use every stride-th centre frame (default 1)")
+    p.add_argument("--no-mirror", dest="mirror", action="store_false", help="no left-right mirrored pairs")
+    add_common_options(p, batch_help="training samples per iteration, two (u -> v, v -> u) per view pair, so "
+                                     "even (default: micro 4, tiny 16, paper 84)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--lambda-image", type=float, default=0.0,
+                   help="weight of the L1 between G(F(z^u, Δp)) and view v's frames (default 0: off)")
+    p.add_argument("--stats-samples", type=int, default=64,
+                   help="view pairs whose E_s codes set F's input normalisation (default 64)")
+    p.add_argument("--ema-kimg", type=float, default=None, help="EMA half-life in thousands of samples")
+    p.add_argument("--image-every", type=int, default=None,
+                   help="iterations between sample grids (default: --checkpoint-every)")
+    p.add_argument("--grid", type=int, default=4, help="view pairs in the sample grid (default 4; 0: none)")
+    p.set_defaults(func=run_fusion)
+
+
+def run_fusion(args) -> int:
+    def path(value) -> str:
+        return "" if value is None else str(value)
+
+    config = FusionConfig(
+        preset=args.preset, data=str(args.data), out=str(args.out), arch=args.arch,
+        sharp_encoder=path(args.sharp_encoder), generator=path(args.generator),
+        face3d_encoder=path(args.face3d_encoder), blur_encoder=path(args.blur_encoder), pose_source=args.pose_source,
+        input_codes=args.input_codes, m=args.m, stride=args.stride, mirror=args.mirror, steps=args.steps,
+        batch=args.batch, lr=args.lr, lambda_image=args.lambda_image, stats_samples=args.stats_samples,
+        ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
+        grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
+        resume=args.resume, progress=args.progress)
+    try:
+        stage = FusionStage(config)
+        losses = stage.run()
+        if stage.info.rank == 0:
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if math.isfinite(v))
+            print(f"trained {stage.config.steps} steps ({terms}); F written to {Path(config.out) / 'fusion'}")
+    finally:
+        dist_utils.shutdown()
+    return 0

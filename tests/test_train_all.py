@@ -1,0 +1,67 @@
+"""`deblur-rotate train all`: every stage on a tiny SynthBMFD, the model folder, skip/resume, bad input."""
+import json
+
+import pytest
+import torch
+
+from conftest import SMALL_MODEL
+from deblur_rotate.cli import main
+from deblur_rotate.data.synthbmfd import SynthConfig, generate
+from deblur_rotate.errors import UserError
+from deblur_rotate.pipeline import DeblurRotatePipeline
+from deblur_rotate.train.all_stages import TrainAllPlan, run_all
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory, small_model):
+    root = tmp_path_factory.mktemp("synth_all") / "ds"
+    config = SynthConfig(subjects=3, test_subjects=1, performances=1, size=32, fps=112.0, seconds=0.12,
+                         supersample=1, model=dict(SMALL_MODEL), seed=7)
+    generate(root, config, progress=False, model=small_model)
+    return root
+
+
+def _plan(synth_root, out, **kw):
+    steps = {"generator": 2, "sharp_encoder": 2, "blur_encoder": 2, "face3d": 2, "fusion": 2}
+    base = dict(preset="micro", data=str(synth_root), out=str(out), steps=steps, m=4, checkpoint_every=1,
+                device="cpu", progress=False, batch={"face3d": 2, "fusion": 2})
+    base.update(kw)
+    return TrainAllPlan(**base)
+
+
+def test_train_all_builds_a_working_model_and_skips_finished_stages(tmp_path, synth_root, capsys):
+    out = tmp_path / "run"
+    model = run_all(_plan(synth_root, out))
+    meta = json.loads((model / "pipeline.json").read_text())
+    assert set(meta["networks"]) == {"generator", "blur_encoder", "face3d_encoder", "fusion"}
+    assert 0 < meta["crop"]["face_side"] <= 1.5
+    log = json.loads((out / "train_all.json").read_text())
+    assert set(log["stages"]) == {"generator", "sharp_encoder", "blur_encoder", "face3d", "fusion"}
+    assert all(v["steps"] == 2 and v["wall_s_total"] >= 0 for v in log["stages"].values())
+
+    pipe = DeblurRotatePipeline.from_pretrained(model, device="cpu")
+    result = pipe(torch.zeros(1, 3, 32, 32), views=[(0, 0), (30, 0)])
+    assert result.frames.shape == (1, 2, 5, 3, 32, 32)
+    # the model's G is stage 2's fine-tuned generator
+    g_model = (model / "generator" / "model.safetensors").read_bytes()
+    assert g_model == (out / "sharp_encoder" / "generator" / "model.safetensors").read_bytes()
+
+    capsys.readouterr()
+    run_all(_plan(synth_root, out))  # everything done: all five skipped
+    assert capsys.readouterr().out.count("skipped") == 5
+
+    # more steps for the last stage only: it resumes from its checkpoint, the others stay skipped
+    steps = {"generator": 2, "sharp_encoder": 2, "blur_encoder": 2, "face3d": 2, "fusion": 3}
+    run_all(_plan(synth_root, out, steps=steps))
+    printed = capsys.readouterr().out
+    assert printed.count("skipped") == 4 and "fusion: resuming to 3 steps" in printed
+
+
+def test_train_all_bad_input(tmp_path, synth_root, capsys):
+    with pytest.raises(UserError, match="not a folder"):
+        run_all(_plan(tmp_path / "missing", tmp_path / "run"))
+    with pytest.raises(UserError, match="unknown stage"):
+        run_all(_plan(synth_root, tmp_path / "run", steps={"gan": 3}))
+    code = main(["train", "all", "--preset", "micro", "--data", str(synth_root), "--out", str(tmp_path / "r"),
+                 "--steps", "generator"])
+    assert code == 2 and "STAGE=N" in capsys.readouterr().err

@@ -1,0 +1,330 @@
+"""Stage 4 (E_3D): the pure loss terms, a micro run on a tiny SynthBMFD, resume, overfitting, errors, CLI."""
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_MODEL
+from PIL import Image
+
+from deblur_rotate.errors import UserError
+from deblur_rotate.face3d.losses import (
+    FACE3D_WEIGHTS,
+    coefficient_regularizer,
+    identity_chip_loss,
+    landmark_loss,
+    masked_edge_loss,
+    multiview_loss,
+    photometric_loss,
+    pose_error_deg,
+    render_coefficients_image,
+)
+from deblur_rotate.face3d.model import CoeffLayout
+from deblur_rotate.train.face3d import Face3DConfig, Face3DPairs, Face3DStage, coefficient_prior, load_face3d
+
+# ------------------------------------------------------------------------------------------------- losses
+
+LAYOUT = CoeffLayout(4, 3, 2)
+
+
+def test_landmark_loss_zero_for_identical_and_in_width_units():
+    torch.manual_seed(0)
+    pts = torch.rand(3, 68, 2) * 32
+    assert landmark_loss(pts, pts.clone(), 32).item() == pytest.approx(0.0, abs=1e-4)
+    shifted = pts + torch.tensor([3.0, 4.0])  # every point 5 px away
+    assert landmark_loss(shifted, pts, 32).item() == pytest.approx(68 * 5 / 32, rel=1e-5)  # sum over the points
+    assert landmark_loss(shifted, pts, 32, reduction="mean").item() == pytest.approx(5 / 32, rel=1e-5)
+    assert landmark_loss(shifted, pts, 64, reduction="mean").item() == pytest.approx(5 / 64, rel=1e-5)
+    # missing (NaN) ground-truth points are ignored; weights pick points
+    gt = pts.clone()
+    gt[:, :34] = float("nan")
+    half = pts.clone()
+    half[:, 34:] += torch.tensor([3.0, 4.0])
+    assert landmark_loss(half, gt, 32, reduction="mean").item() == pytest.approx(5 / 32, rel=1e-5)
+    assert landmark_loss(half, gt, 32).item() == pytest.approx(34 * 5 / 32, rel=1e-5)
+    w = torch.zeros(68)
+    w[:34] = 1.0
+    assert landmark_loss(half, pts, 32, weights=w).item() == pytest.approx(0.0, abs=1e-4)
+    with pytest.raises(ValueError, match="reduction"):
+        landmark_loss(pts, pts, 32, reduction="median")
+
+
+def test_landmark_loss_gradient_moves_points_towards_target():
+    pred = torch.zeros(1, 68, 2, requires_grad=True)
+    target = torch.ones(1, 68, 2)
+    landmark_loss(pred, target, 10).backward()
+    assert torch.isfinite(pred.grad).all() and (pred.grad < 0).all()
+
+
+def test_multiview_loss_and_regularizer():
+    torch.manual_seed(0)
+    a = torch.randn(5, LAYOUT.size)
+    assert multiview_loss(a, a.clone(), LAYOUT).item() == 0.0
+    # pose, lighting and translation may differ between views: only id/tex/exp count
+    b = a.clone()
+    b[:, LAYOUT.n_id + LAYOUT.n_tex + LAYOUT.n_exp:] += 3.0
+    assert multiview_loss(a, b, LAYOUT).item() == 0.0
+    c = a.clone()
+    c[:, 0] += 2.0  # one identity coefficient off by 2 -> 4 per sample
+    assert multiview_loss(a, c, LAYOUT).item() == pytest.approx(4.0)
+    assert multiview_loss(c, a, LAYOUT).item() == pytest.approx(4.0)
+
+    z = torch.zeros(2, LAYOUT.size)
+    z[:, -6:] = 7.0  # pose and translation are not regularised
+    assert coefficient_regularizer(z, LAYOUT).item() == 0.0
+    z[0, :9] = 1.0  # 9 modes of sample 0 at 1 -> (9 + 0) / 2
+    assert coefficient_regularizer(z, LAYOUT).item() == pytest.approx(4.5)
+    assert FACE3D_WEIGHTS == {"data": 5.0, "edge": 30.0, "id": 0.5, "lan": 1.0, "mview": 0.25, "c": 1e-4}
+
+
+def test_pose_error_wraps_around():
+    deg = torch.deg2rad
+    pred = deg(torch.tensor([[10.0, 179.0, -5.0]]))
+    true = deg(torch.tensor([[-20.0, -179.0, -5.0]]))
+    torch.testing.assert_close(pose_error_deg(pred, true), torch.tensor([[30.0, 2.0, 0.0]]), atol=1e-4, rtol=0)
+
+
+def test_image_terms_are_masked_and_pure():
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 16, 16) * 2 - 1
+    render = target.clone()
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1.0
+    render[..., :2, :] = 1.0  # differs only outside the mask (and far from its edge)
+    before = render.clone()
+    assert photometric_loss(render, target, mask).item() == 0.0
+    assert masked_edge_loss(render, target, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert torch.equal(render, before)  # nothing modified in place
+    render[..., 6, 6] += 0.5  # one pixel inside the mask
+    l1 = photometric_loss(render, target, mask).item()
+    assert l1 == pytest.approx((0.5 * 3 * 2) / (3 * 2 * 64), rel=1e-5)  # mean over masked pixels and channels
+    assert masked_edge_loss(render, target, mask).item() > 0
+    # skin weights: counting that pixel double raises its share
+    w = torch.ones(2, 1, 16, 16)
+    w[..., 6, 6] = 2.0
+    assert photometric_loss(render, target, mask, w).item() > l1
+    # the mask is a weight, not a path for gradients
+    m = mask.clone().requires_grad_(True)
+    r = render.clone().requires_grad_(True)
+    photometric_loss(r, target, m).backward()
+    assert m.grad is None and r.grad.abs().sum() > 0
+
+
+def test_identity_chip_loss_zero_for_identical_faces(small_model):
+    from deblur_rotate.models.identity import chip_transforms_from_landmarks, load_dlib_face_recognition
+
+    net = load_dlib_face_recognition()
+    k = torch.tensor([[112.0, 0, 15.5], [0, 112.0, 15.5], [0, 0, 1]])
+    coeffs = torch.zeros(2, small_model.layout.size)
+    coeffs[:, -1] = 100.0  # 1 m in front of the camera
+    coeffs[1, :3] = 2.0  # another identity
+    rendered = render_coefficients_image(small_model, coeffs, k, 32)
+    chips = torch.from_numpy(chip_transforms_from_landmarks(rendered.landmarks[:1]))
+    same = identity_chip_loss(rendered.image[:1], rendered.image[:1], chips, net)
+    other = identity_chip_loss(rendered.image[:1], rendered.image[1:], chips, net)
+    assert same.item() == pytest.approx(0.0, abs=1e-5) and other.item() > same.item() + 1e-4
+
+
+def test_render_projects_landmarks_and_is_differentiable(small_model):
+    k = torch.tensor([[112.0, 0, 15.5], [0, 112.0, 15.5], [0, 0, 1]])
+    coeffs = torch.zeros(1, small_model.layout.size)
+    coeffs[:, -1] = 100.0
+    coeffs.requires_grad_(True)
+    out = render_coefficients_image(small_model, coeffs, k, 32)
+    assert out.image.shape == (1, 3, 32, 32) and out.mask.shape == (1, 1, 32, 32) and out.landmarks.shape == (1, 68, 2)
+    assert out.image.min() >= -1 - 1e-6 and out.image[0, :, 0, 0].max().item() == pytest.approx(-1.0)  # black background
+    assert out.mask[0, 0, 16, 16].item() == 1.0
+    # landmarks are the projected landmark vertices
+    from deblur_rotate.face3d.camera import project
+
+    vertices, _ = small_model(coeffs.detach())
+    torch.testing.assert_close(out.landmarks.detach(), project(small_model.landmarks_3d(vertices), k))
+    (out.image.mean() + out.landmarks.mean()).backward()
+    assert torch.isfinite(coeffs.grad).all() and coeffs.grad[0, -6:].abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------- stage
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory, small_model):
+    from deblur_rotate.data.synthbmfd import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth3d") / "ds"
+    config = SynthConfig(subjects=3, test_subjects=1, performances=1, size=32, fps=112.0, seconds=0.12, views=4,
+                         supersample=1, model=dict(SMALL_MODEL), seed=3)
+    generate(root, config, progress=False, model=small_model)
+    return root
+
+
+def _config(data, out, steps, **kw):
+    base = {"preset": "micro", "data": str(data), "out": str(out), "steps": steps, "batch": 4, "m": 4, "lambda_id": 0.0,
+            "checkpoint_every": 2, "log_every": 1, "image_every": 2, "grid": 3, "progress": False}
+    base.update(kw)
+    return Face3DConfig(**base)
+
+
+def _weights(stage):
+    return {k: v.detach().clone() for k, v in stage.E.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def straight_run(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("e3d") / "straight"
+    stage = Face3DStage(_config(synth_root, out, 4))
+    losses = stage.run()
+    return out, stage, losses
+
+
+def test_ground_truth_coefficients_reproduce_the_frames(synth_root, small_model):
+    """The losses' minimum sits at the truth: SynthBMFD's own coefficients, rendered in its camera, give its
+    middle frames and landmarks; a 6 degree turn raises every term."""
+    from deblur_rotate.data.synthbmfd import SynthBMFD
+
+    ds = SynthBMFD(synth_root, split="train", m=4)
+    samples = [ds[i] for i in range(0, len(ds), 7)]
+    coeffs = torch.stack([s["coeffs"] for s in samples])
+    target = torch.stack([s["targets"][2] for s in samples])
+    landmarks = torch.stack([s["landmarks"] for s in samples])
+    k = torch.from_numpy(np.load(synth_root / "subject_000" / "perf_00" / "meta.npz")["camera_matrix"])
+    hard = render_coefficients_image(small_model, coeffs, k, 32, edge_softness_px=0.0)
+    assert photometric_loss(hard.image, target, hard.mask).item() < 0.01  # 8-bit rounding only
+    soft = render_coefficients_image(small_model, coeffs, k, 32)
+    turned = coeffs.clone()
+    turned[:, -5] += 0.1  # yaw
+    off = render_coefficients_image(small_model, turned, k, 32)
+    assert landmark_loss(soft.landmarks, landmarks, 32).item() < 1e-3
+    assert landmark_loss(off.landmarks, landmarks, 32).item() > 1.0
+    for loss in (photometric_loss, masked_edge_loss):
+        assert loss(off.image, target, off.mask) > 1.5 * loss(soft.image, target, soft.mask)
+
+
+def test_pairs_cover_every_view_pair(synth_root):
+    from deblur_rotate.data.synthbmfd import SynthBMFD
+
+    ds = SynthBMFD(synth_root, split="train", m=4)
+    pairs = Face3DPairs(ds)
+    assert len(pairs) == len(ds.instants) * 6  # 4 views -> 6 unordered pairs
+    item = pairs[7]  # instant 1, pair (1, 3)
+    assert item["blurry"].shape == (2, 3, 32, 32) and item["target"].shape == (2, 3, 32, 32)
+    subject, perf, center = ds.instants[1]
+    ref = ds.load(subject, perf, 3, center)
+    torch.testing.assert_close(item["target"][1], ref["targets"][2])
+    torch.testing.assert_close(item["landmarks"][1], ref["landmarks"])
+
+
+def test_coefficient_prior_from_data(synth_root, small_model):
+    layout = small_model.layout
+    offset, scale = coefficient_prior(synth_root, ["subject_000", "subject_001"], layout)
+    s = layout.slices()
+    meta = np.load(synth_root / "subject_000" / "perf_00" / "meta.npz")["coeffs"]
+    assert offset.shape == scale.shape == (layout.size,)
+    assert torch.all(offset[: s["light"].start] == 0) and torch.all(offset[s["rotation"]] == 0)
+    assert 90 < offset[s["translation"]][2] < 110  # the rig's cameras are 1 m away
+    assert abs(offset[s["translation"]][2] - meta[..., -1].mean()) < 5
+    assert torch.all(scale[: s["light"].start] == 1) and torch.all(scale > 0)
+    assert 0.2 < scale[s["rotation"]][1] < 1.5  # yaw spread of a 120 degree rig, radians
+
+
+def test_micro_run_writes_everything(straight_run, synth_root):
+    out, stage, losses = straight_run
+    assert {"total", "data", "edge", "lan", "mview", "c", "pose_err_deg", "lan_px"} <= set(losses)
+    assert all(np.isfinite(v) for v in losses.values())
+    assert (out / "checkpoints" / "step-00000004" / "E3D" / "model.safetensors").is_file()
+    assert (out / "checkpoints" / "step-00000002" / "training_state.safetensors").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["stage"] == "face3d" and config["lambda_edge"] == 30.0 and config["face_model"]["kind"] == "procedural"
+    grid = np.asarray(Image.open(out / "samples" / "step-00000004.png"))
+    assert grid.shape == (2 + 3 * 34, 2 + 3 * 34, 3)  # rows input / render / target of 3 faces at 32 px
+    assert any((out / "tb").iterdir())
+    bundle = load_face3d(out / "face3d_encoder")
+    for k, v in bundle.encoder.state_dict().items():
+        torch.testing.assert_close(v, stage.E.state_dict()[k].cpu(), rtol=0, atol=0)
+    assert bundle.image_size == 32 and bundle.input_size == 32 and bundle.face_model.layout == stage.E.layout
+    torch.testing.assert_close(bundle.camera_matrix, stage.camera_matrix.cpu())
+    # the prior is kept in the saved encoder: the mean translation is ~1 m
+    assert 90 < float(bundle.encoder.coeff_offset[-1]) < 110
+
+
+def test_resume_continues_exactly(straight_run, synth_root, tmp_path):
+    _, straight, _ = straight_run
+    out = tmp_path / "resumed"
+    first = Face3DStage(_config(synth_root, out, 2))
+    first.run()
+    assert first.trainer.step == 2
+    stage = Face3DStage(_config(synth_root, out, 4, resume=True))
+    stage.run()
+    assert stage.trainer.step == 4 and (out / "checkpoints" / "step-00000004").is_dir()
+    a, b = _weights(straight), _weights(stage)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        Face3DStage(_config(synth_root, out, 6)).run()
+
+
+def test_overfitting_one_batch_reduces_landmark_loss(synth_root, tmp_path):
+    stage = Face3DStage(_config(synth_root, tmp_path / "overfit", 30, batch=2, lr=3e-3, grid=0,
+                                skin_weight=1.0))
+    assert stage.identity_net is None
+    batch = next(stage.batches(0))
+    first = stage.step_fn(batch, 0)
+    for step in range(1, 30):
+        last = stage.step_fn(batch, step)
+    assert "id" not in first
+    assert last["lan"] < 0.6 * first["lan"], (first["lan"], last["lan"])
+    assert last["pose_err_deg"] < first["pose_err_deg"]
+
+
+def test_identity_term_in_a_step(synth_root, tmp_path):
+    stage = Face3DStage(_config(synth_root, tmp_path / "id", 1, batch=2, lambda_id=0.5, grid=0))
+    batch = next(stage.batches(0))
+    before = {k: v.clone() for k, v in stage.E.state_dict().items()}
+    out = stage.step_fn(batch, 0)
+    assert 0 < out["id"].item() < 2
+    weights = stage.config.weights()
+    total = sum(weights[k] * out[k] for k in ("data", "edge", "id", "lan", "mview", "c"))
+    assert out["total"].item() == pytest.approx(total.item(), rel=1e-5)
+    assert not torch.equal(before["head.weight"], stage.E.state_dict()["head.weight"])
+
+
+def test_bfm_model_instead_of_the_procedural_one(synth_root, tmp_path):
+    from test_bfm import FAKE, _write_front  # a fabricated BFM_model_front.mat with the real file's structure
+
+    path = _write_front(tmp_path)
+    stage = Face3DStage(_config(synth_root, tmp_path / "bfm", 1, batch=2, grid=0, bfm=str(path), bfm_modes=[5, 4, 3]))
+    assert (stage.E.layout.n_id, stage.E.layout.n_tex, stage.E.layout.n_exp) == (5, 4, 3)
+    assert stage.face_model_spec["kind"] == "bfm" and stage.face_model.layout == stage.E.layout
+    out = stage.step_fn(next(stage.batches(0)), 0)
+    assert all(torch.isfinite(v) for v in out.values())
+    bundle = load_face3d(stage.write_final())
+    assert bundle.face_model.layout == stage.E.layout and bundle.face_model.num_vertices == FAKE.num_vertices
+
+
+def test_non_synthbmfd_folder_is_a_user_error(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(faces / "000.png")
+    with pytest.raises(UserError, match="supports SynthBMFD folders only"):
+        Face3DStage(_config(faces, tmp_path / "run", 2))
+    with pytest.raises(UserError, match="does not exist"):
+        Face3DStage(_config(tmp_path / "missing", tmp_path / "run", 2))
+    with pytest.raises(UserError, match="even"):
+        Face3DStage(_config(faces, tmp_path / "run", 2, batch=3))
+    with pytest.raises(UserError, match="need --bfm"):
+        Face3DStage(_config(faces, tmp_path / "run", 2, bfm_landmarks="x.txt"))
+
+
+def test_cli_parses_and_reports_errors(synth_root, tmp_path, capsys):
+    from deblur_rotate.cli import main
+    from deblur_rotate.train.commands import add_train_parser
+
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "face3d", "--preset", "micro", "--data", str(synth_root), "--out",
+                              str(tmp_path / "r"), "--steps", "3", "--batch", "4", "--lambda-id", "0",
+                              "--lambda-edge", "10", "--bfm-modes", "80", "80", "29", "--m", "4", "--resume"])
+    assert args.stage == "face3d" and args.lambda_id == 0 and args.lambda_edge == 10 and args.bfm_modes == [80, 80, 29]
+    assert args.func.__name__ == "run_face3d" and args.lr == 1e-4 and args.lambda_mview == 0.25
+    code = main(["train", "face3d", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")])
+    assert code == 2 and "error:" in capsys.readouterr().err
