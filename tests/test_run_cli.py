@@ -132,7 +132,8 @@ def test_bad_inputs_fail_alone_and_exit_1(tmp_path, model_dir, capsys):
     assert len(summary["failed"]) == 4
     pasted = np.asarray(Image.open(out / "astronaut" / "pasted" / "frame_3.png"))
     assert pasted.shape == (512, 512, 3)
-    assert (out / "astronaut" / "pasted.gif").is_file() and (out / "astronaut" / "frames/input_view/frame_5.png").is_file()
+    assert (out / "astronaut" / "pasted.gif").is_file()
+    assert (out / "astronaut" / "frames/input_view/frame_5.png").is_file()
 
 
 def test_output_paths_that_are_files(tmp_path, model_dir, capsys):

@@ -133,7 +133,8 @@ def test_render_projects_landmarks_and_is_differentiable(small_model):
     coeffs.requires_grad_(True)
     out = render_coefficients_image(small_model, coeffs, k, 32)
     assert out.image.shape == (1, 3, 32, 32) and out.mask.shape == (1, 1, 32, 32) and out.landmarks.shape == (1, 68, 2)
-    assert out.image.min() >= -1 - 1e-6 and out.image[0, :, 0, 0].max().item() == pytest.approx(-1.0)  # black background
+    assert out.image.min() >= -1 - 1e-6
+    assert out.image[0, :, 0, 0].max().item() == pytest.approx(-1.0)  # black background
     assert out.mask[0, 0, 16, 16].item() == 1.0
     # landmarks are the projected landmark vertices
     from deblur_rotate.face3d.camera import project
@@ -233,7 +234,8 @@ def test_micro_run_writes_everything(straight_run, synth_root):
     assert (out / "checkpoints" / "step-00000004" / "E3D" / "model.safetensors").is_file()
     assert (out / "checkpoints" / "step-00000002" / "training_state.safetensors").is_file()
     config = json.loads((out / "config.json").read_text())
-    assert config["stage"] == "face3d" and config["lambda_edge"] == 30.0 and config["face_model"]["kind"] == "procedural"
+    assert config["stage"] == "face3d" and config["lambda_edge"] == 30.0
+    assert config["face_model"]["kind"] == "procedural"
     grid = np.asarray(Image.open(out / "samples" / "step-00000004.png"))
     assert grid.shape == (2 + 3 * 34, 2 + 3 * 34, 3)  # rows input / render / target of 3 faces at 32 px
     assert any((out / "tb").iterdir())

@@ -268,7 +268,10 @@ def contact_sheet(input_image: np.ndarray, frames: np.ndarray, view_labels: list
     draw = ImageDraw.Draw(sheet)
     for c, label in enumerate(["input"] + [f"frame {j + 1}" for j in range(t)]):
         draw.text((left + c * (cell + pad) + 2, 2), label, fill=(230, 230, 230))
-    big = lambda a: Image.fromarray(a).resize((cell, cell), Image.NEAREST)
+
+    def big(a):
+        return Image.fromarray(a).resize((cell, cell), Image.NEAREST)
+
     for row in range(v):
         y = top + row * (cell + pad)
         draw.text((4, y + cell // 2 - 6), view_labels[row], fill=(230, 230, 230))

@@ -505,7 +505,8 @@ def _albedo(v: np.ndarray, n_head: int, eye_local: np.ndarray, hp: HeadParams, r
     # Lips, mouth interior, nostrils.
     q = v.copy()
     my = hp.mouth_y
-    lips = np.maximum(_gauss(v, (0, my - 0.5, -8.4), (2.0, 0.55, 1.5)), _gauss(v, (0, my + 0.55, -8.3), (1.8, 0.6, 1.5)))
+    lips = np.maximum(_gauss(v, (0, my - 0.5, -8.4), (2.0, 0.55, 1.5)),
+                      _gauss(v, (0, my + 0.55, -8.3), (1.8, 0.6, 1.5)))
     lips = _smoothstep(0.35, 0.6, lips) * is_head
     slit = _ellipsoid(q, (0.0, my, -8.6), (2.45, 0.17, 2.4))
     mouth_inside = _smoothstep(0.25, 0.02, slit) * is_head * (z > -8.8)
