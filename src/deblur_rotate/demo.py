@@ -1,11 +1,17 @@
-"""``deblur-rotate demo``: the main job until a trained model ships with the package.
+"""``deblur-rotate demo``: the main job in one command.
 
-Renders a small SynthBMFD sample (a few subjects, one performance, 8 views, one blur window) and writes
-  contact_sheet.png    rows: per subject the blurry input (mean of 65 frames, m = 32) over the sharp
-                       middle frame; columns: views 1..8
-  blur_vs_sharp.gif    subject 1, view 4: the blurry image beside the sharp frames it averages
-  demo.json            the resolved settings
-  synthbmfd/           the rendered dataset itself (readable by ``SynthBMFD``)
+With a model (the one bundled in ``deblur_rotate/assets/model/``, or ``--model FOLDER``) it takes the built-in
+blurry examples (``deblur_rotate/assets/examples/``: rendered by SynthBMFD from held-out subjects, with their
+5 sharp ground-truth frames) and writes, per example::
+
+  example_K/frames/<view>/frame_1..5.png, <view>.gif, <view>.mp4   views yaw -30, input view, yaw +30
+  example_K/contact_sheet.png                                      input, then frames x views
+and at the top ``contact_sheet.png`` (all examples), ``demo.json`` (settings, PSNR figures, seconds), and it
+prints the same-view PSNR of the 5 frames (better of the two time orders) next to the blurry input's PSNR
+against the same ground truth.
+
+Without any model (an install without the bundled one) it falls back to :func:`run_render_demo`: a small
+SynthBMFD sample rendered on the spot (blurry inputs over sharp frames, for all 8 views).
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from PIL import Image, ImageDraw
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import atomic_write_bytes, atomic_write_json
 
-__all__ = ["run_demo", "contact_sheet"]
+__all__ = ["DEMO_VIEWS", "contact_sheet", "load_examples", "run_demo", "run_model_demo", "run_render_demo",
+           "verify_checksums", "write_examples"]
 
 _MARKER = "demo.json"
 _M = 32  # the paper's BMFD half-window: 65 frames at 112 fps
@@ -49,8 +56,9 @@ def contact_sheet(rows: list[np.ndarray], row_labels: list[str], col_labels: lis
     return sheet
 
 
-def run_demo(out: str | Path, subjects: int = 3, size: int = 96, seed: int = 0, progress: bool = True) -> list[Path]:
-    """Render the demo into ``out``; returns the paths written."""
+def run_render_demo(out: str | Path, subjects: int = 3, size: int = 96, seed: int = 0,
+                    progress: bool = True) -> list[Path]:
+    """The model-free demo: render a small SynthBMFD sample into ``out``; returns the paths written."""
     from deblur_rotate.data.synthbmfd import SynthBMFD, SynthConfig, contact_frames, generate
     from deblur_rotate.files import to_uint8
 
@@ -108,3 +116,179 @@ def _save_gif_atomic(frames: list[np.ndarray], path: Path, fps: float) -> None:
     buffer = io.BytesIO()
     iio.imwrite(buffer, np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+# ------------------------------------------------------------------------------------------------ model demo
+
+DEMO_VIEWS = ((-30.0, 0.0), (0.0, 0.0), (30.0, 0.0))  # (dyaw, dpitch) degrees, relative to the input view
+CHECKSUMS = "checksums.json"
+
+
+def examples_dir() -> Path:
+    """The built-in blurry examples shipped with the package."""
+    return Path(__file__).resolve().parent / "assets" / "examples"
+
+
+def write_examples(data_root: str | Path, out: str | Path, count: int = 4, m: int = _M, seed: int = 0,
+                   views: tuple[int, ...] = (4, 5)) -> list[Path]:
+    """Pick ``count`` blurry samples of SynthBMFD's test split (near-frontal ``views``, the most blurred of a
+    random pool) and write each as ``out/example_K/{blurry.png, sharp_1..5.png, example.json}``."""
+    import torch
+
+    from deblur_rotate.data.synthbmfd import SynthBMFD
+    from deblur_rotate.evaluate.metrics import psnr
+    from deblur_rotate.files import save_png, to_uint8
+
+    ds = SynthBMFD(data_root, split="test", m=m, views=list(views))
+    rng = np.random.default_rng(seed)
+    pool = rng.choice(len(ds), size=min(len(ds), 16 * count), replace=False)
+    scored = []
+    for i in pool:
+        s = ds[int(i)]
+        scored.append((float(psnr(s["blurry"][None].expand(5, -1, -1, -1), s["targets"]).mean()), int(i)))
+    chosen, subjects = [], set()
+    for _, i in sorted(scored):  # most blurred first, one per subject while possible
+        subject = ds.items[i][0]
+        if subject not in subjects or len(subjects) >= len({ds.items[j][0] for _, j in scored}):
+            chosen.append(i)
+            subjects.add(subject)
+        if len(chosen) == count:
+            break
+    out = Path(out)
+    written = []
+    for k, i in enumerate(chosen, 1):
+        s = ds[i]
+        folder = out / f"example_{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_png(folder / "blurry.png", to_uint8(s["blurry"]))
+        for j in range(5):
+            save_png(folder / f"sharp_{j + 1}.png", to_uint8(s["targets"][j]))
+        pose = torch.rad2deg(s["pose"]).tolist()
+        atomic_write_json(folder / "example.json", {
+            "source": "SynthBMFD test split (held-out subject)", "subject": s["subject"],
+            "performance": s["performance"], "view": int(s["view"]), "center": int(s["center"]), "m": m,
+            "pose_deg": {"pitch": pose[0], "yaw": pose[1], "roll": pose[2]}})
+        written.append(folder)
+    return written
+
+
+def load_examples(folder: str | Path) -> list[dict]:
+    """Examples written by :func:`write_examples`: ``[{name, blurry [3, R, R], sharp [5, 3, R, R], meta}]``."""
+    import torch
+
+    from deblur_rotate.files import from_uint8, load_png
+
+    folder = Path(folder)
+    found = sorted(p for p in folder.glob("example_*") if p.is_dir())
+    if not found:
+        raise UserError(f"no demo examples in {folder} (expected example_K/blurry.png + sharp_1..5.png); "
+                        "reinstall deblur-rotate or give --examples")
+    out = []
+    for p in found:
+        try:
+            blurry = from_uint8(load_png(p / "blurry.png"))
+            sharp = torch.stack([from_uint8(load_png(p / f"sharp_{j}.png")) for j in range(1, 6)])
+            meta = json.loads((p / "example.json").read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"demo example {p} is damaged ({err}); reinstall deblur-rotate") from None
+        out.append({"name": p.name, "blurry": blurry, "sharp": sharp, "meta": meta})
+    return out
+
+
+def verify_checksums(folder: str | Path) -> None:
+    """Check every file listed in ``folder/checksums.json`` ({relative path: sha256}); UserError saying
+    the install is damaged (and how to reinstall) on a missing or changed file."""
+    import hashlib
+
+    folder = Path(folder)
+    listing = folder / CHECKSUMS
+    if not listing.is_file():
+        return
+    expected = json.loads(listing.read_text())
+    for rel, digest in expected.items():
+        path = folder / rel
+        ok = path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        if not ok:
+            raise UserError(f"the bundled model is damaged: {path} is {'changed' if path.is_file() else 'missing'} "
+                            "(its checksum is in checksums.json / MODEL_CARD.md); reinstall deblur-rotate "
+                            "(pip install --force-reinstall --no-deps -e .) or pass --model FOLDER")
+
+
+def run_model_demo(out: str | Path, model: str | Path | None = None, examples: str | Path | None = None,
+                   device: str | None = "cpu", fps: float = 8.0) -> dict:
+    """The demo on a trained model (default: the bundled one); returns the summary written to demo.json."""
+    import torch
+
+    from deblur_rotate.evaluate.metrics import psnr, video_metric
+    from deblur_rotate.files import to_uint8
+    from deblur_rotate.pipeline import DeblurRotatePipeline, bundled_model_dir
+    from deblur_rotate.run import _write, _write_frames, contact_sheet as view_sheet, encode_png, view_name
+
+    started = time.time()
+    out = Path(out)
+    _check_out(out)
+    if model is None:
+        verify_checksums(bundled_model_dir())
+    pipe = DeblurRotatePipeline.from_pretrained(model, device=device)
+    items = load_examples(examples or examples_dir())
+    views = list(DEMO_VIEWS) if pipe.can_rotate else [(0.0, 0.0)]
+    names = [view_name(v) for v in views]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / _MARKER, {"command": "demo", "model": str(model or bundled_model_dir())})
+    blurry = torch.stack([it["blurry"] for it in items])                 # [N, 3, R, R]
+    sharp = torch.stack([it["sharp"] for it in items])                   # [N, 5, 3, R, R]
+    if blurry.shape[-1] != pipe.resolution:
+        blurry = torch.nn.functional.interpolate(blurry, size=pipe.resolution, mode="area")
+        sharp = torch.nn.functional.interpolate(sharp.flatten(0, 1), size=pipe.resolution,
+                                                mode="area").unflatten(0, sharp.shape[:2])
+    result = pipe(blurry, views=views)
+    frames = result.frames.clamp(-1, 1).cpu()                            # [N, V, T, 3, R, R]
+    same = frames[:, names.index("input_view")]                           # [N, T, 3, R, R]
+    # the frames as written (8-bit), scored against the ground truth with the better time order
+    same_8bit = torch.from_numpy(to_uint8(same.flatten(0, 1))).permute(0, 3, 1, 2).float() / 127.5 - 1
+    ours = video_metric(psnr, same_8bit.reshape_as(same), sharp).per_frame.mean(1)         # [N]
+    base = psnr(blurry[:, None].expand_as(sharp), sharp).mean(1)                           # [N]
+    r = pipe.resolution
+    summary = {"model": str(model or bundled_model_dir()), "views": names, "examples": []}
+    rows = []
+    for n, it in enumerate(items):
+        folder = out / it["name"]
+        written: list[str] = []
+        video = to_uint8(frames[n].flatten(0, 1)).reshape(len(views), -1, r, r, 3)          # [V, T, R, R, 3]
+        for v, name in enumerate(names):
+            _write_frames(folder, f"frames/{name}", name, video[v], fps, written)
+        _write(folder, "input.png", encode_png(to_uint8(blurry[n])), written)
+        _write(folder, "contact_sheet.png", view_sheet(to_uint8(blurry[n]), video, names), written)
+        rows.append(video)
+        entry = {"name": it["name"], "same_view_psnr_db": round(float(ours[n]), 3),
+                 "blurry_psnr_db": round(float(base[n]), 3), "source": it["meta"]}
+        summary["examples"].append(entry)
+        print(f"{it['name']}: same-view PSNR {entry['same_view_psnr_db']:.2f} dB "
+              f"(blurry input {entry['blurry_psnr_db']:.2f} dB) -> {folder}")
+    sheet = np.concatenate([np.concatenate([to_uint8(blurry[n])[None], rows[n][v]], 0)
+                            for n in range(len(items)) for v in range(len(views))], 0)
+    labels = [f"{it['name']} {name}" for it in items for name in names]
+    grid = contact_sheet([sheet[i * 6:(i + 1) * 6] for i in range(len(labels))], labels,
+                         ["blurry"] + [f"frame {j}" for j in range(1, 6)])
+    _save_image_atomic(grid, out / "contact_sheet.png")
+    summary["mean_same_view_psnr_db"] = round(float(ours.mean()), 3)
+    summary["mean_blurry_psnr_db"] = round(float(base.mean()), 3)
+    summary["seconds"] = round(time.time() - started, 2)
+    atomic_write_json(out / _MARKER, {"command": "demo", **summary})
+    print(f"mean same-view PSNR {summary['mean_same_view_psnr_db']:.2f} dB vs blurry input "
+          f"{summary['mean_blurry_psnr_db']:.2f} dB over {len(items)} examples; views {', '.join(names)}; "
+          f"{summary['seconds']:.1f} s; contact sheet {out / 'contact_sheet.png'}")
+    return summary
+
+
+def run_demo(out: str | Path, model: str | Path | None = None, examples: str | Path | None = None,
+             device: str | None = "cpu", **render_kwargs) -> list[Path]:
+    """The demo: on the given or bundled model; without any model, the render-only fallback."""
+    from deblur_rotate.pipeline import PIPELINE_FILE, bundled_model_dir
+
+    if model is None and not (bundled_model_dir() / PIPELINE_FILE).is_file():
+        print("no trained model is bundled with this install: showing the training data instead "
+              "(give --model FOLDER to run a model you trained)")
+        return run_render_demo(out, **render_kwargs)
+    run_model_demo(out, model=model, examples=examples, device=device)
+    return [Path(out) / "contact_sheet.png", Path(out) / _MARKER]

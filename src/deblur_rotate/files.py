@@ -41,7 +41,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def from_uint8(array: np.ndarray) -> torch.Tensor:
     """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(array)).movedim(-1, -3).float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(array, copy=True)).movedim(-1, -3).float() / 127.5 - 1.0
 
 
 def save_png(path: str | os.PathLike, image_uint8: np.ndarray, compress_level: int = 1) -> None:
