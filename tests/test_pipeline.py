@@ -350,3 +350,15 @@ def test_prepare_image_and_paste_back(astronaut, finder):
     mask = face_mask(transform_points(face.affine, face.landmarks), 128)
     assert mask.shape == (128, 128) and mask[64, 64] > 0.99 and mask[0, 0] == 0
     assert ((mask > 0.05) & (mask < 0.95)).any()
+
+
+def test_assemble_keeps_side_files_of_network_folders(nets, tmp_path):
+    """E_3D folders carry face_model.json (morphable model + camera); the model folder keeps it."""
+    from deblur_rotate.models.io import save_pretrained
+
+    g, ev, e3, f = nets
+    e3_dir = save_pretrained(e3, tmp_path / "e3")
+    (e3_dir / "face_model.json").write_text('{"kind": "procedural"}')
+    out = assemble_model(tmp_path / "model", generator=g, blur_encoder=ev, face3d_encoder=e3_dir, fusion=f,
+                         preset="micro")
+    assert json.loads((out / "face3d_encoder" / "face_model.json").read_text()) == {"kind": "procedural"}

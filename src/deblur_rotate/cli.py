@@ -95,6 +95,24 @@ def _run_run(args) -> int:
     return run_command(args)
 
 
+def _add_evaluate(sub) -> None:
+    from deblur_rotate.evaluate.command import add_arguments
+
+    p = sub.add_parser("evaluate", help="the paper's tables on a SynthBMFD split, with baselines",
+                       description="Landmark, identity, pose, PSNR and SSIM tables (paper §4, Tables 1-5) of a model "
+                                   "folder on a SynthBMFD split, with the texture-warp, cascade and blurry-input "
+                                   "baselines; writes REPORT/report.md, table<k>.csv, report.json, figure5.png and "
+                                   "error_vs_angle.png. Tables the model cannot produce are skipped with a note.")
+    add_arguments(p)
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from deblur_rotate.evaluate.command import run_command
+
+    return run_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deblur_rotate import __version__
 
@@ -104,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_demo(sub)
     _add_run(sub)
+    _add_evaluate(sub)
     from deblur_rotate.data.prepare import add_prepare_parser
     from deblur_rotate.train.commands import add_train_parser
 

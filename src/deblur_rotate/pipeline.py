@@ -241,6 +241,7 @@ def assemble_model(out: str | os.PathLike, *,
     if not isinstance(preset, str) or not preset:
         raise ValueError("preset must be a non-empty name such as 'tiny'")
     _crop_values(crop)  # validate
+    sources = {"generator": generator, "blur_encoder": blur_encoder, "face3d_encoder": face3d_encoder, "fusion": fusion}
     parts = {"generator": _as_module(generator, "generator"), "blur_encoder": _as_module(blur_encoder, "blur_encoder"),
              "face3d_encoder": None if face3d_encoder is None else _as_module(face3d_encoder, "face3d_encoder"),
              "fusion": None if fusion is None else _as_module(fusion, "fusion")}
@@ -269,6 +270,11 @@ def assemble_model(out: str | os.PathLike, *,
             if dtype is not None and dtype != torch.float32:
                 module = copy.deepcopy(module).to(device="cpu", dtype=dtype)  # casts floating tensors only
             save_pretrained(module, tmp / role)
+            source = sources[role]
+            if isinstance(source, (str, os.PathLike)):  # side files of a network folder (E_3D's face_model.json)
+                for side in Path(source).glob("*.json"):
+                    if side.name != "config.json":
+                        shutil.copy2(side, tmp / role / side.name)
         atomic_write_json(tmp / PIPELINE_FILE, meta)
         _replace_dir(tmp, out)
     except BaseException:

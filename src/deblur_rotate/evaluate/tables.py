@@ -1,0 +1,874 @@
+"""The paper's tables (§4) on a SynthBMFD split, for one model folder and the baselines.
+
+One pass over the evaluated instants (subject, performance, centre frame) collects every figure the
+requested tables need; :func:`build_tables` then reduces them to :class:`Table` objects (rows x columns of
+``{"mean", "n", "missing"}`` cells) that :mod:`deblur_rotate.evaluate.report` writes as Markdown, CSV and
+JSON. Usage::
+
+    result = evaluate(EvaluateOptions(data="data/synthbmfd", out="report", limit=50))
+    for table in result.tables: ...
+
+The tables (V views, input view iv = the nearest-frontal view, 4 on the 8-view rig):
+
+1. same-view landmark error: every view's blurry image -> E_v -> G (no F), dlib's 68 points on the 5
+   generated frames against SynthBMFD's projected landmarks and against dlib on the ground-truth frames;
+   the detector's own error (dlib on ground truth vs projection) is a row of its own.
+2. identity agreement: the blurry iv image reconstructed without rotation ("frontal") and turned by
+   Δp = (0, ±30/45/60°, 0) with F (and the --fc3 network); nearest-identity classification in dlib-descriptor
+   space against a gallery of the sharp middle frames of the central view pair; agreement = the rotated
+   reconstruction is classified as the frontal one was (top-k: among the k nearest identities).
+3. novel-view landmark error: blurry iv -> the other V-1 views with Δp = ground-truth pose(k) - pose(iv).
+4. novel-view pose and landmark error of the texture-warp rotation of the SHARP iv middle frame (E_3D fit on
+   it) against ours from the blurry image (middle frame), with the same Δp.
+5. novel-view PSNR/SSIM of ours, the cascade (DirectDeblurNet then texture warp of each frame), the blurry
+   input itself, and ours without rotation, against the 5 sharp frames of view k.
+
+Conventions: images ``[..., 3, R, R]`` in [-1, 1] at the model's resolution R; angles radians in code,
+degrees in tables; landmarks (u, v) pixels of R x R images.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deblur_rotate.errors import UserError
+
+__all__ = [
+    "ALL_TABLES",
+    "IDENTITY_ANGLES_DEG",
+    "TABLE_NEEDS",
+    "TABLE_TITLES",
+    "Availability",
+    "EvaluateOptions",
+    "EvaluationResult",
+    "Resources",
+    "Row",
+    "Table",
+    "build_tables",
+    "check_dataset",
+    "collect",
+    "evaluate",
+    "load_resources",
+    "plan_tables",
+    "quantize",
+    "select_instants",
+]
+
+ALL_TABLES = (1, 2, 3, 4, 5)
+IDENTITY_ANGLES_DEG = (-60.0, -45.0, -30.0, 30.0, 45.0, 60.0)  # Table 2's yaw changes
+TABLE_TITLES = {
+    1: "Same-view landmark error",
+    2: "Identity agreement of rotated reconstructions",
+    3: "Novel-view landmark error",
+    4: "Novel-view pose and landmark error: texture warp (sharp input) vs ours (blurry input)",
+    5: "Novel-view PSNR / SSIM",
+}
+# What each table needs beyond G and E_v (Availability field names).
+TABLE_NEEDS: dict[int, tuple[str, ...]] = {1: (), 2: ("fusion",), 3: ("fusion",), 4: ("fusion", "face3d_model"),
+                                           5: ("fusion",)}
+_NEED_TEXT = {
+    "fusion": "the model has no fusion network (F), so it cannot render other views",
+    "face3d_model": "E_3D with its morphable model is needed (texture warp, pose estimates)",
+}
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+@dataclass
+class Row:
+    """One table row: label cells, then one ``{"mean", "n", "missing"}`` dict per value column."""
+
+    labels: list[str]                      # one entry per Table.row_header
+    cells: dict[str, dict[str, float]]     # column -> {"mean": value, "n": measured, "missing": not measured}
+    fmt: str = "{:.2f}"                    # how report.md prints the mean
+
+
+@dataclass
+class Table:
+    """A finished table (numbers only; :mod:`deblur_rotate.evaluate.report` renders it)."""
+
+    number: int                            # 1..5, the paper's table it mirrors
+    title: str
+    row_header: list[str]                  # names of the label columns
+    columns: list[str]                     # names of the value columns
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)  # how it was computed, what was left out
+
+    @property
+    def key(self) -> str:
+        return f"table{self.number}"
+
+    def to_json(self) -> dict:
+        return {"number": self.number, "title": self.title, "row_header": self.row_header, "columns": self.columns,
+                "rows": [{"labels": r.labels, "cells": r.cells} for r in self.rows], "notes": self.notes}
+
+
+@dataclass
+class EvaluationResult:
+    """Everything the report needs: tables, skipped tables with reasons, settings, figure material."""
+
+    tables: list[Table]
+    skipped: dict[int, str]                # table number -> why it did not run
+    settings: dict                         # model, data, split, resolution, instants, devices, sources
+    protocol: list[str]                    # the evaluation protocol, one paragraph per entry
+    figure_samples: list[dict]             # Figure-5 material (uint8 images, landmarks), see collect()
+    angle_curves: dict[str, dict[str, list[tuple[float, float]]]]  # panel -> method -> [(Δyaw deg, value)]
+    wall_s: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+@dataclass
+class EvaluateOptions:
+    """What ``deblur-rotate evaluate`` was asked to do."""
+
+    data: str | os.PathLike                        # SynthBMFD folder
+    model: str | os.PathLike | None = None         # model folder; None: the bundled model
+    split: str = "test"                            # SynthBMFD split
+    fc3: str | os.PathLike | None = None           # a second fusion network (FC3): network, run or model folder
+    baseline: str | os.PathLike | None = None      # DirectDeblurNet folder (RUN/deblur_baseline) or its run
+    limit: int | None = None                       # evaluate at most this many instants (evenly spread)
+    m: int = 32                                    # blur half-window in frames (2m + 1 averaged)
+    device: str | None = None                      # cpu / cuda / None (cuda when available)
+    tables: Sequence[int] = ALL_TABLES             # which tables to compute
+    progress: bool = True                          # tqdm bar over the instants
+    figure_instants: int = 3                       # instants shown in figure5.png
+
+
+@dataclass
+class Availability:
+    """Which optional parts are at hand (input of :func:`plan_tables`)."""
+
+    fusion: bool = False          # the model has F
+    fc3: bool = False             # --fc3 was given
+    face3d: bool = False          # the model has E_3D
+    face3d_model: bool = False    # ... and its morphable model and camera are known
+    baseline: bool = False        # --baseline was given
+
+
+def plan_tables(requested: Sequence[int], have: Availability) -> tuple[list[int], dict[int, str], dict[int, list[str]]]:
+    """Which requested tables can run; a pure function.
+
+    Returns ``(run, skipped, partial)``: the tables to compute (sorted), ``{table: reason}`` for the ones that
+    cannot run, and ``{table: [notes]}`` for rows left out of tables that do run.
+    """
+    bad = sorted({int(t) for t in requested} - set(ALL_TABLES))
+    if bad:
+        raise UserError(f"--tables takes numbers among {' '.join(map(str, ALL_TABLES))}; got {bad}")
+    run, skipped, partial = [], {}, defaultdict(list)
+    for t in sorted({int(t) for t in requested}):
+        missing = [need for need in TABLE_NEEDS[t] if not getattr(have, need)]
+        if missing:
+            if "face3d_model" in missing and "fusion" not in missing and not have.face3d:
+                skipped[t] = "the model has no face3d_encoder (E_3D): " + _NEED_TEXT["face3d_model"]
+            else:
+                skipped[t] = "; ".join(_NEED_TEXT[m] for m in missing)
+            continue
+        run.append(t)
+        if t in (2, 3) and not have.fc3:
+            partial[t].append("FC3 rows skipped: no --fc3 network given")
+        if t == 3 and not have.face3d:
+            partial[t].append("rows with Δp from E_3D skipped: the model has no face3d_encoder (E_3D)")
+        if t == 5 and not have.baseline:
+            partial[t].append("cascade rows (DirectDeblurNet + texture warp) skipped: no --baseline network given")
+        elif t == 5 and not have.face3d_model:
+            partial[t].append("cascade rows skipped: the texture warp needs E_3D with its morphable model")
+    return run, skipped, dict(partial)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Clamp to [-1, 1] and round to 8 bits, as if saved as PNG; same shape and device."""
+    from deblur_rotate.files import from_uint8, to_uint8
+
+    return from_uint8(to_uint8(images)).to(images.device)
+
+
+def select_instants(total: int, limit: int | None) -> list[int]:
+    """Indices of the instants to evaluate: all of them, or ``limit`` evenly spread over ``range(total)``."""
+    if limit is None or limit >= total:
+        return list(range(total))
+    if limit < 1:
+        raise UserError(f"--limit must be at least 1 (got {limit})")
+    return sorted(set(np.linspace(0, total - 1, limit).round().astype(int).tolist()))
+
+
+def _wrap(angles: torch.Tensor) -> torch.Tensor:
+    """Radians wrapped to [-pi, pi)."""
+    return torch.remainder(angles + math.pi, 2 * math.pi) - math.pi
+
+
+def _scale_camera(camera: torch.Tensor, from_size: int, to_size: int) -> torch.Tensor:
+    """Intrinsics ``[3, 3]`` of a from_size image -> the same field of view at to_size (pixel centres at integers)."""
+    from deblur_rotate.render.rasterizer import supersample_camera
+
+    return supersample_camera(camera, to_size / from_size) if to_size != from_size else camera
+
+
+def _pair_columns(pairs: Sequence[tuple[int, int]]) -> list[str]:
+    return [f"{a},{b}" for a, b in pairs] + ["all"]
+
+
+def _nearest_identity(query: torch.Tensor, gallery: torch.Tensor, labels: Sequence[str]) -> list[str | None]:
+    """Label of the nearest gallery descriptor per query row (None for NaN rows)."""
+    dist = torch.cdist(query.double().nan_to_num(0.0), gallery.double())  # [Q, G]
+    best = dist.argmin(1).tolist()
+    bad = query.isnan().any(1).tolist()
+    return [None if b else labels[i] for i, b in zip(best, bad)]
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+def check_dataset(root: Path, split: str, index: dict) -> list[int]:
+    """UserError unless every subject of ``split`` has every view folder and meta.npz; returns the views."""
+    views = [int(v) for v in index.get("views", [])]
+    if len(views) < 2:
+        raise UserError(f"{root} has {len(views)} view(s); the tables need a multi-view SynthBMFD (8 views as the "
+                        "paper's rig): generate one with `deblur-rotate synth`")
+    subjects = [s for s in index.get("subjects", []) if split == "all" or s.get("split") == split]
+    if not subjects:
+        raise UserError(f"{root} has no subjects in the {split!r} split; choose another --split or regenerate the "
+                        "data with test subjects (`deblur-rotate synth --test-subjects N`)")
+    for subject in subjects:
+        for perf in subject.get("performances", []):
+            folder = root / subject["name"] / perf["name"]
+            missing = [v for v in views if not (folder / f"view_{v}").is_dir()]
+            if missing:
+                raise UserError(f"{folder} lacks view(s) {missing} listed in {root / 'index.json'}; the dataset is "
+                                "incomplete: regenerate it (rerun the same `deblur-rotate synth` command)")
+            if not (folder / "meta.npz").is_file():
+                raise UserError(f"{folder} has no meta.npz (ground-truth poses and landmarks); regenerate the dataset")
+    return views
+
+
+def _load_fusion(path: Path, device: torch.device):
+    """A fusion network from a network folder, a fusion run folder (RUN/fusion/) or a model folder."""
+    from deblur_rotate.models.io import load_pretrained
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"--fc3 {path}: no such folder; give a fusion network folder (config.json + "
+                        "model.safetensors), a fusion run folder or a model folder")
+    if (path / "pipeline.json").is_file():
+        sub = json.loads((path / "pipeline.json").read_text()).get("networks", {}).get("fusion")
+        if not sub:
+            raise UserError(f"--fc3 {path}: this model folder has no fusion network")
+        path = path / sub
+    elif not (path / "config.json").is_file() and (path / "fusion" / "config.json").is_file():
+        path = path / "fusion"
+    return load_pretrained("fusion", path, device)
+
+
+def _load_baseline(path: Path, device: torch.device):
+    """DirectDeblurNet from RUN/deblur_baseline (or the run folder RUN)."""
+    from deblur_rotate.models.io import load_pretrained
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"--baseline {path}: no such folder; give RUN/deblur_baseline of "
+                        "`deblur-rotate train deblur-baseline`")
+    if not (path / "config.json").is_file() and (path / "deblur_baseline" / "config.json").is_file():
+        path = path / "deblur_baseline"
+    return load_pretrained("baselines.direct_deblur", path, device)
+
+
+@dataclass
+class Resources:
+    """The networks and data one evaluation uses (all on ``device``)."""
+
+    pipe: object                        # DeblurRotatePipeline
+    model_dir: Path                     # the model folder
+    fc3: torch.nn.Module | None         # second fusion network (--fc3)
+    face3d: object | None               # Face3DBundle (E_3D + morphable model + camera) or None
+    face3d_source: str                  # where the morphable model and camera came from, or why there is none
+    baseline: torch.nn.Module | None    # DirectDeblurNet (--baseline)
+    dataset: object                     # SynthBMFD at the model's resolution
+    instants: list[tuple[str, str, int]]  # evaluated (subject, performance, centre frame)
+    total_instants: int                 # instants in the split
+    views: list[int]                    # the rig's views 1..V
+    pairs: list[tuple[int, int]]        # mirror view pairs
+    input_view: int                     # the novel-view tables' input: the nearest-frontal view
+    device: torch.device
+
+    @property
+    def resolution(self) -> int:
+        return int(self.pipe.resolution)
+
+    def availability(self) -> Availability:
+        return Availability(fusion=self.pipe.fusion is not None, fc3=self.fc3 is not None,
+                            face3d=self.pipe.face3d_encoder is not None, face3d_model=self.face3d is not None,
+                            baseline=self.baseline is not None)
+
+
+def _face3d_bundle(pipe, model_dir: Path, dataset, device: torch.device) -> tuple[object | None, str]:
+    """E_3D with its morphable model and camera: from the model's face3d_encoder/face_model.json, else the
+    dataset's procedural model and camera (when the layouts agree)."""
+    from deblur_rotate.train.face3d import FACE_MODEL_FILE, Face3DBundle, build_face_model, load_face3d
+
+    if pipe.face3d_encoder is None:
+        return None, "the model has no face3d_encoder (E_3D)"
+    sub = model_dir / str(pipe.config.get("networks", {}).get("face3d_encoder", "face3d_encoder"))
+    if (sub / FACE_MODEL_FILE).is_file():
+        return load_face3d(sub, device), f"{sub / FACE_MODEL_FILE}"
+    spec = {"kind": "procedural", **{k: int(v) for k, v in dataset.index["model"].items()}}
+    face_model = build_face_model(spec).to(device)
+    if face_model.layout != pipe.face3d_encoder.layout:
+        return None, (f"{sub} has no {FACE_MODEL_FILE}, and the dataset's procedural model ({face_model.layout}) "
+                      f"does not fit the encoder ({pipe.face3d_encoder.layout})")
+    subject, perf, _ = dataset.instants[0]
+    with np.load(dataset.root / subject / perf / "meta.npz") as meta:
+        camera = torch.from_numpy(meta["camera_matrix"]).float().to(device)
+    bundle = Face3DBundle(encoder=pipe.face3d_encoder, face_model=face_model, camera_matrix=camera,
+                          image_size=int(dataset.stored_size), input_size=int(pipe.resolution))
+    return bundle, (f"{sub} has no {FACE_MODEL_FILE}: the dataset's procedural model ({spec}) and camera were used")
+
+
+def load_resources(options: EvaluateOptions) -> Resources:
+    """Load the model, the optional networks and the dataset; UserError for anything unusable."""
+    from deblur_rotate.data.synthbmfd import SynthBMFD
+    from deblur_rotate.pipeline import DeblurRotatePipeline, bundled_model_dir, resolve_device
+
+    device = resolve_device(options.device)
+    root = Path(options.data)
+    if not root.is_dir():
+        raise UserError(f"--data {root}: no such folder; generate a SynthBMFD with `deblur-rotate synth --out {root}`")
+    pipe = DeblurRotatePipeline.from_pretrained(options.model, device=device)
+    model_dir = Path(options.model) if options.model is not None else bundled_model_dir()
+    dataset = SynthBMFD(root, split=options.split, m=int(options.m), size=pipe.resolution)
+    views = check_dataset(root, options.split, dataset.index)
+    pairs = [tuple(int(v) for v in p) for p in dataset.index.get("mirror_pairs", [])]
+    if not pairs:
+        pairs = [(v, len(views) + 1 - v) for v in range(1, len(views) // 2 + 1)]
+    input_view = pairs[-1][0]  # the nearest-frontal view (4 of 8)
+    fc3 = None
+    if options.fc3 is not None:
+        fc3 = _load_fusion(Path(options.fc3), device).eval()
+        if (fc3.num_ws, fc3.w_dim) != (pipe.generator.num_ws, pipe.generator.w_dim):
+            raise UserError(f"--fc3 {options.fc3}: the network works on codes [num_ws {fc3.num_ws}, w_dim {fc3.w_dim}] "
+                            f"but the model's generator takes [{pipe.generator.num_ws}, {pipe.generator.w_dim}]")
+    baseline = None
+    if options.baseline is not None:
+        baseline = _load_baseline(Path(options.baseline), device).eval()
+        if pipe.resolution % baseline.multiple:
+            raise UserError(f"--baseline {options.baseline}: the network needs image sides divisible by "
+                            f"{baseline.multiple}, the model works at {pipe.resolution} px")
+    face3d, face3d_source = _face3d_bundle(pipe, model_dir, dataset, device)
+    chosen = select_instants(len(dataset.instants), options.limit)
+    return Resources(pipe=pipe, model_dir=model_dir, fc3=fc3, face3d=face3d, face3d_source=face3d_source,
+                     baseline=baseline, dataset=dataset, instants=[dataset.instants[i] for i in chosen],
+                     total_instants=len(dataset.instants), views=views, pairs=pairs, input_view=input_view,
+                     device=device)
+
+
+# ------------------------------------------------------------------------------------------------ collection
+
+class _Store:
+    """Per-instant figures, concatenated along dim 0 at the end."""
+
+    def __init__(self):
+        self.data: dict[str, list] = defaultdict(list)
+
+    def add(self, key: str, value) -> None:
+        self.data[key].append(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+
+    def cat(self, key: str) -> torch.Tensor:
+        return torch.cat(self.data[key]) if self.data.get(key) else torch.zeros(0)
+
+    def flat(self, key: str) -> list:
+        return [x for part in self.data.get(key, []) for x in (part if isinstance(part, list) else [part])]
+
+
+def _variants(res: Resources, have_pose: bool) -> list[tuple[str, torch.nn.Module, str]]:
+    """(label, fusion network, Δp source 'gt' | 'e3d') of the novel-view reconstructions."""
+    out = []
+    if res.pipe.fusion is not None:
+        out.append((f"ours {res.pipe.fusion.arch_name} (model F)", res.pipe.fusion, "gt"))
+    if res.fc3 is not None:
+        out.append((f"ours {res.fc3.arch_name} (--fc3)", res.fc3, "gt"))
+    if res.pipe.fusion is not None and have_pose:
+        out.append((f"ours {res.pipe.fusion.arch_name} (model F), Δp from E_3D", res.pipe.fusion, "e3d"))
+    return out
+
+
+@torch.no_grad()
+def collect(res: Resources, tables: Sequence[int], figure_instants: int = 3,
+            progress: bool = True) -> tuple[_Store, list[dict]]:
+    """Run the networks and detectors over the evaluated instants; per-sample figures for ``tables``.
+
+    Returns the store of figures (see the keys written below) and the Figure-5 samples.
+    """
+    from tqdm.auto import tqdm
+
+    from deblur_rotate.evaluate.baselines import texture_warp_rotate
+    from deblur_rotate.evaluate.metrics import detect_landmarks, face_descriptors, landmark_error, psnr, ssim
+    from deblur_rotate.face3d.losses import pose_error_deg
+    from deblur_rotate.files import to_uint8
+
+    pipe, ds, dev, r = res.pipe, res.dataset, res.device, res.resolution
+    tables = set(tables)
+    store, figures = _Store(), []
+    views = res.views
+    iv = views.index(res.input_view)
+    others = [i for i in range(len(views)) if i != iv]
+    other_views = torch.tensor([views[i] for i in others])
+    variants = _variants(res, pipe.face3d_encoder is not None) if tables & {2, 3, 4, 5} else []
+    main_label = variants[0][0] if variants else None
+    central = [views.index(v) for v in res.pairs[-1]]  # the gallery views of Table 2
+    bundle = res.face3d
+    camera = None
+    if bundle is not None:
+        camera = _scale_camera(bundle.camera_matrix.to(dev), bundle.image_size, r)
+        rot = bundle.face_model.layout.slices()["rotation"]
+
+    def lm_err(pred, gt):  # -> pixels [..]
+        return landmark_error(pred, gt.to(pred), r).pixels
+
+    for subject, perf, center in tqdm(res.instants, desc="evaluate", unit="instant", disable=not progress):
+        s = ds.load_views(subject, perf, center, views)
+        blurry = s["blurry"].to(dev)                     # [V, 3, R, R]
+        targets = s["targets"].to(dev)                   # [V, 5, 3, R, R] (PNG frames: already 8-bit)
+        gt_lm = s["target_landmarks"]                    # [V, 5, 68, 2] projected, pixels at R
+        pose = s["pose"].to(dev)                         # [V, 3] radians
+        codes, est_pose = pipe.encode(blurry)            # [V, 5, num_ws, w_dim], [V, 3] or None
+        dp_gt = _wrap(pose[others] - pose[iv])           # [K, 3] Δp input view -> view k
+        store.add("dyaw_deg", torch.rad2deg(dp_gt[:, 1]))
+        store.add("other_views", other_views)
+        # same-view reconstructions: all views for Table 1, else the input view only
+        recon_idx = list(range(len(views))) if 1 in tables else [iv]
+        recon = quantize(pipe.synthesize(codes[recon_idx]))        # [V' , 5, 3, R, R]
+        recon_iv = recon[recon_idx.index(iv)]                      # [5, 3, R, R]
+        recon_lm = None
+        if 1 in tables:
+            recon_lm = detect_landmarks(recon).landmarks           # [V, 5, 68, 2] (NaN: no face)
+            gt_det = detect_landmarks(targets).landmarks           # [V, 5, 68, 2]
+            store.add("t1_views", torch.tensor(views))
+            store.add("t1_proj_fwd", lm_err(recon_lm, gt_lm))
+            store.add("t1_proj_bwd", lm_err(recon_lm.flip(1), gt_lm))
+            store.add("t1_det_fwd", lm_err(recon_lm, gt_det))
+            store.add("t1_det_bwd", lm_err(recon_lm.flip(1), gt_det))
+            store.add("t1_detector", lm_err(gt_det, gt_lm))
+
+        # novel views of the input view (Tables 3-5): [K, 5, 3, R, R] per variant
+        novel: dict[str, torch.Tensor] = {}
+        novel_lm: dict[str, torch.Tensor] = {}
+        if tables & {3, 4, 5} and variants:
+            for label, net, source in variants:
+                if source == "e3d" and 3 not in tables:
+                    continue
+                if label != main_label and 3 not in tables:
+                    continue
+                dp = dp_gt if source == "gt" else _wrap(est_pose[others] - est_pose[iv])
+                turned = net(codes[iv].expand(len(others), *codes.shape[1:]), dp)   # [K, 5, num_ws, w_dim]
+                novel[label] = quantize(pipe.synthesize(turned))
+                if source == "e3d":
+                    store.add("t3_dp_e3d_err_deg", pose_error_deg(dp, dp_gt))
+        if 3 in tables:
+            for label, frames in novel.items():
+                lm = detect_landmarks(frames).landmarks                          # [K, 5, 68, 2]
+                novel_lm[label] = lm
+                store.add(f"t3_fwd/{label}", lm_err(lm, gt_lm[others]))
+                store.add(f"t3_bwd/{label}", lm_err(lm.flip(1), gt_lm[others]))
+        if 4 in tables:
+            ours_mid = novel[main_label][:, 2]                                   # [K, 3, R, R]
+            ours_lm = novel_lm[main_label][:, 2] if main_label in novel_lm else detect_landmarks(ours_mid).landmarks
+            sharp = targets[iv, 2]                                               # [3, R, R]
+            coeffs = bundle.predict(sharp[None]).expand(len(others), -1)          # [K, C]
+            warp = quantize(texture_warp_rotate(sharp.expand(len(others), -1, -1, -1), coeffs, bundle.face_model,
+                                                camera, dp_gt))
+            warp_lm = detect_landmarks(warp).landmarks                           # [K, 68, 2]
+            gt_mid = gt_lm[others, 2]                                            # [K, 68, 2]
+            true_pose = pose[others]
+            store.add("t4_warp_lm", lm_err(warp_lm, gt_mid))
+            store.add("t4_ours_lm", lm_err(ours_lm, gt_mid))
+            store.add("t4_warp_pose", pose_error_deg(bundle.predict(warp)[:, rot], true_pose))
+            store.add("t4_ours_pose", pose_error_deg(bundle.predict(ours_mid)[:, rot], true_pose))
+            store.add("t4_ref_pose", pose_error_deg(bundle.predict(targets[others, 2])[:, rot], true_pose))
+        if 5 in tables:
+            gt_frames = targets[others]                                          # [K, 5, 3, R, R]
+            k = len(others)
+            methods = {"ours": novel[main_label],
+                       "blurry input (trivial)": quantize(blurry[iv]).expand(k, 5, -1, -1, -1),
+                       "ours without rotation": recon_iv.expand(k, -1, -1, -1, -1)}
+            if res.baseline is not None and bundle is not None:
+                deblurred = quantize(res.baseline(blurry[iv:iv + 1]))[0]          # [5, 3, R, R]
+                coeffs = bundle.predict(deblurred)                               # [5, C]
+                rotated = texture_warp_rotate(deblurred.repeat(k, 1, 1, 1), coeffs.repeat(k, 1),
+                                              bundle.face_model, camera, dp_gt.repeat_interleave(5, 0))
+                methods["cascade (DirectDeblurNet + texture warp)"] = quantize(rotated).reshape(k, 5, 3, r, r)
+            for name, pred in methods.items():
+                for metric_name, metric in (("psnr", psnr), ("ssim", ssim)):
+                    store.add(f"t5_{metric_name}_fwd/{name}", metric(pred, gt_frames))
+                    store.add(f"t5_{metric_name}_bwd/{name}", metric(pred.flip(1), gt_frames))
+        if 2 in tables:
+            _identity_sample(store, res, variants, codes[iv, 2], recon_iv[2], targets, gt_lm, pose, iv, central,
+                             subject, detect_landmarks, face_descriptors)
+        if len(figures) < figure_instants:
+            figures.append(_figure_sample(res, blurry[iv], recon_iv, recon_lm[iv] if recon_lm is not None else None,
+                                          novel.get(main_label), novel_lm.get(main_label), targets, dp_gt, others,
+                                          subject, perf, center, detect_landmarks, to_uint8))
+    return store, figures
+
+
+def _identity_sample(store: _Store, res: Resources, variants, code_mid: torch.Tensor, frontal: torch.Tensor,
+                     targets: torch.Tensor, gt_lm: torch.Tensor, pose: torch.Tensor, iv: int, central: list[int],
+                     subject: str, detect_landmarks: Callable, face_descriptors: Callable) -> None:
+    """Table 2 figures of one instant: descriptors of the frontal and rotated reconstructions (middle frame),
+    of the ground-truth frames nearest each angle, and the gallery entries (central views' middle frames)."""
+    pipe, dev = res.pipe, res.device
+    angles = torch.tensor([[0.0, math.radians(a), 0.0] for a in IDENTITY_ANGLES_DEG], device=dev)  # [A, 3]
+
+    def desc(images):
+        return face_descriptors(images, detect_landmarks(images).landmarks.to(images.device)).cpu()
+
+    store.add("t2_subject", [subject])
+    store.add("t2_frontal", desc(frontal[None]))                                     # [1, 128]
+    for label, net, source in variants:
+        if source != "gt":
+            continue
+        turned = net(code_mid.expand(len(angles), -1, -1), angles)                   # [A, num_ws, w_dim]
+        store.add(f"t2_rot/{label}", desc(quantize(pipe.synthesize(turned)))[None])   # [1, A, 128]
+    # ground truth: the view whose true yaw change from the input view is nearest each angle
+    dyaw = torch.rad2deg(_wrap(pose[:, 1] - pose[iv, 1])).cpu()                       # [V]
+    dyaw[iv] = float("inf")
+    nearest = [int((dyaw - a).abs().argmin()) for a in IDENTITY_ANGLES_DEG]
+    store.add("t2_gt_views", torch.tensor([[res.views[i] for i in nearest]]))
+    store.add("t2_gt_dyaw", dyaw[nearest][None])
+    store.add("t2_gt_frontal", desc(targets[iv, 2][None]))
+    store.add("t2_gt_rot", desc(targets[nearest, 2])[None])                           # [1, A, 128]
+    gallery = face_descriptors(targets[central, 2], gt_lm[central, 2].to(dev)).cpu()   # projected landmarks
+    store.add("t2_gallery", gallery)
+    store.add("t2_gallery_labels", [subject] * len(central))
+
+
+def _figure_sample(res: Resources, blurry, recon, recon_lm, novel, novel_lm, targets, dp_gt, others, subject, perf,
+                   center, detect_landmarks, to_uint8) -> dict:
+    """uint8 images and dlib landmarks (frames 1 and 5) for one Figure-5 block."""
+    def first_last(frames, lm):
+        if lm is None:
+            lm = detect_landmarks(frames[[0, -1]]).landmarks
+        else:
+            lm = lm[[0, -1]]
+        return [None if torch.isnan(x).any() else x.numpy() for x in lm]
+
+    sample = {"label": f"{subject}/{perf} frame {center}", "input_view": res.input_view,
+              "blurry": to_uint8(blurry), "recon": to_uint8(recon), "recon_landmarks": first_last(recon, recon_lm),
+              "gt_input": to_uint8(targets[res.views.index(res.input_view)])}
+    if novel is not None:
+        dyaw = torch.rad2deg(dp_gt[:, 1]).cpu()
+        j = int((dyaw.abs() - 45.0).abs().argmin())  # the view turned nearest 45 degrees
+        sample.update({"view": res.views[others[j]], "dyaw_deg": float(dyaw[j]), "novel": to_uint8(novel[j]),
+                       "novel_landmarks": first_last(novel[j], None if novel_lm is None else novel_lm[j]),
+                       "gt_view": to_uint8(targets[others[j]])})
+    return sample
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+def _group_pair_rows(per_frame: torch.Tensor, views: torch.Tensor, pairs, labels: list[str], fmt: str,
+                     scale: float = 1.0) -> list[Row]:
+    """Rows of frame groups x view-pair columns from ``per_frame [N, 5]`` and the samples' ``views [N]``."""
+    from deblur_rotate.evaluate.metrics import FRAME_GROUPS, view_pair_summary
+
+    rows = []
+    for group, frames in FRAME_GROUPS.items():
+        cells = view_pair_summary(per_frame[:, list(frames)] * scale, views, pairs)
+        rows.append(Row(labels + [group], cells, fmt))
+    return rows
+
+
+def _landmark_rows(fwd: torch.Tensor, bwd: torch.Tensor | None, views, pairs, label: str, width: int) -> list[Row]:
+    """px and % width rows of one measure, under the better time order per sequence (bwd None: no order)."""
+    from deblur_rotate.evaluate.metrics import best_order
+
+    per_frame = fwd if bwd is None else best_order(fwd, bwd, higher_is_better=False).per_frame
+    return (_group_pair_rows(per_frame, views, pairs, [label, "px"], "{:.2f}")
+            + _group_pair_rows(per_frame, views, pairs, [label, "% width"], "{:.2f}", 100.0 / width))
+
+
+def _table1(store: _Store, res: Resources) -> Table:
+    views = store.cat("t1_views")
+    r = res.resolution
+    fwd, bwd = store.cat("t1_proj_fwd"), store.cat("t1_proj_bwd")
+    rows = (_landmark_rows(fwd, bwd, views, res.pairs, "ours vs projected ground truth", r)
+            + _landmark_rows(store.cat("t1_det_fwd"), store.cat("t1_det_bwd"), views, res.pairs,
+                             "ours vs dlib on ground truth", r)
+            + _landmark_rows(store.cat("t1_detector"), None, views, res.pairs,
+                             "dlib on ground truth vs projected (detector's own error)", r))
+    gen_missing = int(fwd.isnan().sum())
+    gt_missing = int(store.cat("t1_detector").isnan().sum())
+    notes = [(f"Every view's blurry image -> E_v -> G (no F); dlib's 68 points on the 5 generated frames "
+             f"({fwd.numel()} frames, {gen_missing} without a detected face) against the ground truth of the same "
+             f"view: SynthBMFD's projected landmarks, and dlib on the sharp frames ({gt_missing} of "
+             f"{fwd.numel()} without a detected face). Cells with missing frames read 'mean (measured/total)'."),
+             ("Forward/backward: per sequence, the generated video is scored as ordered and reversed and the order "
+             "with the lower mean error (over the measured frames) is kept, separately for each comparison."),
+             f"Columns: the rig's mirror view pairs ({len(res.pairs)} pairs) and all views; % width = pixels / {r} px."]
+    return Table(1, TABLE_TITLES[1], ["comparison", "unit", "frames"], _pair_columns(res.pairs), rows, notes)
+
+
+def _table2(store: _Store, res: Resources, variants) -> Table:
+    from deblur_rotate.evaluate.metrics import identity_topk
+
+    gallery = store.cat("t2_gallery")
+    gallery_labels = store.flat("t2_gallery_labels")
+    subjects = store.flat("t2_subject")
+    n = len(subjects)
+    columns = [f"{a:+.0f}°" for a in IDENTITY_ANGLES_DEG] + ["all"]
+    subject_set = sorted(set(gallery_labels))
+
+    def rows_for(name: str, frontal: torch.Tensor, rotated: torch.Tensor) -> list[Row]:
+        # frontal [N, 128], rotated [N, A, 128]
+        frontal_label = _nearest_identity(frontal, gallery, gallery_labels)
+        rot = rotated.clone()
+        agree_labels = []
+        for i, lab in enumerate(frontal_label):
+            if lab is None:
+                rot[i] = float("nan")  # no frontal identity to agree with: counted as missing
+            agree_labels.append(lab if lab is not None else subjects[i])
+        out = []
+        for what, labels, desc in (("agreement with the frontal reconstruction", agree_labels, rot),
+                                   ("true identity", subjects, rotated)):
+            cells_k: dict[str, dict[str, dict]] = {"top1": {}, "top5": {}}
+            for c, col in enumerate(columns):
+                q = desc[:, c] if col != "all" else desc.reshape(-1, desc.shape[-1])
+                ql = labels if col != "all" else [lab for lab in labels for _ in IDENTITY_ANGLES_DEG]
+                acc = identity_topk(q, ql, gallery, gallery_labels, k=(1, 5))
+                for key in ("top1", "top5"):
+                    cells_k[key][col] = {"mean": 100.0 * acc[key], "n": acc["n"] - acc["missing"],
+                                         "missing": acc["missing"]}
+            out += [Row([name, what, "top-1 (%)"], cells_k["top1"], "{:.1f}"),
+                    Row([name, what, "top-5 (%)"], cells_k["top5"], "{:.1f}")]
+        return out
+
+    rows = []
+    for label, _, source in variants:
+        if source == "gt":
+            rows += rows_for(label, store.cat("t2_frontal"), store.cat(f"t2_rot/{label}"))
+    rows += rows_for("ground truth, nearest views (classifier sensitivity)", store.cat("t2_gt_frontal"),
+                     store.cat("t2_gt_rot"))
+    gt_views = store.cat("t2_gt_views")
+    gt_dyaw = store.cat("t2_gt_dyaw")
+    nearest = ", ".join(f"{a:+.0f}° -> view {int(gt_views[:, j].mode().values)} (true Δyaw {float(gt_dyaw[:, j].mean()):+.1f}°)"
+                        for j, a in enumerate(IDENTITY_ANGLES_DEG))
+    notes = [(f"Input: the blurry image of view {res.input_view} (nearest frontal). Frontal reconstruction: E_v -> G, "
+             "middle frame, no rotation; rotated: F(codes, Δp = (0, yaw, 0)), middle frame."),
+             (f"Classifier: nearest identity among the {len(subject_set)} evaluated subjects in dlib-descriptor space "
+             f"(ported dlib ResNet, chips aligned from dlib's landmarks on the query); gallery: the sharp middle "
+             f"frames of views {res.pairs[-1][0]} and {res.pairs[-1][1]} of every evaluated instant "
+             f"({len(gallery_labels)} images, chips aligned from SynthBMFD's projected landmarks)."),
+             ("Agreement: the rotated reconstruction's k nearest identities include the identity the classifier gives "
+             "the frontal one (for ground truth: the sharp frame of the input view, which is in the gallery, so its "
+             "identity is the true one). A query without a detected face (or whose frontal image has none) counts "
+             "as wrong; cells with such queries read 'accuracy (measured/total)'."),
+             f"Ground-truth rows: sharp middle frames of the views nearest each angle ({nearest}).",
+             f"{n} instants."]
+    if len(subject_set) <= 5:
+        notes.append(f"Only {len(subject_set)} subject(s): top-5 is trivially 100% for every measured query.")
+    return Table(2, TABLE_TITLES[2], ["reconstruction", "measure", "accuracy"], columns, rows, notes)
+
+
+def _table3(store: _Store, res: Resources, variants) -> Table:
+    views = store.cat("other_views")
+    rows = []
+    for label, _, _ in variants:
+        if f"t3_fwd/{label}" in store.data:
+            rows += _landmark_rows(store.cat(f"t3_fwd/{label}"), store.cat(f"t3_bwd/{label}"), views, res.pairs,
+                                   label, res.resolution)
+    dyaw = store.cat("dyaw_deg")
+    per_view = ", ".join(f"view {int(v)}: {float(dyaw[views == v].mean()):+.1f}°" for v in views.unique())
+    notes = [(f"Input: the blurry image of view {res.input_view}; reconstructions at the other {len(res.views) - 1} "
+             f"views with Δp = ground-truth pose(view k) - pose(view {res.input_view}) (pitch, yaw, roll of the "
+             f"middle frame, wrapped to ±180°); mean true Δyaw per view: {per_view}."),
+             ("dlib's 68 points on the 5 frames against SynthBMFD's projected landmarks of view k; forward/backward: "
+             "the better order per sequence (lower mean error). Column (a,b) pools the target views a and b "
+             f"(the input view {res.input_view} itself is not a target).")]
+    if "t3_dp_e3d_err_deg" in store.data:
+        err = store.cat("t3_dp_e3d_err_deg")
+        notes.append("'Δp from E_3D': Δp = E_3D(blurry view k) - E_3D(blurry input), as a system without ground "
+                     f"truth would estimate it; its mean absolute error against the true Δp: pitch "
+                     f"{float(err[:, 0].mean()):.1f}°, yaw {float(err[:, 1].mean()):.1f}°, roll "
+                     f"{float(err[:, 2].mean()):.1f}°.")
+    return Table(3, TABLE_TITLES[3], ["reconstruction", "unit", "frames"], _pair_columns(res.pairs), rows, notes)
+
+
+def _table4(store: _Store, res: Resources) -> Table:
+    from deblur_rotate.evaluate.metrics import view_pair_summary
+
+    views, pairs, r = store.cat("other_views"), res.pairs, res.resolution
+    rows = []
+    for key, name in (("warp", "texture warp of the sharp input (E_3D fit on it)"),
+                      ("ours", "ours from the blurry input (middle frame)")):
+        lm = store.cat(f"t4_{key}_lm")
+        pose = store.cat(f"t4_{key}_pose")
+        rows += [Row([name, "landmark error (px)"], view_pair_summary(lm, views, pairs)),
+                 Row([name, "landmark error (% width)"], view_pair_summary(lm * (100.0 / r), views, pairs)),
+                 Row([name, "pose error, mean abs. of pitch, yaw, roll (°)"],
+                     view_pair_summary(pose.mean(-1), views, pairs)),
+                 Row([name, "yaw error (°)"], view_pair_summary(pose[:, 1], views, pairs))]
+    ref = store.cat("t4_ref_pose")
+    rows += [Row(["E_3D on the sharp ground truth of view k (reference)", ("pose error, mean abs. of pitch, yaw, "
+                  "roll (°)")], view_pair_summary(ref.mean(-1), views, pairs)),
+             Row(["E_3D on the sharp ground truth of view k (reference)", "yaw error (°)"],
+                 view_pair_summary(ref[:, 1], views, pairs))]
+    notes = [(f"Both methods turn view {res.input_view} to view k by the same Δp (ground-truth pose difference). "
+             f"Texture warp: E_3D's coefficients of the SHARP middle frame, every visible vertex takes the frame's "
+             "colour, the mesh is turned by Δp and rendered (unseen surface and background black; no inpainting). "
+             "Ours: the BLURRY image -> E_v -> F -> G, middle frame (the same in both time orders)."),
+             ("Landmark error: dlib's 68 points against SynthBMFD's projected landmarks of view k's middle frame. Pose "
+             "error: E_3D's estimate on the image against view k's true pose, wrapped absolute angles; the reference "
+             "rows show E_3D's own error on the true images."),
+             f"Morphable model and camera: {res.face3d_source}."]
+    return Table(4, TABLE_TITLES[4], ["method", "measure"], _pair_columns(pairs), rows, notes)
+
+
+def _table5(store: _Store, res: Resources) -> Table:
+    from deblur_rotate.evaluate.metrics import best_order, nanmean_count, view_pair_summary
+
+    views, pairs = store.cat("other_views"), res.pairs
+    columns = [f"frame {t + 1}" for t in range(5)] + ["all frames"] + [f"{a},{b}" for a, b in pairs]
+    methods = [key.split("/", 1)[1] for key in store.data if key.startswith("t5_psnr_fwd/")]
+    rows = []
+    for metric, fmt, unit in (("psnr", "{:.2f}", "PSNR (dB)"), ("ssim", "{:.4f}", "SSIM")):
+        for name in methods:
+            fwd, bwd = store.cat(f"t5_{metric}_fwd/{name}"), store.cat(f"t5_{metric}_bwd/{name}")
+            for order, per_frame in (("as ordered", fwd), ("best of both orders", best_order(fwd, bwd).per_frame)):
+                cells = {f"frame {t + 1}": nanmean_count(per_frame[:, t]) for t in range(5)}
+                cells["all frames"] = nanmean_count(per_frame)
+                by_pair = view_pair_summary(per_frame, views, pairs)
+                cells.update({f"{a},{b}": by_pair[f"{a},{b}"] for a, b in pairs})
+                rows.append(Row([unit, name, order], cells, fmt))
+    notes = [(f"Input: the blurry image of view {res.input_view}; targets: the 5 sharp frames of each other view k, "
+             "Δp = ground-truth pose difference. Every image is clamped and rounded to 8 bits before scoring."),
+             ("ours: E_v -> F(Δp) -> G. blurry input (trivial): the input image itself against each target frame. "
+             "ours without rotation: E_v -> G at the input view. cascade: DirectDeblurNet's 5 frames, each turned "
+             "by Δp with the texture warp using E_3D's coefficients of that frame (unseen surface black)."),
+             ("Forward/backward: 'as ordered' scores predicted frame t against target frame t; 'best of both orders' "
+             "keeps, per sequence, the order with the higher mean over the 5 frames (chosen by the row's own metric)."),
+             "Columns: per target frame over all views, all frames, and all frames per view pair (target views)."]
+    return Table(5, TABLE_TITLES[5], ["metric", "method", "time order"], columns, rows, notes)
+
+
+def _angle_curves(store: _Store, tables: Sequence[int], variants, res: Resources) -> dict:
+    """Per method, (mean true Δyaw of a target view, mean figure) points for the error-vs-angle plot."""
+    from deblur_rotate.evaluate.metrics import best_order
+
+    curves: dict[str, dict[str, list[tuple[float, float]]]] = {"landmark error (% width)": {}, "PSNR (dB)": {}}
+    if not store.data.get("other_views"):
+        return curves
+    views, dyaw = store.cat("other_views"), store.cat("dyaw_deg")
+
+    def per_view(values: torch.Tensor) -> list[tuple[float, float]]:
+        pts = []
+        for v in views.unique():
+            sel = views == v
+            vals = values[sel].double()
+            vals = vals[~vals.isnan()]
+            if len(vals):
+                pts.append((float(dyaw[sel].mean()), float(vals.mean())))
+        return sorted(pts)
+
+    scale = 100.0 / res.resolution
+    if 1 in tables:  # the same-view error of the input view (no rotation) at 0 degrees
+        t1_views = store.cat("t1_views")
+        pf = best_order(store.cat("t1_proj_fwd"), store.cat("t1_proj_bwd"), False).per_frame
+        same = pf[t1_views == res.input_view].double()
+        same = same[~same.isnan()]
+        if len(same):
+            curves["landmark error (% width)"]["ours without rotation (Table 1)"] = [(0.0, float(same.mean()) * scale)]
+    if 3 in tables:
+        for label, _, _ in variants:
+            if f"t3_fwd/{label}" in store.data:
+                pf = best_order(store.cat(f"t3_fwd/{label}"), store.cat(f"t3_bwd/{label}"), False).per_frame
+                curves["landmark error (% width)"][label] = per_view(pf.double().nanmean(1) * scale)
+    if 4 in tables:
+        curves["landmark error (% width)"]["texture warp, sharp input (middle frame)"] = per_view(
+            store.cat("t4_warp_lm") * scale)
+    if 5 in tables:
+        for key in store.data:
+            if key.startswith("t5_psnr_fwd/"):
+                name = key.split("/", 1)[1]
+                pf = best_order(store.cat(key), store.cat(f"t5_psnr_bwd/{name}")).per_frame
+                curves["PSNR (dB)"][name] = per_view(pf.double().mean(1))
+    return curves
+
+
+def build_tables(store: _Store, res: Resources, run: Sequence[int],
+                 partial: dict[int, list[str]] | None = None) -> list[Table]:
+    """The finished tables from the collected figures (``run``: the table numbers that were collected)."""
+    variants = _variants(res, res.pipe.face3d_encoder is not None)
+    makers = {1: lambda: _table1(store, res), 2: lambda: _table2(store, res, variants),
+              3: lambda: _table3(store, res, variants), 4: lambda: _table4(store, res),
+              5: lambda: _table5(store, res)}
+    out = []
+    for t in run:
+        table = makers[t]()
+        table.notes += (partial or {}).get(t, [])
+        out.append(table)
+    return out
+
+
+def _protocol(res: Resources, options: EvaluateOptions) -> list[str]:
+    from deblur_rotate.evaluate.metrics import PROTOCOL
+
+    r, s = res.resolution, res.dataset.stored_size
+    return [
+        (f"Data: SynthBMFD {Path(options.data)} split {options.split!r}, {len(res.instants)} of "
+        f"{res.total_instants} instants (subject, performance, centre frame), evenly spread"
+        f"{'' if options.limit is None else f' (--limit {options.limit})'}; {len(res.views)} views, mirror pairs "
+        f"{', '.join(f'({a},{b})' for a, b in res.pairs)}. Blurry input = mean of the 2m+1 = {2 * res.dataset.m + 1} "
+        f"sharp frames around the centre (m = {res.dataset.m}); targets = frames c-m, c-m/2, c, c+m/2, c+m."),
+        (f"Crop and resolution: none beyond the rig camera's own framing: SynthBMFD frames are used whole (black "
+        f"background), resized from {s} px to the model's {r} px ({'unchanged' if s == r else 'area / bilinear'}); "
+        f"landmarks scaled with them. The model's pipeline.json crop (how its training faces were framed): "
+        f"{json.dumps(res.pipe.crop)}."),
+        ("Generated and baseline images are clamped to [-1, 1] and rounded to 8 bits (as saved PNGs) before any "
+        "metric; ground-truth frames are the dataset's PNGs."),
+        PROTOCOL,
+        ("Forward/backward: a blurry image does not tell which way time ran. Landmark tables keep, per sequence, the "
+        "time order with the lower error; Table 5 reports both 'as ordered' and the better order per sequence "
+        "(max of both)."),
+        (f"Novel views: the input is the blurry image of view {res.input_view} (the nearest-frontal view); "
+        f"Δp = ground-truth pose(view k) - pose(view {res.input_view}) of the middle frame (F's convention)."),
+    ]
+
+
+def evaluate(options: EvaluateOptions) -> EvaluationResult:
+    """Load everything, run the requested tables that the model allows, and return the numbers."""
+    start = time.time()
+    res = load_resources(options)
+    run, skipped, partial = plan_tables(options.tables, res.availability())
+    if res.face3d is None and res.pipe.face3d_encoder is not None:
+        for t in (4,):
+            if t in skipped:
+                skipped[t] += f" ({res.face3d_source})"
+    store, figures = collect(res, run, options.figure_instants, options.progress)
+    variants = _variants(res, res.pipe.face3d_encoder is not None)
+    tables = build_tables(store, res, run, partial)
+    settings = {
+        "model": str(res.model_dir), "preset": res.pipe.config.get("preset"), "data": str(options.data),
+        "split": options.split, "m": res.dataset.m, "resolution": res.resolution,
+        "dataset_size": res.dataset.stored_size, "instants": len(res.instants),
+        "instants_in_split": res.total_instants, "subjects": sorted({s for s, _, _ in res.instants}),
+        "views": res.views, "mirror_pairs": [list(p) for p in res.pairs], "input_view": res.input_view,
+        "device": str(res.device), "fusion": None if res.pipe.fusion is None else res.pipe.fusion.arch_name,
+        "fc3": None if options.fc3 is None else str(options.fc3),
+        "fc3_arch": None if res.fc3 is None else res.fc3.arch_name,
+        "baseline": None if options.baseline is None else str(options.baseline),
+        "face3d_encoder": res.pipe.face3d_encoder is not None, "face3d_model_source": res.face3d_source,
+        "tables_requested": sorted({int(t) for t in options.tables}), "tables_run": run,
+    }
+    result = EvaluationResult(tables=tables, skipped=skipped, settings=settings, protocol=_protocol(res, options),
+                              figure_samples=figures,
+                              angle_curves=_angle_curves(store, run, variants, res))
+    result.wall_s = time.time() - start
+    return result
