@@ -1,4 +1,5 @@
-"""Stage 4 (E_3D): the pure loss terms, a micro run on a tiny SynthBMFD, resume, overfitting, errors, CLI."""
+"""Stage 4 (E_3D): the pure loss terms, a micro run on a tiny SynthBMFD, resume, overfitting, errors, CLI, and
+real (ground-truth-free) data: prepared stills paired with their mirror images, and a multi-view folder."""
 import argparse
 import json
 
@@ -21,7 +22,18 @@ from deblur_rotate.face3d.losses import (
     render_coefficients_image,
 )
 from deblur_rotate.face3d.model import CoeffLayout
-from deblur_rotate.train.face3d import Face3DConfig, Face3DPairs, Face3DStage, coefficient_prior, load_face3d
+from deblur_rotate.train.face3d import (
+    Face3DConfig,
+    Face3DPairs,
+    Face3DStage,
+    coefficient_prior,
+    fit_translation,
+    load_face3d,
+    open_view_pairs,
+    procedural_model_from,
+    rig_camera_matrix,
+    rig_coefficient_prior,
+)
 
 # ------------------------------------------------------------------------------------------------- losses
 
@@ -303,12 +315,23 @@ def test_bfm_model_instead_of_the_procedural_one(synth_root, tmp_path):
     assert bundle.face_model.layout == stage.E.layout and bundle.face_model.num_vertices == FAKE.num_vertices
 
 
-def test_non_synthbmfd_folder_is_a_user_error(tmp_path):
+def test_bad_data_is_a_user_error(tmp_path, synth_root):
     faces = tmp_path / "faces"
     faces.mkdir()
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(faces / "000.png")
-    with pytest.raises(UserError, match="supports SynthBMFD folders only"):
+    with pytest.raises(UserError, match="no 68-point landmarks.*deblur-rotate prepare"):  # raw images, unprepared
         Face3DStage(_config(faces, tmp_path / "run", 2))
+    with pytest.raises(UserError, match="unknown --kind"):
+        Face3DStage(_config(faces, tmp_path / "run", 2, kind="ffhq"))
+    with pytest.raises(UserError, match="--m must be an even"):
+        Face3DStage(_config(faces, tmp_path / "run", 2, m=3))
+    with pytest.raises(UserError, match="--focal-factor sets the camera of real data"):
+        Face3DStage(_config(synth_root, tmp_path / "run", 2, focal_factor=3.0))
+    with pytest.raises(UserError, match="drop --model-from"):  # SynthBMFD names its own model
+        Face3DStage(_config(synth_root, tmp_path / "run", 2, procedural_model={**SMALL_MODEL, "n_id": 5}))
+    with pytest.raises(UserError, match="--model-from .*no index.json"):
+        procedural_model_from(faces)
+    assert procedural_model_from(synth_root) == SMALL_MODEL
     with pytest.raises(UserError, match="does not exist"):
         Face3DStage(_config(tmp_path / "missing", tmp_path / "run", 2))
     with pytest.raises(UserError, match="even"):
@@ -330,3 +353,169 @@ def test_cli_parses_and_reports_errors(synth_root, tmp_path, capsys):
     assert args.func.__name__ == "run_face3d" and args.lr == 1e-4 and args.lambda_mview == 0.25
     code = main(["train", "face3d", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")])
     assert code == 2 and "error:" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ real data (no 3D truth)
+
+STILL_TRANSLATION = (0.0, -3.0, 95.0)  # cm: a little closer than the rig's ~103 cm, as FFHQ-style crops are
+
+
+@pytest.fixture(scope="module")
+def stills_root(tmp_path_factory, small_model):
+    """A `prepare --kind images`-style folder: 6 rendered faces (32 px, grey background) under images/, the
+    index.json naming them and landmarks.npy [6, 68, 2] (face 1 misses 20 points, face 2 all of them)."""
+    root = tmp_path_factory.mktemp("stills") / "faces"
+    (root / "images").mkdir(parents=True)
+    layout, n = small_model.layout, 6
+    g = torch.Generator().manual_seed(5)
+    modes = layout.n_id + layout.n_tex + layout.n_exp
+    coeffs = torch.zeros(n, layout.size)
+    coeffs[:, :modes] = torch.randn(n, modes, generator=g) * 0.7
+    coeffs[:, -6:-3] = (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([0.3, 0.8, 0.2])  # pitch, yaw, roll
+    coeffs[:, -3:] = torch.tensor(STILL_TRANSLATION) + torch.randn(n, 3, generator=g) * torch.tensor([0.5, 0.5, 2.0])
+    rendered = render_coefficients_image(small_model, coeffs, rig_camera_matrix(32), 32, background=-0.3,
+                                         edge_softness_px=0.0)
+    landmarks = rendered.landmarks.numpy().astype(np.float32)
+    landmarks[1, :20] = np.nan
+    landmarks[2] = np.nan
+    items = []
+    for k in range(n):
+        image = ((rendered.image[k].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+        Image.fromarray(image).save(root / "images" / f"{k:03d}.png")
+        items.append({"file": f"images/{k:03d}.png", "source": f"{k:03d}.jpg"})
+    np.save(root / "landmarks.npy", landmarks)
+    (root / "index.json").write_text(json.dumps({"format_version": 1, "kind": "images", "size": 32, "items": items}))
+    return root
+
+
+def _real_config(data, out, steps, **kw):
+    return _config(data, out, steps, **{"procedural_model": dict(SMALL_MODEL), "m": None, **kw})
+
+
+def test_landmark_loss_leaves_images_without_points_out():
+    torch.manual_seed(0)
+    pred, target = torch.rand(3, 68, 2) * 32, torch.rand(3, 68, 2) * 32
+    full = landmark_loss(pred[:2], target[:2], 32)
+    target[2] = float("nan")  # the third image has no landmarks: it neither counts nor dilutes the mean
+    assert landmark_loss(pred, target, 32).item() == pytest.approx(full.item(), rel=1e-6)
+    assert landmark_loss(pred, torch.full_like(target, float("nan")), 32).item() == 0.0
+
+
+def test_rig_camera_prior_and_translation_fit(small_model):
+    k = rig_camera_matrix(64)
+    torch.testing.assert_close(k, torch.tensor([[3.5 * 64, 0, 31.5], [0, 3.5 * 64, 31.5], [0, 0, 1.0]]))
+    assert rig_camera_matrix(64, 2.0)[0, 0].item() == 128.0
+    layout = small_model.layout
+    offset, scale = rig_coefficient_prior(layout)
+    s = layout.slices()
+    assert torch.all(offset[: s["light"].start] == 0) and torch.all(offset[s["rotation"]] == 0)
+    assert abs(offset[s["translation"]][0]) < 1 and -5 < offset[s["translation"]][1] < -1  # the rig aims at the
+    assert 100 < offset[s["translation"]][2] < 106  # face centre from 1 m
+    assert torch.all(scale[: s["light"].start] == 1) and torch.all(scale > 0)
+    assert scale[s["rotation"]][1] > scale[s["rotation"]][2]  # heads turn (yaw) more than they roll
+    torch.testing.assert_close(rig_coefficient_prior(layout), (offset, scale))  # deterministic
+    # the fit recovers where a frontal face was put from its projected landmarks
+    coeffs = torch.zeros(1, layout.size)
+    coeffs[0, -3:] = torch.tensor([1.5, -2.0, 92.0])
+    marks = render_coefficients_image(small_model, coeffs, k, 64).landmarks.detach()
+    t = fit_translation(small_model, marks, k)
+    torch.testing.assert_close(t, torch.tensor([1.5, -2.0, 92.0]), atol=0.6, rtol=0)
+    assert fit_translation(small_model, torch.full((1, 68, 2), float("nan")), k) is None
+
+
+def test_stills_pair_each_face_with_its_mirror(stills_root):
+    from deblur_rotate.data.blur import mirror_landmarks
+
+    pairs = open_view_pairs("images", stills_root, size=32, middle_only=True)
+    assert len(pairs) == 6 and pairs.second_view == "mirror" and pairs.pairs == []
+    item = pairs[0]
+    assert item["blurry"].shape == (2, 3, 32, 32) and item["target"].shape == (2, 3, 32, 32)
+    assert torch.equal(item["target"][1], item["target"][0].flip(-1))  # view v is the mirror image
+    assert torch.equal(item["blurry"][1], item["blurry"][0].flip(-1))  # blurred by the same kernel, mirrored
+    assert not torch.equal(item["target"][1], item["target"][0])
+    assert item["mirrored"].tolist() == [False, True] and torch.isnan(item["pose"]).all()
+    stored = torch.from_numpy(np.load(stills_root / "landmarks.npy")[0])
+    torch.testing.assert_close(item["landmarks"][0], stored)
+    torch.testing.assert_close(item["landmarks"][1], mirror_landmarks(stored, 32))  # flipped and renumbered
+    assert torch.isnan(pairs[2]["landmarks"]).all()
+
+
+def test_stills_run_with_the_rig_camera(stills_root, tmp_path):
+    out = tmp_path / "run"
+    stage = Face3DStage(_real_config(stills_root, out, 2, grid=2))
+    assert stage.data_kind == "images" and not stage.has_pose and stage.dataset.second_view == "mirror"
+    torch.testing.assert_close(stage.camera_matrix.cpu(), rig_camera_matrix(32))
+    assert stage.image_size == 32 and stage.face_model_spec == {"kind": "procedural", **SMALL_MODEL}
+    # the translation prior puts the mean face on the data's landmarks: the stills were rendered at ~95 cm
+    t = stage.E.coeff_offset[-3:]
+    assert abs(float(t[2]) - STILL_TRANSLATION[2]) < 6 and abs(float(t[1]) - STILL_TRANSLATION[1]) < 1.5
+    losses = stage.run()
+    assert {"total", "data", "edge", "lan", "mview", "c", "lan_px"} <= set(losses) and "pose_err_deg" not in losses
+    assert all(np.isfinite(v) for v in losses.values()) and losses["lan"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["kind"] == "images" and config["m"] is None and config["second_view"] == "mirror"
+    assert config["camera"].startswith("fixed")
+    bundle = load_face3d(out / "face3d_encoder")
+    torch.testing.assert_close(bundle.camera_matrix, rig_camera_matrix(32))
+    assert bundle.image_size == 32 and bundle.face_model.layout == stage.E.layout
+
+
+def test_missing_landmarks_are_skipped_in_a_step(stills_root, tmp_path):
+    """Faces 1 (20 points missing) and 2 (none known) in one batch: every term stays finite, the identity
+    chips of face 2 follow its rendered landmarks, and the step moves the encoder."""
+    stage = Face3DStage(_real_config(stills_root, tmp_path / "nan", 1, batch=4, lambda_id=0.5, grid=0))
+    batch = torch.utils.data.default_collate([stage.dataset[1], stage.dataset[2]])
+    assert torch.isnan(batch["landmarks"][1]).all() and torch.isnan(batch["landmarks"][0]).any()
+    before = stage.E.head.weight.detach().clone()
+    out = stage.step_fn(batch, 0)
+    assert all(torch.isfinite(v) for v in out.values()), out
+    assert out["lan"] > 0 and 0 < out["id"] < 2 and out["lan_px"] > 0
+    assert not torch.equal(before, stage.E.head.weight)
+
+
+@pytest.fixture(scope="module")
+def multiview_root(synth_root, tmp_path_factory):
+    """The BMFD layout without SynthBMFD's files (no synthbmfd.json, index.json, meta.npz): the frames of the
+    train subjects and a prepare-style landmarks.npy per view, as real multi-view video would have."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("mv") / "rig"
+    for subject in ("subject_000", "subject_001"):
+        for view in sorted((synth_root / subject / "perf_00").glob("view_*")):
+            dest = root / subject / "perf_00" / view.name
+            shutil.copytree(view, dest)
+            marks = np.load(synth_root / subject / "perf_00" / "meta.npz")["landmarks"][int(view.name[5:]) - 1]
+            np.save(dest / "landmarks.npy", marks.astype(np.float32))
+    return root
+
+
+def test_multiview_folder_gives_true_view_pairs(multiview_root, tmp_path):
+    from deblur_rotate.data.readers import detect_kind
+
+    assert detect_kind(multiview_root) == "multiview"
+    stage = Face3DStage(_real_config(multiview_root, tmp_path / "mv", 1, m=4, grid=0))
+    pairs = stage.dataset
+    assert stage.data_kind == "multiview" and pairs.second_view == "true" and not stage.has_pose
+    assert len(pairs.pairs) == 6 and len(pairs) == len(pairs.instants) * 6  # 4 views: 6 pairs per instant
+    item = pairs[0]
+    assert item["mirrored"].tolist() == [False, False] and not torch.allclose(item["target"][1],
+                                                                               item["target"][0].flip(-1))
+    assert torch.isfinite(item["landmarks"]).all()
+    losses = stage.run()
+    assert "pose_err_deg" not in losses and all(np.isfinite(v) for v in losses.values())
+    assert json.loads((tmp_path / "mv" / "config.json").read_text())["second_view"] == "true"
+
+
+def test_cli_real_data_run(stills_root, synth_root, tmp_path, capsys):
+    from deblur_rotate.cli import main
+
+    common = ["train", "face3d", "--preset", "micro", "--data", str(stills_root), "--steps", "1", "--batch", "2",
+              "--lambda-id", "0", "--grid", "0", "--no-progress", "--device", "cpu"]
+    code = main([*common, "--kind", "images", "--model-from", str(synth_root), "--focal-factor", "3",
+                 "--out", str(tmp_path / "r")])
+    assert code == 0 and "E_3D written to" in capsys.readouterr().out
+    info = json.loads((tmp_path / "r" / "face3d_encoder" / "face_model.json").read_text())
+    assert info["face_model"] == {"kind": "procedural", **SMALL_MODEL}  # the SynthBMFD folder's model
+    assert info["camera_matrix"][0][0] == 3 * 32.0  # --focal-factor 3 at 32 px
+    code = main([*common, "--model-from", str(stills_root), "--out", str(tmp_path / "r2")])
+    assert code == 2 and "--model-from" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Stage 5 (fusion network F): the ordered latent loss, the pair data, micro runs, resume, bad input."""
+"""Stage 5 (fusion network F): the ordered latent loss, the pair data, micro runs, resume, bad input, and
+ground-truth-free data: stills and video frames paired with their mirror images, a real multi-view folder."""
 import json
 import math
 
@@ -14,6 +15,7 @@ from deblur_rotate.models.encoders import BlurEncoder, FaceCoefficientEncoder, S
 from deblur_rotate.models.fusion import FusionNetwork, fusion_config
 from deblur_rotate.models.io import load_pretrained, read_weights, save_pretrained
 from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
+from deblur_rotate.train.face3d import ViewPairs
 from deblur_rotate.train.fusion import (
     FusionConfig,
     FusionPairs,
@@ -263,3 +265,137 @@ def test_cli_micro_run(tmp_path, synth_root, nets, capsys):
     assert code == 0
     assert "F written to" in capsys.readouterr().out
     assert load_pretrained("fusion", tmp_path / "run" / "fusion").arch_name == "FC2"
+
+
+# ------------------------------------------------------------------------------------ data without poses
+
+def _pattern(rng: np.random.Generator, size: int = 40) -> np.ndarray:
+    """A smooth, left-right asymmetric uint8 image [size, size, 3] (a face stand-in: F needs no landmarks)."""
+    coarse = rng.uniform(0, 255, size=(5, 5, 3))
+    image = torch.nn.functional.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], size=(size, size),
+                                            mode="bicubic", align_corners=False)[0].permute(1, 2, 0)
+    return image.clamp(0, 255).round().to(torch.uint8).numpy()
+
+
+@pytest.fixture(scope="module")
+def stills_root(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("stills_fusion") / "faces"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        Image.fromarray(_pattern(rng)).save(root / f"{k:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def video_root(tmp_path_factory):
+    """Two clips of 7 frames each (folders of frames: the 300VW reader's ``video`` kind; auto-detection would
+    take them for stills)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("video_fusion") / "clips"
+    rng = np.random.default_rng(1)
+    for clip in ("a", "b"):
+        (root / clip).mkdir(parents=True)
+        base = _pattern(rng, 48)
+        for t in range(7):
+            Image.fromarray(np.ascontiguousarray(base[t // 2:t // 2 + 40, t:t + 40])).save(root / clip / f"{t:05d}.png")
+    return root
+
+
+def _real_config(tmp_path, data, nets, **kw):
+    base = {"pose_source": "e3d", "face3d_encoder": str(nets["face3d_encoder"]), "m": None, "grid": 0, "steps": 2}
+    return _config(tmp_path, data, nets, **{**base, **kw})
+
+
+def test_single_view_pairs_mirror_and_e3d_delta_pose(tmp_path, stills_root, nets):
+    stage = FusionStage(_real_config(tmp_path, stills_root, nets, grid=2))
+    assert stage.data_kind == "images" and not stage.has_pose
+    assert isinstance(stage.dataset, ViewPairs) and stage.dataset.second_view == "mirror" and len(stage.dataset) == 6
+    batch = next(stage.batches(0))
+    p = batch["blurry"].shape[0]
+    assert torch.equal(batch["blurry"][:, 1], batch["blurry"][:, 0].flip(-1))  # view v is the mirror of view u
+    assert torch.equal(batch["targets"][:, 1], batch["targets"][:, 0].flip(-1))
+    assert batch["mirrored"].tolist() == [[False, True]] * p and torch.isnan(batch["pose"]).all()
+    t = stage.teacher_inputs(batch)
+    with torch.no_grad():
+        pose_u, pose_v = stage.E_3D.pose(batch["blurry"][:, 0]), stage.E_3D.pose(batch["blurry"][:, 1])
+        mirrored_codes = stage.E_s(batch["targets"][:, 0].flip(-1).flatten(0, 1)).reshape(p, 5, 8, 32)
+    # Δp of a mirrored pair without ground truth: E_3D on the blurry image and on its mirror
+    torch.testing.assert_close(t["delta_pose"][:p], wrap_angle(pose_v - pose_u))
+    torch.testing.assert_close(t["delta_pose"][p:], -t["delta_pose"][:p])
+    assert torch.isnan(t["delta_pose_gt"]).all() and float(t["delta_pose"].abs().sum()) > 0
+    # the target codes of the mirrored view are E_s of the mirrored sharp frames
+    torch.testing.assert_close(t["targets"][:p], mirrored_codes)
+    torch.testing.assert_close(t["images"][:p], batch["targets"][:, 0].flip(-1))
+    losses = stage.run()
+    assert {"latent", "total", "dp_abs_deg"} <= set(losses) and "dp_error_deg" not in losses
+    assert all(np.isfinite(v) for v in losses.values())
+    run = tmp_path / "run"
+    assert (run / "fusion" / "model.safetensors").is_file() and list((run / "samples").glob("step-*.png"))
+    config = json.loads((run / "config.json").read_text())
+    assert config["kind"] == "images" and config["second_view"] == "mirror" and config["view_pairs"] == []
+
+
+def test_video_frames_kind_runs(tmp_path, video_root, nets):
+    with pytest.raises(UserError, match="7 frames, fewer than the 9 that m=4 needs"):  # 300VW's own m is 4
+        FusionStage(_real_config(tmp_path, video_root, nets, kind="video"))
+    stage = FusionStage(_real_config(tmp_path, video_root, nets, kind="video", m=2))
+    assert stage.config.m == 2 and stage.dataset.second_view == "mirror" and len(stage.dataset) == 2 * 3
+    item = stage.dataset[0]
+    assert item["targets"].shape == (2, 5, 3, 32, 32)
+    assert torch.equal(item["targets"][1], item["targets"][0].flip(-1))
+    assert not torch.equal(item["targets"][0, 0], item["targets"][0, 4])  # frames c-m and c+m differ
+    losses = stage.run()
+    assert all(np.isfinite(v) for v in losses.values())
+
+
+def test_poseless_data_errors(tmp_path, stills_root, nets, capsys):
+    with pytest.raises(UserError, match="--pose-source gt: .* no ground-truth head poses"):
+        FusionStage(_config(tmp_path, stills_root, nets, m=None))  # _config uses the ground truth
+    with pytest.raises(UserError, match="--no-mirror: .* single-view"):
+        FusionStage(_real_config(tmp_path, stills_root, nets, mirror=False))
+    with pytest.raises(UserError, match="unknown --kind"):
+        FusionStage(_real_config(tmp_path, stills_root, nets, kind="ffhq"))
+    code = main(["train", "fusion", "--preset", "micro", "--data", str(stills_root), "--sharp-encoder",
+                 str(nets["sharp_encoder"]), "--pose-source", "gt", "--grid", "0", "--out", str(tmp_path / "cli"),
+                 "--steps", "1", "--no-progress", "--device", "cpu"])
+    assert code == 2 and "no ground-truth head poses" in capsys.readouterr().err
+
+
+def _bmfd_layout(synth_root, root, keep_meta: bool):
+    """Copy SynthBMFD's frames into the bare BMFD layout (no synthbmfd.json / index.json), with or without
+    its per-performance meta.npz (the poses)."""
+    import shutil
+
+    for subject in ("subject_000", "subject_001"):
+        perf = synth_root / subject / "perf_00"
+        for view in sorted(perf.glob("view_*")):
+            shutil.copytree(view, root / subject / "perf_00" / view.name)
+        if keep_meta:
+            shutil.copy(perf / "meta.npz", root / subject / "perf_00" / "meta.npz")
+    return root
+
+
+def test_multiview_folder_true_pairs_with_and_without_poses(tmp_path, synth_root, nets):
+    bare = _bmfd_layout(synth_root, tmp_path / "bare", keep_meta=False)
+    stage = FusionStage(_real_config(tmp_path, bare, nets, m=4, steps=1))
+    pairs = stage.dataset
+    assert stage.data_kind == "multiview" and pairs.second_view == "true" and not stage.has_pose
+    assert len(pairs.pairs) == 6 and pairs.copies == 2 and len(pairs) == len(pairs.instants) * 6 * 2
+    item, flipped = pairs[0], pairs[1]
+    assert item["view"].tolist() == [1, 2] and flipped["view"].tolist() == [8, 7]  # mirrored copy: v -> 9 - v
+    torch.testing.assert_close(flipped["targets"], item["targets"].flip(-1))
+    assert not torch.allclose(item["targets"][1], item["targets"][0].flip(-1))  # true views, not mirrors
+    stage.run()
+    with pytest.raises(UserError, match="no ground-truth head poses"):
+        FusionStage(_config(tmp_path, bare, nets, m=4))
+    # the same layout with SynthBMFD's meta.npz carries poses: --pose-source gt works, Δp is the truth's
+    posed = _bmfd_layout(synth_root, tmp_path / "posed", keep_meta=True)
+    stage = FusionStage(_config(tmp_path, posed, nets, m=4, grid=0, out=str(tmp_path / "run2")))
+    assert stage.has_pose
+    t = stage.teacher_inputs(next(stage.batches(0)))
+    torch.testing.assert_close(t["delta_pose"], t["delta_pose_gt"])
+    assert float(t["delta_pose"][:, 1].abs().min()) > math.radians(5)  # distinct rig views

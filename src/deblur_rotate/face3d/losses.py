@@ -128,11 +128,14 @@ def landmark_loss(pred: torch.Tensor, target: torch.Tensor, image_width: float,
                   weights: torch.Tensor | None = None, reduction: str = "sum") -> torch.Tensor:
     """L_lan: Euclidean distances between projected model landmarks and the ground truth, in units of the
     image width (0.01 = one percent of the width), summed over the 68 points (the paper's sum over k) or
-    averaged over them (``reduction="mean"``: the mean normalised error), then averaged over the batch.
+    averaged over them (``reduction="mean"``: the mean normalised error), then averaged over the images
+    that have at least one usable point.
 
     pred, target: [N, 68, 2] (u, v) pixels. image_width: pixels. weights: optional [68] (or [N, 68])
     per-point weights (with ``"mean"``, normalised by their sum). Non-finite target points (missing
-    annotations) are ignored. Returns a scalar >= 0; 0 for identical landmarks.
+    annotations: real data whose landmarks the ``prepare`` command could not find are NaN) are ignored, and
+    an image without any usable point is left out of the batch mean (it neither counts nor dilutes).
+    Returns a scalar >= 0; 0 for identical landmarks and when no image has a usable point.
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
@@ -145,7 +148,8 @@ def landmark_loss(pred: torch.Tensor, target: torch.Tensor, image_width: float,
     per_image = (dist * w).sum(-1)  # [N]
     if reduction == "mean":
         per_image = per_image / w.sum(-1).clamp_min(1e-8)
-    return per_image.mean()
+    has_points = (w.sum(-1) > 0).to(dist.dtype)  # [N]: 1 where the image has a usable point
+    return (per_image * has_points).sum() / has_points.sum().clamp_min(1.0)
 
 
 def multiview_loss(coeffs_u: torch.Tensor, coeffs_v: torch.Tensor, layout: CoeffLayout) -> torch.Tensor:
@@ -154,6 +158,15 @@ def multiview_loss(coeffs_u: torch.Tensor, coeffs_v: torch.Tensor, layout: Coeff
     coeffs_u, coeffs_v: [N, C] predictions for the same N instants from two views. Returns the batch mean of
     ``|alpha_u - alpha_v|^2 + |beta_u - beta_v|^2 + |delta_u - delta_v|^2`` (squared L2 norms, coefficient
     units); 0 when the codes are equal. Gradients reach both predictions.
+
+    The two views may be true views (multi-view data) or a face and its horizontal mirror (single-view data,
+    paper §4). For a mirrored pair the term asks the mirror image to have the same coefficients, which is
+    exact only for the modes that are left-right symmetric: the mirror of a face is the same face only if its
+    identity and albedo are symmetric, and the same expression only if the expression mode is. In the
+    procedural model the 13 anatomical identity modes, the named albedo modes and 9 of the 10 named
+    expressions are symmetric; the smooth random identity bumps, the albedo blotches and ``jaw_sideways``
+    (which the mirror reverses) are not, so the mirrored term is an approximation, as in the paper (BFM's
+    PCA modes are close to symmetric too). Pose and lighting legitimately differ and are not compared.
     """
     u, v = layout.split(coeffs_u), layout.split(coeffs_v)
     total = coeffs_u.new_zeros(coeffs_u.shape[0])

@@ -7,20 +7,44 @@ terms are the pure functions of :mod:`deblur_rotate.face3d.losses` (paper weight
 
     L = 5 L1_mask + 30 Edge_mask + 0.5 L_id + 1 L_lan + 0.25 L_mview + 1e-4 (|alpha|^2 + |beta|^2 + |delta|^2)
 
-Every batch holds pairs of views u != v of the same instants (all view pairs of every instant are items),
-so L_mview compares the identity, albedo and expression predicted from the two views.
+Every batch holds pairs of views u != v of the same instants, so L_mview compares the identity, albedo and
+expression predicted from the two views.
+
+Data: one dataset per run, of any kind the readers of :mod:`deblur_rotate.data.readers` know (``--kind``,
+default auto-detected). Mixing several datasets in one run (the paper's 2:1:1) is not supported here.
+
+* SynthBMFD: all unordered view pairs of every instant (:class:`Face3DPairs`); the dataset's own camera
+  intrinsics, ground-truth landmarks and poses (``pose_err_deg`` is logged).
+* ``multiview`` (the BMFD layout, real multi-view video): the same, true view pairs of one instant
+  (:class:`ViewPairs`), landmarks from ``prepare``; no 3D ground truth.
+* ``images`` (FFHQ-like stills, blurred with a random motion kernel), ``300vw`` / ``video`` and ``vidtimit``:
+  single view; the horizontal mirror of a sample is its second view (paper §4: "for data without multiple
+  views, mirrored frames are used as the second view"), with landmarks flipped and renumbered. L_mview then
+  asks a face and its mirror for the same identity, albedo and expression, exact for the left-right
+  symmetric modes only (see :func:`deblur_rotate.face3d.losses.multiview_loss`).
+
+Real data has no calibrated camera, so it is rendered with a fixed pinhole camera framed like the SynthBMFD
+rig (:func:`rig_camera_matrix`): focal length ``focal_factor`` x the image side (3.5, SynthConfig's), the
+principal point at the image centre, the head about 1 m away, so the image spans about 29 cm at the head.
+The encoder's translation absorbs the data's own framing: an FFHQ-style crop of ``prepare`` is about 10%
+tighter than a SynthBMFD frame, i.e. the same as the head at ~0.9 m. Landmarks come from the reader
+(``prepare``'s cached dlib landmarks, 300VW ``.pts``); missing (NaN) points and images are left out of L_lan
+and the identity term cuts its face chips along the rendered landmarks for them. Data with no landmarks at
+all is refused (run ``deblur-rotate prepare`` first).
 
 The morphable model is the procedural model SynthBMFD was rendered with (its ``index.json`` names the
-sizes) or, with ``--bfm``, a Basel Face Model the user holds. The encoder starts at a coefficient prior:
-zero modes, the training data's mean lighting and translation, frontal pose; each group learned at its
-own scale (1 for the modes, the data's spread for lighting, pose in radians and translation in cm).
-
-Only SynthBMFD has the 3D ground truth this first version needs (camera intrinsics and 68 landmarks);
-other dataset kinds are refused with a UserError. Usage::
+sizes; for real data ``procedural_model`` / ``--model-from``, default SynthConfig's model) or, with
+``--bfm``, a Basel Face Model the user holds. The encoder starts at a coefficient prior: zero modes,
+frontal pose, the training data's mean lighting and translation (SynthBMFD: from its ground truth; real
+data: the lighting a frontal camera of the SynthBMFD rig sees (:func:`rig_coefficient_prior`), and the mean
+translation of PnP fits of the mean face to the landmarks of 16 samples, :func:`fit_translation`); each group
+learned at its own scale (1 for the modes, the data's spread for lighting, pose in radians and translation in
+cm). Usage::
 
     stage = Face3DStage(Face3DConfig(preset="tiny", data="data/synthbmfd", out="runs/e3d", steps=20_000))
     stage.run()   # RUN/checkpoints/, RUN/samples/step-XXXXXXXX.png, RUN/tb/, RUN/config.json,
                   # RUN/face3d_encoder/ (config.json + model.safetensors + face_model.json)
+    Face3DStage(Face3DConfig(preset="tiny", data="data/ffhq_prepared", out="runs/e3d_ffhq")).run()  # real stills
 
 ``deblur-rotate train face3d --data DIR --out RUN`` on the command line (see :func:`add_parser`).
 """
@@ -45,23 +69,37 @@ if TYPE_CHECKING:
     from deblur_rotate.face3d.losses import RenderedFace
 
 __all__ = [
+    "DATA_KINDS",
     "FACE_MODEL_FILE",
     "PRESET_DEFAULTS",
+    "SINGLE_VIEW_KINDS",
     "Face3DBundle",
     "Face3DConfig",
     "Face3DPairs",
     "Face3DStage",
+    "ViewPairs",
     "add_parser",
     "build_face_model",
     "coefficient_prior",
     "face_model_spec",
+    "fit_rigid_pose",
+    "fit_translation",
     "load_face3d",
+    "open_view_pairs",
+    "procedural_model_from",
+    "reader_has_landmarks",
+    "reader_has_poses",
     "resize_images",
+    "rig_camera_matrix",
+    "rig_coefficient_prior",
     "run_face3d",
 ]
 
 FACE_MODEL_FILE = "face_model.json"  # beside config.json in RUN/face3d_encoder: which model, which camera
 _NETWORK = "E3D"  # the network's name in checkpoints
+# dataset kinds of --kind ("auto": detect); single-view kinds pair each sample with its mirror image
+DATA_KINDS = ("auto", "synthbmfd", "images", "300vw", "video", "multiview", "vidtimit")
+SINGLE_VIEW_KINDS = ("images", "300vw", "video", "vidtimit")
 
 # per-preset default total batch (images; two views per instant, so always even)
 PRESET_DEFAULTS: dict[str, dict] = {
@@ -78,15 +116,18 @@ class Face3DConfig:
     """Everything that determines an E_3D run (written to RUN/config.json)."""
 
     preset: str = "tiny"  # encoder preset: micro (32 px input), tiny (64 px), paper (256 px, ResNet-50)
-    data: str = ""  # SynthBMFD folder
+    data: str = ""  # dataset folder: SynthBMFD, or images / 300vw / multiview / vidtimit (see DATA_KINDS)
     out: str = ""  # run folder
+    kind: str = "auto"  # dataset kind (DATA_KINDS); auto: detected from the folder
     bfm: str | None = None  # Basel Face Model file (01_MorphableModel.mat / BFM_model_front.mat); None: procedural
     bfm_expression: str | None = None  # Exp_Pca.bin (BFM 2009 only)
     bfm_landmarks: str | None = None  # 68 landmark vertex indices of the BFM mesh
     bfm_modes: list[int] | None = None  # [n_id, n_tex, n_exp] kept from the BFM; None: all of them
+    procedural_model: dict | None = None  # procedural model sizes for real data (default SynthConfig's model)
+    focal_factor: float | None = None  # real data's fixed camera: focal = factor x image side (default 3.5)
     split: str = "train"  # SynthBMFD split
-    m: int = 32  # blur half-window in frames (2m + 1 frames are averaged; 32 as BMFD)
-    stride: int = 1  # take every stride-th centre frame
+    m: int | None = None  # blur half-window in frames (2m + 1 averaged); None: the kind's own (32 BMFD, 4 300VW)
+    stride: int = 1  # take every stride-th centre frame (video kinds)
     steps: int = 1000  # iterations
     batch: int | None = None  # total images per iteration over all processes (even; default per preset)
     lr: float = 1e-4  # Adam learning rate
@@ -125,6 +166,14 @@ class Face3DConfig:
                 setattr(c, name, str(getattr(c, name)))
         if c.bfm is None and (c.bfm_expression or c.bfm_landmarks or c.bfm_modes):
             raise UserError("--bfm-expression, --bfm-landmarks and --bfm-modes need --bfm (the BFM model file)")
+        if c.kind not in DATA_KINDS:
+            raise UserError(f"unknown --kind {c.kind!r}: choose one of {', '.join(DATA_KINDS)}")
+        if c.bfm is not None and c.procedural_model is not None:
+            raise UserError("--model-from (a procedural model) and --bfm exclude each other; give one")
+        if c.m is not None and (isinstance(c.m, bool) or int(c.m) < 2 or int(c.m) % 2):
+            raise UserError(f"--m must be an even number >= 2 (got {c.m})")
+        if c.focal_factor is not None and not float(c.focal_factor) > 0:
+            raise UserError(f"--focal-factor must be positive (got {c.focal_factor})")
         if c.bfm_modes is not None:
             c.bfm_modes = [int(v) for v in c.bfm_modes]
             if len(c.bfm_modes) != 3 or min(c.bfm_modes) < 0:
@@ -153,12 +202,39 @@ class Face3DConfig:
 
 # ------------------------------------------------------------------------------------------------- model
 
-def face_model_spec(config: Face3DConfig, index: dict) -> dict:
+_PROCEDURAL_KEYS = ("n_id", "n_exp", "n_tex", "n_lat", "n_lon", "seed")  # build_procedural_model's arguments
+
+
+def _procedural_sizes(sizes: dict, what: str) -> dict:
+    """The procedural model's arguments as ints; UserError naming ``what`` on unknown keys or bad values."""
+    unknown = sorted(set(sizes) - set(_PROCEDURAL_KEYS))
+    if unknown:
+        raise UserError(f"{what}: unknown procedural model sizes {unknown} (known: {', '.join(_PROCEDURAL_KEYS)})")
+    try:
+        return {k: int(v) for k, v in sizes.items()}
+    except (TypeError, ValueError):
+        raise UserError(f"{what}: procedural model sizes must be integers (got {sizes})") from None
+
+
+def face_model_spec(config: Face3DConfig, index: dict | None) -> dict:
     """JSON description of the morphable model a run uses (what :func:`build_face_model` rebuilds).
 
-    index: the SynthBMFD ``index.json`` (its ``model`` entry holds the procedural model's sizes)."""
+    index: the SynthBMFD ``index.json`` (its ``model`` entry holds the procedural model's sizes), or None for
+    real data, which uses ``config.procedural_model`` (default: SynthConfig's model, the one
+    ``deblur-rotate synth`` renders with). UserError when both are given and differ."""
     if config.bfm is None:
-        return {"kind": "procedural", **{k: int(v) for k, v in index["model"].items()}}
+        if index is not None:
+            sizes = _procedural_sizes(index["model"], "the SynthBMFD index.json")
+            if config.procedural_model is not None and \
+                    _procedural_sizes(config.procedural_model, "--model-from") != sizes:
+                raise UserError(f"the SynthBMFD folder was rendered with the procedural model {sizes}, not "
+                                f"{config.procedural_model}; drop --model-from (it is for real data)")
+            return {"kind": "procedural", **sizes}
+        if config.procedural_model is not None:
+            return {"kind": "procedural", **_procedural_sizes(config.procedural_model, "--model-from")}
+        from deblur_rotate.data.synthbmfd import SynthConfig
+
+        return {"kind": "procedural", **_procedural_sizes(SynthConfig().model, "SynthConfig")}
     n_id, n_tex, n_exp = config.bfm_modes if config.bfm_modes is not None else (None, None, None)
 
     def resolve(p: str | None) -> str | None:
@@ -175,7 +251,11 @@ def build_face_model(spec: dict):
     if kind == "procedural":
         from deblur_rotate.face3d.procedural import build_procedural_model
 
-        return build_procedural_model(**{k: v for k, v in spec.items() if k != "kind"})
+        sizes = _procedural_sizes({k: v for k, v in spec.items() if k != "kind"}, "procedural model")
+        try:
+            return build_procedural_model(**sizes)
+        except ValueError as err:
+            raise UserError(f"procedural model {sizes}: {err}") from None
     if kind == "bfm":
         from deblur_rotate.face3d.bfm import load_bfm
 
@@ -203,7 +283,12 @@ def coefficient_prior(root: str | os.PathLike, subjects: list[str], layout) -> t
     if not tails:
         raise UserError(f"{root}: no meta.npz under the subjects {subjects[:3]}...; the dataset is damaged, "
                         "regenerate it with `deblur-rotate synth`")
-    tail = np.concatenate(tails)  # [K, 33] light (27) | rotation (3) | translation (3)
+    return _prior_from_tails(np.concatenate(tails), layout)
+
+
+def _prior_from_tails(tail: np.ndarray, layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offset [C], scale [C]) float32 from example coefficient tails ``[K, 33]`` = light (27) | rotation (3)
+    radians | translation (3) cm: see :func:`coefficient_prior` for the rules."""
     mean, std = tail.mean(0), tail.std(0)
     s = layout.slices()
     offset = torch.zeros(layout.size, dtype=torch.float64)
@@ -214,6 +299,106 @@ def coefficient_prior(root: str | os.PathLike, subjects: list[str], layout) -> t
     scale[s["rotation"]] = torch.from_numpy(np.maximum(std[27:30], 0.05))
     scale[s["translation"]] = torch.from_numpy(np.maximum(std[30:], 0.5))
     return offset.float(), scale.float()
+
+
+def rig_camera_matrix(size: int, focal_factor: float | None = None) -> torch.Tensor:
+    """The fixed pinhole camera ``[3, 3]`` real data is rendered with (its own camera is unknown): the SynthBMFD
+    rig's framing, focal length ``focal_factor`` x ``size`` pixels (default ``SynthConfig.focal_factor`` = 3.5;
+    the rig's head is ~1 m away, so a ``size``-pixel image spans ~29 cm there) and the principal point at the
+    image centre ((size - 1) / 2, pixel centres at integers)."""
+    from deblur_rotate.data.synthbmfd import SynthConfig
+    from deblur_rotate.face3d.camera import intrinsics
+
+    factor = SynthConfig.focal_factor if focal_factor is None else float(focal_factor)
+    return intrinsics(size * factor, size)
+
+
+def rig_coefficient_prior(layout, performances: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """E_3D's starting point and per-coefficient step for real data (no 3D ground truth): the coefficient tails
+    a camera straight in front of the SynthBMFD rig would see over ``performances`` sampled SynthBMFD
+    performances (their head motion, translation and world lighting; nothing is rendered).
+
+    layout: the :class:`~deblur_rotate.face3d.model.CoeffLayout` in use. Returns (offset [C], scale [C]) as
+    :func:`coefficient_prior`: offset zero for the modes and the rotation, the mean lighting, and the
+    translation of the rig's head seen from 1 m (about (0, -3, 103) cm); the scales are the spreads of the
+    sampled lighting, rotation (radians) and translation (cm), with the same floors. Deterministic.
+    """
+    from deblur_rotate.data.motion import MotionConfig, sample_performance
+    from deblur_rotate.data.synthbmfd import SynthConfig, _head_pivot, _rig_target
+    from deblur_rotate.face3d.camera import euler_to_matrix
+
+    config = SynthConfig()
+    pivot = _head_pivot().double()  # [3] cm, the point the head turns about (model frame)
+    camera_t = torch.tensor([0.0, 0.0, config.distance_cm], dtype=torch.float64) - \
+        torch.tensor(_rig_target(), dtype=torch.float64)  # frontal camera: p_cam = p_world + camera_t
+    tails = []
+    for k in range(performances):
+        perf = sample_performance(np.random.default_rng([seed, k]), config.num_frames, config.fps, 10,
+                                  MotionConfig(), blink_mode=None)
+        rotation = torch.from_numpy(perf.rotation).double()  # [T, 3] radians
+        head_t = pivot - euler_to_matrix(rotation) @ pivot + torch.from_numpy(perf.translation).double()  # [T, 3]
+        tails.append(np.concatenate([perf.light, perf.rotation, (head_t + camera_t).numpy()], 1))
+    return _prior_from_tails(np.concatenate(tails).astype(np.float64), layout)
+
+
+def fit_rigid_pose(face_model, landmarks: torch.Tensor, camera_matrix: torch.Tensor, iterations: int = 40
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image, the rotation and translation that put the mean face's 68 landmarks on ``landmarks`` (a PnP
+    fit: least squares of the reprojection error in pixels over the finite points, L-BFGS from a frontal
+    start whose translation comes from a linear solve; identity and expression stay at the mean).
+
+    face_model: the :class:`~deblur_rotate.face3d.model.MorphableModel`; landmarks: ``[K, 68, 2]`` (u, v)
+    pixels, NaN where unknown; camera_matrix: ``[3, 3]``. Returns (rotation ``[K, 3]`` (pitch, yaw, roll)
+    radians, translation ``[K, 3]`` cm, fitted ``[K]`` bool: at least 6 finite points), float32 on the CPU.
+    """
+    from deblur_rotate.face3d.camera import euler_to_matrix, project, transform
+
+    pts = torch.as_tensor(landmarks, dtype=torch.float64).detach().cpu().reshape(-1, 68, 2)  # [K, 68, 2]
+    num = pts.shape[0]
+    model = face_model.mean_shape[face_model.landmark_indices].detach().double().cpu()  # [68, 3] model frame, cm
+    k = torch.as_tensor(camera_matrix, dtype=torch.float64).detach().cpu()
+    valid = torch.isfinite(pts).all(-1)  # [K, 68]
+    fitted = valid.sum(-1) >= 6  # [K]
+    target = pts.nan_to_num(0.0)
+    # start: frontal, with the translation of the linear solve of u (Z + tz) - cx (Z + tz) = f (X + tx) per image
+    start = torch.zeros(num, 3, dtype=torch.float64)
+    start[:, 2] = 100.0
+    for i in torch.nonzero(fitted).flatten().tolist():
+        d = pts[i, valid[i]] - k[:2, 2]  # [P, 2]
+        xyz = model[valid[i]]
+        a = torch.zeros(2 * d.shape[0], 3, dtype=torch.float64)
+        a[: d.shape[0], 0], a[d.shape[0]:, 1] = k[0, 0], k[1, 1]
+        a[:, 2] = -torch.cat([d[:, 0], d[:, 1]])
+        b = torch.cat([d[:, 0] * xyz[:, 2] - k[0, 0] * xyz[:, 0], d[:, 1] * xyz[:, 2] - k[1, 1] * xyz[:, 1]])
+        t = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
+        if bool(torch.isfinite(t).all()) and float(t[2] + xyz[:, 2].mean()) > 1.0:
+            start[i] = t
+    angles = torch.zeros(num, 3, dtype=torch.float64, requires_grad=True)
+    shift = torch.zeros(num, 3, dtype=torch.float64, requires_grad=True)  # translation change in 10 cm units
+    opt = torch.optim.LBFGS([angles, shift], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
+    weight = valid.to(torch.float64)[..., None]  # [K, 68, 1]
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        cam = transform(model.expand(num, -1, -1), euler_to_matrix(angles), start + 10.0 * shift)
+        err = ((project(cam, k) - target).square() * weight).sum() / weight.sum().clamp_min(1.0)
+        err.backward()
+        return err
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return angles.detach().float(), (start + 10.0 * shift).detach().float(), fitted
+
+
+def fit_translation(face_model, landmarks: torch.Tensor, camera_matrix: torch.Tensor) -> torch.Tensor | None:
+    """The mean translation ``[3]`` (cm, camera frame) of the faces with ``landmarks [K, 68, 2]`` (pixels, NaN
+    where unknown) seen by ``camera_matrix [3, 3]``: the mean over the images of :func:`fit_rigid_pose`, or
+    None when no image has 6 finite points. Used as E_3D's starting translation on real data."""
+    _, translation, fitted = fit_rigid_pose(face_model, landmarks, camera_matrix)
+    if not bool(fitted.any()):
+        return None
+    t = translation[fitted].mean(0)
+    return t if bool(torch.isfinite(t).all()) else None
 
 
 @dataclass
@@ -280,6 +465,159 @@ class Face3DPairs(torch.utils.data.Dataset):
         return {"blurry": s["blurry"], "target": s["targets"][:, 2], "landmarks": s["landmarks"], "pose": s["pose"]}
 
 
+class ViewPairs(torch.utils.data.Dataset):
+    """Two views of one instant from a reader of :mod:`deblur_rotate.data.readers` (no SynthBMFD ground truth).
+
+    * :class:`~deblur_rotate.data.readers.MultiViewClips` (the BMFD layout): true views, every unordered pair
+      {u, v} (u < v) of the views each performance has, at every instant; with ``mirror_copies`` each pair
+      also comes left-right mirrored (both views flipped, landmarks renumbered, view k -> 9 - k).
+    * A single-view reader (StillImages, VideoClips, Vidtimit) opened with ``mirror='pair'``: view u is the
+      sample, view v its horizontal mirror (paper §4), with landmarks flipped and renumbered
+      (:func:`deblur_rotate.data.readers.mirror_sample`) and the pose mirrored where known.
+
+    Item (leading [2] axis = the views u, v; S = the reader's size)::
+
+        blurry     [2, 3, S, S]     in [-1, 1]
+        targets    [2, 5, 3, S, S]  the 5 sharp frames of each view (``middle_only``: ``target [2, 3, S, S]``,
+                                    the middle frame only)
+        landmarks  [2, 68, 2]       middle-frame landmarks, (u, v) pixels; NaN where unknown
+        pose       [2, 3]           (pitch, yaw, roll) radians; NaN where unknown
+        view       [2]              int64 rig views (0: unknown)
+        mirrored   [2]              bool: the view is a left-right flipped copy
+
+    Attributes: ``second_view`` ("true" or "mirror"), ``copies`` (2 when mirrored copies are interleaved:
+    odd items are the mirrored ones), ``pairs`` (the view pairs used; empty for single-view data). A pure
+    function of the index (and of the reader's seed and epoch, which draw the stills' blur kernels).
+    """
+
+    def __init__(self,
+                 reader,                      # MultiViewClips, or a single-view reader with mirror='pair'
+                 mirror_copies: bool = False,  # MultiViewClips only: add left-right mirrored copies of every pair
+                 middle_only: bool = False):   # return the middle sharp frame ``target`` instead of ``targets``
+        from deblur_rotate.data.readers import MultiViewClips
+
+        self.reader = reader
+        self.middle_only = bool(middle_only)
+        if isinstance(reader, MultiViewClips):
+            self.second_view = "true"
+            self.copies = 2 if mirror_copies else 1
+            self.perf_pairs = {perf: list(itertools.combinations(sorted(views), 2))
+                               for perf, views in reader.performances.items()}
+            self.instants = [(perf, c) for perf, c in reader.instants if self.perf_pairs[perf]]
+            if not self.instants:
+                raise UserError(f"{reader.root}: every performance has a single view, so there are no view pairs; "
+                                "give at least two views per performance (view_1, view_2, ...)")
+            counts = [len(self.perf_pairs[perf]) for perf, _ in self.instants]
+            self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # [instants + 1]
+            self.pairs = sorted({pair for pairs in self.perf_pairs.values() for pair in pairs})
+        else:
+            if getattr(reader, "mirror", None) != "pair":
+                raise ValueError("a single-view reader must be opened with mirror='pair' (its mirror is view v)")
+            self.second_view = "mirror"
+            self.copies = 1
+            self.pairs = []
+
+    def __len__(self) -> int:
+        n = int(self.offsets[-1]) if self.second_view == "true" else len(self.reader)
+        return n * self.copies
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        from deblur_rotate.data.readers import mirror_sample, stack_samples
+
+        i, flip = divmod(int(i), self.copies)
+        if self.second_view == "true":
+            k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+            perf, center = self.instants[k]
+            views = self.perf_pairs[perf][i - int(self.offsets[k])]
+            samples = [self.reader.load_view(perf, v, center) for v in views]
+            if flip:
+                samples = [mirror_sample(x) for x in samples]
+            s = stack_samples(samples)
+        else:
+            s = self.reader[i]  # the sample and its mirror, stacked
+        out = {"blurry": s["blurry"].float(), "landmarks": s["landmarks"].float(), "pose": s["pose"].float(),
+               "view": torch.as_tensor(s["view"]).long(), "mirrored": torch.as_tensor(s["mirrored"]).bool()}
+        if self.middle_only:
+            out["target"] = s["targets"][:, 2].float()
+        else:
+            out["targets"] = s["targets"].float()
+        return out
+
+
+def open_view_pairs(kind: str, root: str | os.PathLike, size: int, m: int | None = None, stride: int = 1,
+                    seed: int = 0, mirror_copies: bool = False, middle_only: bool = False) -> ViewPairs:
+    """:class:`ViewPairs` of a real-data folder: ``kind`` 'multiview' (true views) or one of
+    :data:`SINGLE_VIEW_KINDS` (the mirror image as the second view). size: output side, pixels; m: blur
+    half-window (None: the kind's own; ignored for stills); stride: centre-frame step of video kinds;
+    seed: the stills' blur kernels; mirror_copies / middle_only: see :class:`ViewPairs`."""
+    from deblur_rotate.data.readers import open_dataset
+
+    if kind == "multiview":
+        reader = open_dataset("multiview", root, size=size, m=m, stride=stride, seed=seed)
+    elif kind in SINGLE_VIEW_KINDS:
+        extra = {} if kind == "images" else {"stride": stride}
+        reader = open_dataset(kind, root, size=size, m=m, mirror="pair", seed=seed, **extra)
+    else:
+        raise UserError(f"no view pairs for dataset kind {kind!r}: expected multiview or one of "
+                        f"{', '.join(SINGLE_VIEW_KINDS)}")
+    pairs = ViewPairs(reader, mirror_copies=mirror_copies, middle_only=middle_only)
+    if len(pairs) == 0:
+        raise UserError(f"{root} holds no usable samples ({kind})")
+    return pairs
+
+
+def _npz_keys(path: Path) -> set[str]:
+    """Array names of an .npz file (nothing loaded); empty when missing or unreadable."""
+    if not path.is_file():
+        return set()
+    try:
+        with np.load(path) as data:
+            return set(data.files)
+    except (OSError, ValueError):
+        return set()
+
+
+def reader_has_landmarks(reader) -> bool:
+    """Whether a reader of :mod:`deblur_rotate.data.readers` has any landmarks to give (a prepared index's
+    ``landmarks.npy``, 300VW ``.pts`` files, a multi-view ``meta.npz``), without loading samples."""
+    from deblur_rotate.data.readers import MultiViewClips, StillImages
+
+    if isinstance(reader, StillImages):
+        return reader.landmarks is not None and bool(np.isfinite(reader.landmarks).any())
+    for clip in getattr(reader, "clips", []):
+        if clip.annot is not None or clip._landmarks is not None or \
+                (clip.landmarks_file is not None and clip.landmarks_file.is_file()):
+            return True
+    if isinstance(reader, MultiViewClips):
+        return any("landmarks" in _npz_keys(reader.root / perf / "meta.npz") for perf in reader.performances)
+    return False
+
+
+def reader_has_poses(reader) -> bool:
+    """Whether every sample of a reader has a known head pose: only multi-view folders whose every
+    performance carries a ``meta.npz`` with ``pose`` (SynthBMFD read as the BMFD layout); real data has none."""
+    from deblur_rotate.data.readers import MultiViewClips
+
+    if not isinstance(reader, MultiViewClips):
+        return False
+    return all("pose" in _npz_keys(reader.root / perf / "meta.npz") for perf in reader.performances)
+
+
+def procedural_model_from(folder: str | os.PathLike) -> dict:
+    """The procedural model sizes a SynthBMFD folder was rendered with (its ``index.json`` ``model``), so E_3D
+    on real data can use the same model (``--model-from``). UserError when the folder is not a SynthBMFD one."""
+    path = Path(folder) / "index.json"
+    try:
+        index = json.loads(path.read_text())
+        return _procedural_sizes(dict(index["model"]), str(path))
+    except FileNotFoundError:
+        raise UserError(f"--model-from {folder}: no index.json; give a SynthBMFD folder (`deblur-rotate synth`)") \
+            from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"--model-from {folder}: {path} names no procedural model ({err}); give a SynthBMFD "
+                        "folder (`deblur-rotate synth`)") from None
+
+
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """[N, 3, S, S] -> [N, 3, size, size] (area when shrinking, bilinear when growing; unchanged when S == size)."""
     if images.shape[-1] == size and images.shape[-2] == size:
@@ -298,7 +636,10 @@ class Face3DStage:
 
     Attributes after construction: ``E`` (the bare encoder on the device), ``face_model``, ``camera_matrix``
     ([3, 3] on the device), ``image_size`` (render side), ``input_size`` (encoder side), ``opt``,
-    ``identity_net`` (None when lambda_id is 0), ``trainer``, ``config`` (resolved), ``info``.
+    ``identity_net`` (None when lambda_id is 0), ``trainer``, ``config`` (resolved; ``kind`` and ``m`` as
+    used), ``info``, ``data_kind``, ``reader`` (SynthBMFD or the real-data reader; also ``synth``),
+    ``dataset`` (:class:`Face3DPairs` or :class:`ViewPairs`), ``has_pose`` (the data has ground-truth poses:
+    ``pose_err_deg`` is logged).
     """
 
     def __init__(self, config: Face3DConfig):
@@ -315,10 +656,12 @@ class Face3DStage:
         self.out = Path(c.out)
         dev = info.device
 
-        self.synth, self.dataset, camera_matrix = self._open_data()
-        self.image_size = int(self.synth.size)  # renders, targets and landmarks stay at the dataset's size
         self.input_size = int(stylegan2_config(c.preset)["img_resolution"])  # what E_3D sees, as in the pipeline
-        self.face_model_spec = face_model_spec(c, self.synth.index)
+        self.reader, self.dataset, camera_matrix = self._open_data()
+        self.synth = self.reader  # (older name)
+        self.image_size = int(self.reader.size)  # renders, targets and landmarks stay at the dataset's size
+        synthetic = self.data_kind == "synthbmfd"
+        self.face_model_spec = face_model_spec(c, self.reader.index if synthetic else None)
         self.face_model = build_face_model(self.face_model_spec).to(dev)
         layout = self.face_model.layout
         self.camera_matrix = camera_matrix.to(dev)  # [3, 3]
@@ -328,8 +671,14 @@ class Face3DStage:
                              **encoder_config(c.preset, "face3d"))
         self.E = FaceCoefficientEncoder(**self.e_config).to(dev).train()
         self.e_config = dict(self.E.config)  # normalised (lists, ints), as saved
-        subjects = sorted({s for s, _, _ in self.synth.instants})
-        offset, scale = coefficient_prior(self.synth.root, subjects, layout)
+        if synthetic:
+            subjects = sorted({s for s, _, _ in self.reader.instants})
+            offset, scale = coefficient_prior(self.reader.root, subjects, layout)
+        else:
+            offset, scale = rig_coefficient_prior(layout)
+            translation = fit_translation(self.face_model, self._probe_landmarks(), camera_matrix)
+            if translation is not None:  # the mean PnP translation of the mean face on the data's landmarks
+                offset[layout.slices()["translation"]] = translation
         self.E.set_coefficient_prior(offset, scale)
         self.E_ddp = dist_utils.wrap_ddp(self.E)
         self.opt = torch.optim.Adam(self.E.parameters(), lr=c.lr)
@@ -346,7 +695,11 @@ class Face3DStage:
         run_config = {**asdict(c), "stage": "face3d", "world_size": info.world_size, "encoder": self.e_config,
                       "face_model": self.face_model_spec, "image_size": self.image_size,
                       "input_size": self.input_size, "camera_matrix": camera_matrix.tolist(),
+                      "camera": "dataset" if synthetic else "fixed (SynthBMFD rig framing)",
+                      "second_view": "true" if synthetic else self.dataset.second_view,
                       "dataset_items": len(self.dataset)}
+        if not synthetic:  # how real data's start was chosen (SynthBMFD's follows from its ground truth)
+            run_config["coefficient_prior"] = {"offset": offset.tolist(), "scale": scale.tolist()}
         run_config.pop("resume", None)
         run_config.pop("progress", None)
         self.trainer = Trainer(
@@ -358,28 +711,52 @@ class Face3DStage:
 
     # ------------------------------------------------------------------------------------------ data
     def _open_data(self):
-        """(SynthBMFD, Face3DPairs, camera matrix [3, 3] at the dataset's size); UserError for other kinds."""
+        """(reader, pair dataset, camera matrix [3, 3] at the reader's size); sets ``data_kind``, ``has_pose``,
+        ``config.kind`` and ``config.m`` (as used). UserError for unusable data."""
         from deblur_rotate.data.readers import detect_kind
         from deblur_rotate.data.synthbmfd import SynthBMFD
 
         c = self.config
         if not c.data:
-            raise UserError("--data is required: a SynthBMFD folder (`deblur-rotate synth --out DIR`)")
+            raise UserError("--data is required: a SynthBMFD folder (`deblur-rotate synth --out DIR`) or real faces "
+                            "(images, 300VW, the multi-view layout, VIDTIMIT; see `deblur-rotate prepare`)")
         root = Path(c.data)
-        kind = detect_kind(root)
-        if kind != "synthbmfd":
-            raise UserError(f"{root} looks like a {kind!r} dataset, but `train face3d` supports SynthBMFD folders only "
-                            "(they carry the camera intrinsics and 68 ground-truth landmarks E_3D is trained with); "
-                            "generate one with `deblur-rotate synth --out DIR`")
-        synth = SynthBMFD(root, split=c.split, m=c.m, stride=c.stride)
-        subject, perf, _ = synth.instants[0]
-        meta = root / subject / perf / "meta.npz"
-        try:
-            with np.load(meta) as data:
-                camera_matrix = torch.from_numpy(np.asarray(data["camera_matrix"], dtype=np.float32))
-        except (OSError, KeyError, ValueError) as err:
-            raise UserError(f"cannot read the camera intrinsics in {meta} ({err}); regenerate the dataset") from None
-        return synth, Face3DPairs(synth), camera_matrix
+        kind = detect_kind(root) if c.kind == "auto" else c.kind
+        if not root.is_dir():
+            raise UserError(f"dataset folder {root} does not exist")
+        self.data_kind = c.kind = kind
+        if kind == "synthbmfd":
+            if c.focal_factor is not None:
+                raise UserError("--focal-factor sets the camera of real data; a SynthBMFD folder has its own camera")
+            c.m = 32 if c.m is None else c.m
+            synth = SynthBMFD(root, split=c.split, m=c.m, stride=c.stride)
+            subject, perf, _ = synth.instants[0]
+            meta = root / subject / perf / "meta.npz"
+            try:
+                with np.load(meta) as data:
+                    camera_matrix = torch.from_numpy(np.asarray(data["camera_matrix"], dtype=np.float32))
+            except (OSError, KeyError, ValueError) as err:
+                raise UserError(f"cannot read the camera intrinsics in {meta} ({err}); regenerate the dataset") \
+                    from None
+            self.has_pose = True
+            return synth, Face3DPairs(synth), camera_matrix
+        pairs = open_view_pairs(kind, root, size=self.input_size, m=c.m, stride=c.stride, seed=c.seed,
+                                middle_only=True)
+        reader = pairs.reader
+        c.m = getattr(reader, "m", None)
+        if not reader_has_landmarks(reader):
+            raise UserError(f"{root} ({kind}) has no 68-point landmarks, which E_3D's landmark loss and identity "
+                            f"crops need on real data: run `deblur-rotate prepare --kind {kind} --src {root} --out "
+                            "DIR` (it caches dlib landmarks) and train on DIR")
+        self.has_pose = reader_has_poses(reader)
+        return reader, pairs, rig_camera_matrix(int(reader.size), c.focal_factor)
+
+    def _probe_landmarks(self, samples: int = 16) -> torch.Tensor:
+        """Landmarks ``[K, 68, 2]`` (NaN where unknown) of the first view of ``samples`` items spread evenly over
+        the dataset (for the translation prior of real data)."""
+        n = min(samples, len(self.dataset))
+        picks = np.linspace(0, len(self.dataset) - 1, n).round().astype(int)
+        return torch.stack([self.dataset[int(i)]["landmarks"][0] for i in picks])
 
     def batches(self, start_step: int) -> Iterator[dict]:
         """Batches of ``pairs_per_rank`` view pairs for iterations start_step, start_step + 1, ..."""
@@ -400,7 +777,9 @@ class Face3DStage:
     def losses(self, coeffs: torch.Tensor, target: torch.Tensor, landmarks: torch.Tensor
                ) -> tuple[dict[str, torch.Tensor], RenderedFace]:
         """Every loss term (unweighted) of coefficients [2P, C] (pairs of views next to each other) against the
-        sharp targets [2P, 3, S, S] and landmarks [2P, 68, 2]; returns (terms, the RenderedFace)."""
+        sharp targets [2P, 3, S, S] and landmarks [2P, 68, 2] (NaN where unknown: left out of L_lan; the
+        identity chips of an image without all 68 points are cut along its rendered landmarks instead);
+        returns (terms, the RenderedFace)."""
         from deblur_rotate.face3d.losses import (
             coefficient_regularizer,
             identity_chip_loss,
@@ -427,14 +806,17 @@ class Face3DStage:
         if self.identity_net is not None:
             from deblur_rotate.models.identity import chip_transforms_from_landmarks
 
-            chips = torch.from_numpy(chip_transforms_from_landmarks(landmarks.detach().cpu()))
+            complete = torch.isfinite(landmarks).all(-1).all(-1)  # [2P] every point known
+            points = torch.where(complete[:, None, None], landmarks, rendered.landmarks.detach())  # [2P, 68, 2]
+            chips = torch.from_numpy(chip_transforms_from_landmarks(points.detach().cpu()))
             terms["id"] = identity_chip_loss(rendered.image, target, chips.to(target), self.identity_net)
         return terms, rendered
 
     def step_fn(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         """One Adam step on a batch of view pairs: ``blurry``/``target`` [P, 2, 3, S, S], ``landmarks``
-        [P, 2, 68, 2], ``pose`` [P, 2, 3]. Returns the total, every (unweighted) term, and two metrics:
-        ``pose_err_deg`` (mean absolute pitch/yaw/roll error, degrees) and ``lan_px`` (mean landmark error, pixels)."""
+        [P, 2, 68, 2] (NaN where unknown), ``pose`` [P, 2, 3]. Returns the total, every (unweighted) term, and
+        the metrics ``lan_px`` (mean error of the known landmarks, pixels; 0 when the batch has none) and, on
+        data with ground-truth poses, ``pose_err_deg`` (mean absolute pitch/yaw/roll error, degrees)."""
         from deblur_rotate.face3d.losses import pose_error_deg
 
         dev = self.info.device
@@ -449,10 +831,13 @@ class Face3DStage:
         self.amp.backward(total)
         self.amp.step(self.opt)
         out = {"total": total.detach(), **{k: v.detach() for k, v in terms.items()}}
-        pose = batch["pose"].to(dev).float().flatten(0, 1)
-        out["pose_err_deg"] = pose_error_deg(coeffs.detach()[:, self.face_model.layout.slices()["rotation"]],
-                                               pose).mean()  # mean over pitch, yaw, roll
-        out["lan_px"] = (rendered.landmarks.detach() - landmarks).norm(dim=-1).nanmean()  # mean landmark error
+        if self.has_pose:
+            pose = batch["pose"].to(dev).float().flatten(0, 1)
+            out["pose_err_deg"] = pose_error_deg(coeffs.detach()[:, self.face_model.layout.slices()["rotation"]],
+                                                   pose).mean()  # mean over pitch, yaw, roll
+        err = (rendered.landmarks.detach() - landmarks).norm(dim=-1)  # [2P, 68] pixels, NaN where unknown
+        known = torch.isfinite(err)
+        out["lan_px"] = err.nan_to_num(0.0).sum() / known.sum().clamp_min(1)  # mean over the known points
         return out
 
     # ------------------------------------------------------------------------------------------ images
@@ -542,12 +927,24 @@ def add_parser(stages) -> None:
 
     p = stages.add_parser(
         "face3d", help="stage 4: 3D encoder E_3D (blurry face -> 3DMM coefficients)",
-        description="Train E_3D through the differentiable renderer on a SynthBMFD folder (blurry input; sharp "
-                    "middle frame and its 68 landmarks as targets; pairs of views for L_mview). Writes "
-                    "RUN/face3d_encoder/ at the end. Multi-GPU: launch with torchrun --nproc_per_node N.")
+        description="Train E_3D through the differentiable renderer (blurry input; sharp middle frame and its 68 "
+                    "landmarks as targets; pairs of views for L_mview) on one dataset: SynthBMFD, the multi-view "
+                    "layout (true view pairs), or single-view images / 300VW / VIDTIMIT, whose mirror images are "
+                    "the second view. Real data needs the landmarks of `deblur-rotate prepare` and is rendered with "
+                    "a fixed camera framed like the SynthBMFD rig. Writes RUN/face3d_encoder/ at the end. "
+                    "Multi-GPU: launch with torchrun --nproc_per_node N.")
     p.add_argument("--preset", choices=tuple(PRESET_DEFAULTS), default="tiny",
                    help="encoder size (micro 32 px input, tiny 64, paper 256 with ResNet-50; default tiny)")
-    p.add_argument("--data", required=True, type=Path, help="SynthBMFD folder (`deblur-rotate synth --out DIR`)")
+    p.add_argument("--data", required=True, type=Path,
+                   help="dataset folder: SynthBMFD (`deblur-rotate synth`) or a `deblur-rotate prepare` output "
+                        "(images, 300vw, multiview, vidtimit); one dataset per run")
+    p.add_argument("--kind", choices=DATA_KINDS, default="auto", help="dataset kind (default: auto-detect)")
+    p.add_argument("--model-from", type=Path, default=None,
+                   help="real data: use the procedural model this SynthBMFD folder was rendered with (default: "
+                        "the standard one of `deblur-rotate synth`)")
+    p.add_argument("--focal-factor", type=float, default=None,
+                   help="real data: focal length of the fixed camera in image sides (default 3.5, the SynthBMFD "
+                        "rig's framing)")
     p.add_argument("--bfm", type=Path, default=None,
                    help="Basel Face Model file (01_MorphableModel.mat or BFM_model_front.mat) to use instead of "
                         "the built-in procedural model")
@@ -555,7 +952,9 @@ def add_parser(stages) -> None:
     p.add_argument("--bfm-landmarks", type=Path, default=None, help="68 landmark vertex indices of the BFM mesh")
     p.add_argument("--bfm-modes", type=int, nargs=3, metavar=("N_ID", "N_TEX", "N_EXP"), default=None,
                    help="BFM modes kept (default all; the paper uses 199 199 29)")
-    p.add_argument("--m", type=int, default=32, help="blur half-window: the mean of 2m+1 frames (default 32)")
+    p.add_argument("--m", type=int, default=None,
+                   help="blur half-window: the mean of 2m+1 frames (default: the kind's own, 32 for SynthBMFD and "
+                        "multi-view, 4 for 300VW and VIDTIMIT; stills use a motion kernel)")
     p.add_argument("--stride", type=int, default=1, help="use every stride-th centre frame (default 1)")
     add_common_options(p, batch_help="total images per iteration, two views per instant, so even "
                                      "(default: micro 4, tiny 8, paper 90)")
@@ -574,8 +973,10 @@ def add_parser(stages) -> None:
 
 
 def run_face3d(args) -> int:
+    procedural = None if args.model_from is None else procedural_model_from(args.model_from)
     config = Face3DConfig(
-        preset=args.preset, data=str(args.data), out=str(args.out), bfm=args.bfm, bfm_expression=args.bfm_expression,
+        preset=args.preset, data=str(args.data), out=str(args.out), kind=args.kind, procedural_model=procedural,
+        focal_factor=args.focal_factor, bfm=args.bfm, bfm_expression=args.bfm_expression,
         bfm_landmarks=args.bfm_landmarks, bfm_modes=args.bfm_modes, m=args.m, stride=args.stride, steps=args.steps,
         batch=args.batch, lr=args.lr, lambda_data=args.lambda_data, lambda_edge=args.lambda_edge,
         lambda_id=args.lambda_id, lambda_lan=args.lambda_lan, lambda_mview=args.lambda_mview, lambda_c=args.lambda_c,

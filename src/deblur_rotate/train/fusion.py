@@ -1,7 +1,7 @@
 """Stage 5: the fusion network F (paper §3.5): turn the 5 frame codes of a face to a new viewpoint.
 
 F (:class:`deblur_rotate.models.fusion.FusionNetwork`, ``FCx`` or ``FCxR``) is trained on pairs of views
-u != v of the same instant of a multi-view SynthBMFD folder, with frozen teachers:
+u != v of the same instant, with frozen teachers:
 
     z^u = E_s(the 5 sharp frames of view u)    (--input-codes sharp, default)
         = E_v(the blurry image of view u)      (--input-codes blur: what the pipeline feeds F)
@@ -14,6 +14,19 @@ u != v of the same instant of a multi-view SynthBMFD folder, with frozen teacher
 
 Every pair is used in both directions (u -> v with Δp, v -> u with -Δp) in the same batch. The L1 of the
 latent term is the mean over frames, W+ entries and channels.
+
+Data: one dataset per run (``--kind``, default auto-detected; mixing several datasets in one run is not
+supported here):
+
+* SynthBMFD: all view pairs of every instant (:class:`FusionPairs`), with ground-truth poses.
+* ``multiview`` (the BMFD layout, real multi-view video): the same, true views of one instant
+  (:class:`deblur_rotate.train.face3d.ViewPairs`), usually without poses.
+* single-view ``images`` (stills blurred with a random motion kernel), ``300vw`` / ``video``, ``vidtimit``:
+  view v is the horizontal mirror of view u (paper §4: "for data without multiple views, mirrored frames are
+  used as the second view"). The target codes of the mirrored view are E_s of the mirrored sharp frames, and
+  Δp comes from E_3D on the blurry image and its mirror (about (0, -2 yaw, -2 roll) for a consistent E_3D).
+
+Data without ground-truth poses (all real data) needs ``--pose-source e3d``; ``gt`` is a UserError there.
 
 Choices the paper leaves open, made here and written to RUN/config.json:
 
@@ -43,9 +56,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deblur_rotate.data.blur import mirror_pose  # noqa: F401  (re-exported)
+from deblur_rotate.data.blur import mirror_pose  # re-exported (in __all__)
 from deblur_rotate.errors import UserError
-from deblur_rotate.losses import ordered_latent_loss  # noqa: F401  (re-exported)
+from deblur_rotate.losses import ordered_latent_loss  # re-exported (in __all__)
 from deblur_rotate.train import distributed as dist_utils
 
 __all__ = ["PRESET_DEFAULTS", "FusionConfig", "FusionPairs", "FusionStage", "add_parser", "mirror_pose",
@@ -118,8 +131,9 @@ class FusionConfig:
     """Everything that determines a fusion run (written to RUN/config.json)."""
 
     preset: str = "tiny"  # micro (32 px), tiny (64 px), paper (256 px): code sizes of F and the teachers
-    data: str = ""  # SynthBMFD folder (multi-view)
+    data: str = ""  # dataset folder: SynthBMFD, multiview (true views), or images / 300vw / vidtimit (mirror view)
     out: str = ""  # run folder
+    kind: str = "auto"  # dataset kind (deblur_rotate.train.face3d.DATA_KINDS); auto: detected from the folder
     arch: str = "FC3R"  # F's architecture: FC<x> or FC<x>R (x layers; R: residual)
     sharp_encoder: str = ""  # E_s folder (RUN_ES/sharp_encoder): input (sharp) and target codes
     generator: str = ""  # fine-tuned G folder (RUN_ES/generator): sample grids and the image term
@@ -128,9 +142,9 @@ class FusionConfig:
     pose_source: str = "e3d"  # e3d: E_3D on the blurry images; gt: the dataset's ground-truth poses
     input_codes: str = "sharp"  # sharp: E_s of view u's 5 sharp frames; blur: E_v of view u's blurry image
     split: str = "train"  # SynthBMFD split
-    m: int = 32  # blur half-window in frames (the blurry image is the mean of 2m+1 frames)
-    stride: int = 1  # use every stride-th centre frame
-    mirror: bool = True  # left-right mirrored pairs as well
+    m: int | None = None  # blur half-window in frames (mean of 2m+1 frames); None: the kind's own (32 BMFD, 4 300VW)
+    stride: int = 1  # use every stride-th centre frame (video kinds)
+    mirror: bool = True  # multi-view data: left-right mirrored pairs as well; single-view data needs it (the pair)
     steps: int = 5000  # iterations
     batch: int | None = None  # total training samples (directed pairs) per iteration over all processes; even
     lr: float = 1e-4  # Adam learning rate (the paper's 1e-4)
@@ -167,6 +181,12 @@ class FusionConfig:
         except ValueError as err:
             raise UserError(f"--arch {c.arch!r}: {err}") from None
         c.arch = c.arch.upper()
+        from deblur_rotate.train.face3d import DATA_KINDS
+
+        if c.kind not in DATA_KINDS:
+            raise UserError(f"unknown --kind {c.kind!r}: choose one of {', '.join(DATA_KINDS)}")
+        if c.m is not None and (isinstance(c.m, bool) or int(c.m) < 2 or int(c.m) % 2):
+            raise UserError(f"--m must be an even number >= 2 (got {c.m})")
         if c.pose_source not in ("e3d", "gt"):
             raise UserError(f"--pose-source must be e3d or gt (got {c.pose_source!r})")
         if c.input_codes not in ("sharp", "blur"):
@@ -205,8 +225,10 @@ class FusionStage:
     and the pair data, and runs them through the shared Trainer. ``run()`` writes RUN/fusion/ (EMA weights).
 
     Attributes after construction: ``F`` (bare, on the device), ``F_ema``, ``E_s``, ``E_v`` / ``E_3D`` / ``G``
-    (None when not used), ``dataset`` (:class:`FusionPairs`), ``resolution``, ``opt``, ``trainer``,
-    ``config`` (resolved), ``info``.
+    (None when not used), ``dataset`` (:class:`FusionPairs`, or :class:`deblur_rotate.train.face3d.ViewPairs`
+    for real data), ``reader`` (the SynthBMFD or real-data reader; also ``synth``), ``data_kind``,
+    ``has_pose`` (the data has ground-truth poses), ``resolution``, ``opt``, ``trainer``, ``config`` (resolved;
+    ``kind`` and ``m`` as used), ``info``.
     """
 
     def __init__(self, config: FusionConfig):
@@ -244,7 +266,8 @@ class FusionStage:
             self.E_3D = self._load_teacher("encoders.face3d", c.face3d_encoder, "--face3d-encoder",
                                            "RUN/face3d_encoder of `deblur-rotate train face3d`")
             self._check_face3d_input_size(Path(c.face3d_encoder))
-        self.synth, self.dataset = self._open_data()
+        self.reader, self.dataset = self._open_data()
+        self.synth = self.reader  # (older name)
 
         dist_utils.seed_all(c.seed, per_rank=False)  # the same initial weights on every rank
         self.F = FusionNetwork(**self.f_config).to(dev).train()
@@ -268,7 +291,8 @@ class FusionStage:
                       "blur_encoder_config": None if self.E_v is None else self.E_v.config,
                       "face3d_encoder_config": None if self.E_3D is None else self.E_3D.config,
                       "generator_config": None if self.G is None else self.G.config,
-                      "view_pairs": [list(p) for p in self.dataset.pairs], "dataset_items": len(self.dataset)}
+                      "view_pairs": [list(p) for p in self.dataset.pairs],
+                      "second_view": getattr(self.dataset, "second_view", "true"), "dataset_items": len(self.dataset)}
         run_config.pop("resume", None)
         run_config.pop("progress", None)
         grid_on = c.grid > 0
@@ -329,21 +353,39 @@ class FusionStage:
                             f"{self.config.preset} works at {self.resolution} px; give the E_3D of this preset")
 
     def _open_data(self):
-        """(SynthBMFD at the generator's resolution, FusionPairs); UserError for other dataset kinds."""
+        """(reader, pair dataset at the generator's resolution); sets ``data_kind``, ``has_pose``, ``config.kind``
+        and ``config.m`` (as used). UserError for unusable data, ``--pose-source gt`` on data without poses and
+        ``--no-mirror`` on single-view data."""
         from deblur_rotate.data.readers import detect_kind
         from deblur_rotate.data.synthbmfd import SynthBMFD
+        from deblur_rotate.train.face3d import SINGLE_VIEW_KINDS, open_view_pairs, reader_has_poses
 
         c = self.config
         if not c.data:
-            raise UserError("--data is required: a multi-view SynthBMFD folder (`deblur-rotate synth --out DIR`)")
+            raise UserError("--data is required: a multi-view SynthBMFD folder (`deblur-rotate synth --out DIR`) or "
+                            "real faces (images, 300VW, the multi-view layout, VIDTIMIT; see `deblur-rotate prepare`)")
         root = Path(c.data)
-        kind = detect_kind(root)
-        if kind != "synthbmfd":
-            raise UserError(f"{root} looks like a {kind!r} dataset, but `train fusion` needs a multi-view SynthBMFD "
-                            "folder (the same instant from several calibrated views); generate one with "
-                            "`deblur-rotate synth --out DIR`")
-        synth = SynthBMFD(root, split=c.split, m=c.m, size=self.resolution, stride=c.stride)
-        return synth, FusionPairs(synth, mirror=c.mirror)
+        kind = detect_kind(root) if c.kind == "auto" else c.kind
+        if not root.is_dir():
+            raise UserError(f"dataset folder {root} does not exist")
+        self.data_kind = c.kind = kind
+        if kind == "synthbmfd":
+            c.m = 32 if c.m is None else c.m
+            synth = SynthBMFD(root, split=c.split, m=c.m, size=self.resolution, stride=c.stride)
+            self.has_pose = True
+            return synth, FusionPairs(synth, mirror=c.mirror)
+        if kind in SINGLE_VIEW_KINDS and not c.mirror:
+            raise UserError(f"--no-mirror: {root} holds single-view data ({kind}), whose second view is the mirror "
+                            "image (paper §4); drop --no-mirror, or train on multi-view data")
+        pairs = open_view_pairs(kind, root, size=self.resolution, m=c.m, stride=c.stride, seed=c.seed,
+                                mirror_copies=c.mirror)
+        c.m = getattr(pairs.reader, "m", None)
+        self.has_pose = reader_has_poses(pairs.reader)
+        if c.pose_source == "gt" and not self.has_pose:
+            raise UserError(f"--pose-source gt: {root} ({kind}) has no ground-truth head poses (only SynthBMFD and "
+                            "multi-view folders with a meta.npz per performance do); use --pose-source e3d with "
+                            "--face3d-encoder, which estimates Δp from the blurry images")
+        return pairs.reader, pairs
 
     @torch.no_grad()
     def latent_statistics(self, samples: int) -> tuple[torch.Tensor, float]:
@@ -398,8 +440,9 @@ class FusionStage:
 
         Returns ``inputs [2P, 5, num_ws, w_dim]`` (codes of the source view), ``targets`` (E_s codes of the
         other view, same shape), ``delta_pose [2P, 3]`` radians (source -> other view, from the pose source),
-        ``delta_pose_gt [2P, 3]`` (from the dataset), ``images [2P, 5, 3, R, R]`` (the other view's sharp
-        frames) and ``source_images`` (the source view's sharp frames); rows 0..P-1 are u -> v, P..2P-1 v -> u.
+        ``delta_pose_gt [2P, 3]`` (from the dataset; NaN without poses), ``images [2P, 5, 3, R, R]`` (the other
+        view's sharp frames: for a mirrored pair, the mirrored frames) and ``source_images`` (the source view's
+        sharp frames); rows 0..P-1 are u -> v, P..2P-1 v -> u.
         """
         dev = self.info.device
         blurry = batch["blurry"].to(dev, non_blocking=True).float()      # [P, 2, 3, R, R]
@@ -467,7 +510,7 @@ class FusionStage:
             deg = 180.0 / math.pi
             out["dp_abs_deg"] = t["delta_pose"].abs().mean() * deg
             out["dyaw_abs_deg"] = t["delta_pose"][:, 1].abs().mean() * deg
-            if self.E_3D is not None:
+            if self.E_3D is not None and self.has_pose:  # E_3D's Δp against the ground truth
                 out["dp_error_deg"] = wrap_angle(t["delta_pose"] - t["delta_pose_gt"]).abs().mean() * deg
         return out
 
@@ -540,16 +583,21 @@ class FusionStage:
 def add_parser(stages) -> None:
     """Register ``deblur-rotate train fusion``."""
     from deblur_rotate.train.commands import add_common_options
+    from deblur_rotate.train.face3d import DATA_KINDS
 
     p = stages.add_parser(
         "fusion", help="stage 5: the fusion network F (frame codes + pose change -> codes of another view)",
-        description="Train F on pairs of views u != v of the same instants of a multi-view SynthBMFD folder: "
+        description="Train F on pairs of views u != v of the same instants (SynthBMFD or multi-view folders: true "
+                    "views; single-view images / 300VW / VIDTIMIT: a face and its mirror image, paper §4): "
                     "F(z^u, R^v - R^u) should give E_s's codes of view v (min over the two time orders); both "
                     "directions of every pair are used. The teachers (E_s, E_3D, optional E_v, G) stay frozen. "
                     "Writes RUN/fusion/ (EMA weights) at the end. Multi-GPU: launch with torchrun --nproc_per_node N.")
     p.add_argument("--preset", choices=tuple(PRESET_DEFAULTS), default="tiny",
                    help="code sizes (micro 32 px, tiny 64, paper 256; default tiny)")
-    p.add_argument("--data", required=True, type=Path, help="multi-view SynthBMFD folder (`deblur-rotate synth`)")
+    p.add_argument("--data", required=True, type=Path,
+                   help="dataset folder: SynthBMFD (`deblur-rotate synth`) or a `deblur-rotate prepare` output "
+                        "(multiview, images, 300vw, vidtimit); one dataset per run")
+    p.add_argument("--kind", choices=DATA_KINDS, default="auto", help="dataset kind (default: auto-detect)")
     p.add_argument("--arch", default="FC3R", help="FC<x> or FC<x>R: x layers, R residual (default FC3R)")
     p.add_argument("--sharp-encoder", required=True, type=Path,
                    help="E_s folder (RUN/sharp_encoder of `train sharp-encoder`): input and target codes")
@@ -562,13 +610,17 @@ def add_parser(stages) -> None:
                    help="E_v folder (RUN/blur_encoder of `train blur-encoder`), for --input-codes blur")
     p.add_argument("--pose-source", choices=("e3d", "gt"), default="e3d",
                    help="Δp from E_3D on the blurry images (e3d, default, as at inference) or the data's "
-                        "ground truth (gt)")
+                        "ground truth (gt; SynthBMFD only: real data has no poses)")
     p.add_argument("--input-codes", choices=("sharp", "blur"), default="sharp",
                    help="F's input: E_s of the source view's sharp frames (sharp, default) or E_v of its blurry "
                         "image (blur)")
-    p.add_argument("--m", type=int, default=32, help="blur half-window: the mean of 2m+1 frames (default 32)")
+    p.add_argument("--m", type=int, default=None,
+                   help="blur half-window: the mean of 2m+1 frames (default: the kind's own, 32 for SynthBMFD and "
+                        "multi-view, 4 for 300VW and VIDTIMIT; stills use a motion kernel)")
     p.add_argument("--stride", type=int, default=1, help="use every stride-th centre frame (default 1)")
-    p.add_argument("--no-mirror", dest="mirror", action="store_false", help="no left-right mirrored pairs")
+    p.add_argument("--no-mirror", dest="mirror", action="store_false",
+                   help="multi-view data: no left-right mirrored pairs (single-view data always pairs a face with "
+                        "its mirror)")
     add_common_options(p, batch_help="training samples per iteration, two (u -> v, v -> u) per view pair, so "
                                      "even (default: micro 4, tiny 16, paper 84)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
@@ -588,7 +640,7 @@ def run_fusion(args) -> int:
         return "" if value is None else str(value)
 
     config = FusionConfig(
-        preset=args.preset, data=str(args.data), out=str(args.out), arch=args.arch,
+        preset=args.preset, data=str(args.data), out=str(args.out), kind=args.kind, arch=args.arch,
         sharp_encoder=path(args.sharp_encoder), generator=path(args.generator),
         face3d_encoder=path(args.face3d_encoder), blur_encoder=path(args.blur_encoder), pose_source=args.pose_source,
         input_codes=args.input_codes, m=args.m, stride=args.stride, mirror=args.mirror, steps=args.steps,
