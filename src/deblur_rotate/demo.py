@@ -43,7 +43,8 @@ def _check_out(out: Path) -> None:
 def contact_sheet(rows: list[np.ndarray], row_labels: list[str], col_labels: list[str], pad: int = 2) -> Image.Image:
     """Grid image from rows of uint8 images [C, H, W, 3], with text labels on the left and top."""
     h, w = rows[0].shape[1:3]
-    left, top = 64, 14
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left, top = max(64, int(max(probe.textlength(label) for label in row_labels)) + 8), 14
     sheet = Image.new("RGB", (left + len(col_labels) * (w + pad), top + len(rows) * (h + pad)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
     for c, label in enumerate(col_labels):
