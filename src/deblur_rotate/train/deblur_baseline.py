@@ -13,7 +13,6 @@ at the end, ``RUN/deblur_baseline/`` (``config.json`` + ``model.safetensors``; t
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -206,11 +205,8 @@ class DeblurBaselineStage:
     def batches(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``(blurry [B, 3, R, R], targets [B, 5, 3, R, R])`` for iterations start_step, start_step + 1, ..."""
         c = self.config
-        sampler = dist_utils.InfiniteSampler(len(self.dataset), seed=c.seed, start=start_step * self.batch_per_rank)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_per_rank, sampler=sampler,
-                                             num_workers=c.workers, pin_memory=self.info.device.type == "cuda",
-                                             drop_last=True, persistent_workers=False)
-        return iter(loader)
+        return dist_utils.resumable_batches(self.dataset, self.batch_per_rank, c.seed, start_step, c.workers,
+                                            self.info.device)
 
     # ------------------------------------------------------------------------------------------ step
     def step_fn(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
@@ -244,17 +240,12 @@ class DeblurBaselineStage:
 
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """Writes RUN/samples/step-XXXXXXXX.png (rank 0) and returns the grid for TensorBoard."""
-        from torchvision.utils import make_grid
 
-        from deblur_rotate.files import save_png, to_uint8
 
         imgs = self.predict_grid()
-        grid = make_grid(imgs, nrow=11, padding=2, pad_value=-1.0)  # [3, H', W']
-        folder = self.out / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".step-{step:08d}.png.tmp"
-        save_png(tmp, to_uint8(grid), compress_level=6)
-        os.replace(tmp, folder / f"step-{step:08d}.png")
+        from deblur_rotate.train.loop import write_sample_grid
+
+        write_sample_grid(self.out, step, imgs, nrow=11)
         return {"deblur": imgs}
 
     # ------------------------------------------------------------------------------------------ run

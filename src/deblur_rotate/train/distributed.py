@@ -267,3 +267,13 @@ class InfiniteSampler(torch.utils.data.Sampler):
                 epoch, order = e, self._order(e)
             yield int(order[offset])
             pos += self.world_size
+
+
+def resumable_batches(dataset: torch.utils.data.Dataset, batch_size: int, seed: int, start_step: int,
+                      workers: int, device: torch.device):
+    """An endless iterator of this rank's batches (``batch_size`` items each) for iterations ``start_step``,
+    ``start_step + 1``, ... exactly as an uninterrupted run would draw them (:class:`InfiniteSampler`)."""
+    sampler = InfiniteSampler(len(dataset), seed=seed, start=start_step * batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=False)
+    return iter(loader)

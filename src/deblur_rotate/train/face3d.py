@@ -761,11 +761,8 @@ class Face3DStage:
     def batches(self, start_step: int) -> Iterator[dict]:
         """Batches of ``pairs_per_rank`` view pairs for iterations start_step, start_step + 1, ..."""
         c = self.config
-        sampler = dist_utils.InfiniteSampler(len(self.dataset), seed=c.seed, start=start_step * self.pairs_per_rank)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.pairs_per_rank, sampler=sampler,
-                                             num_workers=c.workers, pin_memory=self.info.device.type == "cuda",
-                                             drop_last=True, persistent_workers=False)
-        return iter(loader)
+        return dist_utils.resumable_batches(self.dataset, self.pairs_per_rank, c.seed, start_step, c.workers,
+                                            self.info.device)
 
     # ------------------------------------------------------------------------------------------ step
     def predict(self, blurry: torch.Tensor, encoder: torch.nn.Module | None = None) -> torch.Tensor:
@@ -853,10 +850,8 @@ class Face3DStage:
     @torch.no_grad()
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """Writes RUN/samples/step-XXXXXXXX.png: rows input (blurry), render, target; returns it for TensorBoard."""
-        from torchvision.utils import make_grid
 
         from deblur_rotate.face3d.losses import render_coefficients_image
-        from deblur_rotate.files import save_png, to_uint8
 
         dev = self.info.device
         data = self._grid_inputs()
@@ -870,12 +865,9 @@ class Face3DStage:
         rendered = render_coefficients_image(self.face_model, coeffs, self.camera_matrix, self.image_size,
                                              edge_softness_px=self.config.edge_softness)
         rows = torch.cat([blurry, rendered.image.clamp(-1, 1), target]).cpu()
-        grid = make_grid(rows, nrow=blurry.shape[0], padding=2, pad_value=-1.0)  # [3, H', W']
-        folder = self.out / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".step-{step:08d}.png.tmp"
-        save_png(tmp, to_uint8(grid), compress_level=6)
-        os.replace(tmp, folder / f"step-{step:08d}.png")
+        from deblur_rotate.train.loop import write_sample_grid
+
+        grid = write_sample_grid(self.out, step, rows, nrow=blurry.shape[0])
         return {"face3d/input_render_target": grid}
 
     # ------------------------------------------------------------------------------------------ run

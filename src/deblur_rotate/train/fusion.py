@@ -48,7 +48,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -419,11 +418,8 @@ class FusionStage:
     def batches(self, start_step: int) -> Iterator[dict]:
         """Batches of ``pairs_per_rank`` view pairs for iterations start_step, start_step + 1, ..."""
         c = self.config
-        sampler = dist_utils.InfiniteSampler(len(self.dataset), seed=c.seed, start=start_step * self.pairs_per_rank)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.pairs_per_rank, sampler=sampler,
-                                             num_workers=c.workers, pin_memory=self.info.device.type == "cuda",
-                                             drop_last=True, persistent_workers=False)
-        return iter(loader)
+        return dist_utils.resumable_batches(self.dataset, self.pairs_per_rank, c.seed, start_step, c.workers,
+                                            self.info.device)
 
     # ------------------------------------------------------------------------------------------ teachers
     @torch.no_grad()
@@ -529,9 +525,7 @@ class FusionStage:
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """RUN/samples/step-XXXXXXXX.png: per view pair (u -> v), three rows of 5 frames: view u's sharp
         frames, G(F_ema(z^u, Δp)), view v's sharp frames."""
-        from torchvision.utils import make_grid
 
-        from deblur_rotate.files import save_png, to_uint8
 
         t = self.teacher_inputs(self._grid_inputs())
         p = t["inputs"].shape[0] // 2
@@ -540,12 +534,9 @@ class FusionStage:
         frames = self.synthesize(rotated).clamp(-1, 1)                        # [P, 5, 3, R, R]
         rows = torch.stack([t["source_images"][:p], frames, t["images"][:p]], 1)  # [P, 3, 5, 3, R, R]
         flat = rows.reshape(-1, *frames.shape[2:]).cpu()
-        grid = make_grid(flat, nrow=frames.shape[1], padding=2, pad_value=-1.0)
-        folder = self.out / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".step-{step:08d}.png.tmp"
-        save_png(tmp, to_uint8(grid), compress_level=6)
-        os.replace(tmp, folder / f"step-{step:08d}.png")
+        from deblur_rotate.train.loop import write_sample_grid
+
+        grid = write_sample_grid(self.out, step, flat, nrow=frames.shape[1])
         return {"fusion/input_rotated_target": grid[None]}
 
     # ------------------------------------------------------------------------------------------ run

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -298,11 +297,8 @@ class GeneratorStage:
     def batches(self, start_step: int) -> Iterator[torch.Tensor]:
         """Real batches [B_rank, 3, R, R] in [-1, 1] for iterations start_step, start_step + 1, ..."""
         c = self.config
-        sampler = dist_utils.InfiniteSampler(len(self.dataset), seed=c.seed, start=start_step * self.batch_per_rank)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_per_rank, sampler=sampler,
-                                             num_workers=c.workers, pin_memory=self.info.device.type == "cuda",
-                                             drop_last=True, persistent_workers=False)
-        return iter(loader)
+        return dist_utils.resumable_batches(self.dataset, self.batch_per_rank, c.seed, start_step, c.workers,
+                                            self.info.device)
 
     # ------------------------------------------------------------------------------------------ step
     def _sample_ws(self, n: int, mapping: nn.Module | None = None) -> torch.Tensor:
@@ -395,18 +391,13 @@ class GeneratorStage:
 
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """Writes RUN/samples/step-XXXXXXXX.png (rank 0 only calls it) and returns the grid for TensorBoard."""
-        from torchvision.utils import make_grid
 
-        from deblur_rotate.files import save_png, to_uint8
 
         imgs = self.sample_grid()
         nrow = max(1, math.ceil(math.sqrt(imgs.shape[0])))
-        grid = make_grid(imgs.cpu(), nrow=nrow, padding=2, pad_value=-1.0)  # [3, H', W']
-        folder = self.out / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".step-{step:08d}.png.tmp"
-        save_png(tmp, to_uint8(grid), compress_level=6)
-        os.replace(tmp, folder / f"step-{step:08d}.png")
+        from deblur_rotate.train.loop import write_sample_grid
+
+        write_sample_grid(self.out, step, imgs.cpu(), nrow=nrow)
         return {"samples": imgs}
 
     # ------------------------------------------------------------------------------------------ run

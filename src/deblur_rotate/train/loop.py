@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -70,9 +71,25 @@ from deblur_rotate.train.checkpoint import (
     write_checkpoint,
 )
 
-__all__ = ["MixedPrecision", "StepFn", "Trainer", "ema_update"]
+__all__ = ["MixedPrecision", "StepFn", "Trainer", "ema_update", "write_sample_grid"]
 
 StepFn = Callable[[Any, int], Mapping[str, "torch.Tensor | float"]]
+
+
+def write_sample_grid(run_dir: str | Path, step: int, images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """Write ``images [K, 3, H, W]`` in [-1, 1] as one grid of ``nrow`` per row, black padding, to
+    ``run_dir/samples/step-XXXXXXXX.png`` (atomically: temp file + rename); returns the grid [3, H', W']."""
+    from torchvision.utils import make_grid
+
+    from deblur_rotate.files import save_png, to_uint8
+
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=-1.0)  # [3, H', W']
+    folder = Path(run_dir) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".step-{step:08d}.png.tmp"
+    save_png(tmp, to_uint8(grid), compress_level=6)
+    os.replace(tmp, folder / f"step-{step:08d}.png")
+    return grid
 
 
 @torch.no_grad()

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -306,11 +305,8 @@ class SharpEncoderStage:
     def batches(self, start_step: int) -> Iterator[dict]:
         """Batches {image [B, 3, R, R], chip [B, 2, 3]} for iterations start_step, start_step + 1, ..."""
         c = self.config
-        sampler = dist_utils.InfiniteSampler(len(self.dataset), seed=c.seed, start=start_step * self.batch_per_rank)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_per_rank, sampler=sampler,
-                                             num_workers=c.workers, pin_memory=self.info.device.type == "cuda",
-                                             drop_last=True, persistent_workers=False)
-        return iter(loader)
+        return dist_utils.resumable_batches(self.dataset, self.batch_per_rank, c.seed, start_step, c.workers,
+                                            self.info.device)
 
     # ------------------------------------------------------------------------------------------ losses
     def reconstruction_losses(self, recon: torch.Tensor, target: torch.Tensor, chips: torch.Tensor,
@@ -367,18 +363,13 @@ class SharpEncoderStage:
     @torch.no_grad()
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """RUN/samples/step-XXXXXXXX.png: targets (top row) over EMA reconstructions (bottom row)."""
-        from torchvision.utils import make_grid
 
-        from deblur_rotate.files import save_png, to_uint8
 
         target = self.grid_batch["image"]
         recon = self.G_ema.synthesis(self.E_ema(target), noise_mode="const").float().clamp(-1, 1)
-        grid = make_grid(torch.cat([target, recon]).cpu(), nrow=target.shape[0], padding=2, pad_value=-1.0)
-        folder = self.out / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".step-{step:08d}.png.tmp"
-        save_png(tmp, to_uint8(grid), compress_level=6)
-        os.replace(tmp, folder / f"step-{step:08d}.png")
+        from deblur_rotate.train.loop import write_sample_grid
+
+        write_sample_grid(self.out, step, torch.cat([target, recon]).cpu(), nrow=target.shape[0])
         return {"reconstructions": torch.cat([target, recon])}
 
     # ------------------------------------------------------------------------------------------ run
