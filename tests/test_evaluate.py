@@ -142,7 +142,8 @@ def test_select_instants_spreads_evenly():
 def test_full_run_writes_every_file(full_run):
     out = full_run["out"]
     assert full_run["code"] == 0
-    for name in ["report.md", "report.json", "figure5.png", "error_vs_angle.png"] + [f"table{k}.csv" for k in range(1, 6)]:
+    tables = [f"table{k}.csv" for k in range(1, 6)]
+    for name in ["report.md", "report.json", "figure5.png", "error_vs_angle.png", *tables]:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
     text = (out / "report.md").read_text()
@@ -359,3 +360,38 @@ def test_bad_input_is_a_user_error(parts, synth_root, tmp_path, capsys, full_run
     code, _, err = _cli(["--model", tmp_path / "nomodel", "--data", synth_root, "--out", tmp_path / "r4"], capsys)
     assert code == 2 and "does not exist" in err
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()  # nothing written on errors
+
+
+def test_quality_targets_equal_a_direct_computation(full_run, synth_root):
+    """report.json's quality targets: same-view PSNR (better order per sequence, every view) and the blurry
+    reference recomputed by hand; goals and met flags follow the bar; stdout carries `name: value` lines."""
+    from deblur_rotate.data.synthbmfd import SynthBMFD
+    from deblur_rotate.evaluate.metrics import psnr
+    from deblur_rotate.evaluate.tables import quantize
+    from deblur_rotate.pipeline import DeblurRotatePipeline
+
+    report = json.loads((full_run["out"] / "report.json").read_text())
+    quality = {q["name"]: q for q in report["quality_targets"]}
+    assert set(quality) == {"same_view_psnr_db", "same_view_landmark_error_pct", "novel_view_psnr_db_30deg",
+                            "novel_view_landmark_error_pct_30deg"}
+    ds = SynthBMFD(synth_root, split="test", m=4, size=32)
+    pipe = DeblurRotatePipeline.from_pretrained(full_run["model"])
+    ours, blurry_ref = [], []
+    for subject, perf, center in [ds.instants[i] for i in select_instants(len(ds.instants), 2)]:
+        for view in (1, 2, 3, 4):
+            s = ds.load(subject, perf, view, center)
+            frames = quantize(pipe.synthesize(pipe.encode(s["blurry"][None])[0]))[0]   # [5, 3, R, R]
+            fwd, bwd = psnr(frames, s["targets"]), psnr(frames.flip(0), s["targets"])
+            ours.append(max(float(fwd.mean()), float(bwd.mean())))
+            blurry_ref.append(float(psnr(quantize(s["blurry"]).expand(5, -1, -1, -1), s["targets"]).mean()))
+    same = quality["same_view_psnr_db"]
+    assert same["value"] == pytest.approx(sum(ours) / len(ours), rel=1e-5)
+    assert same["reference"] == pytest.approx(sum(blurry_ref) / len(blurry_ref), rel=1e-5)
+    assert same["goal"] == pytest.approx(same["reference"] + 3.0)
+    assert same["met"] == (same["value"] >= same["goal"])
+    novel = quality["novel_view_psnr_db_30deg"]
+    assert novel["reference"] is not None and novel["goal"] == pytest.approx(novel["reference"] + 1.0)
+    assert quality["same_view_landmark_error_pct"]["goal"] == 2.5
+    assert quality["novel_view_landmark_error_pct_30deg"]["goal"] == 4.0
+    assert f"same_view_psnr_db: {same['value']!r}" in full_run["stdout"]
+    assert "## Quality targets" in (full_run["out"] / "report.md").read_text()

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the evaluation of parsed ``args`` and write the report; returns the exit status (0)."""
     from deblur_rotate.errors import UserError
-    from deblur_rotate.evaluate.report import check_out_folder, table_markdown, write_report
+    from deblur_rotate.evaluate.report import check_out_folder, quality_lines, table_markdown, write_report
     from deblur_rotate.evaluate.tables import EvaluateOptions, evaluate, plan_tables
 
     check_out_folder(args.out)  # fail before the (long) evaluation
@@ -58,6 +58,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(table_markdown(table))
     for number, reason in sorted(result.skipped.items()):
         print(f"Table {number} skipped: {reason}")
+    for line in quality_lines(result.quality):
+        print(line)
     print(f"report written to {args.out} ({', '.join(p.name for p in written)})")
     print(f"wall time: {result.wall_s:.1f} s for {result.settings['instants']} instants")
     return 0

@@ -75,6 +75,11 @@ def _number(value) -> str:
     return repr(float(value))
 
 
+def _short(value) -> str:
+    """Two decimals, '–' for a missing value (report.md)."""
+    return "–" if value is None or math.isnan(float(value)) else f"{float(value):.2f}"
+
+
 def table_csv(table) -> str:
     """CSV text: label columns, then ``<col>, <col> n, <col> missing`` per value column; NaN written as nan."""
     buffer = io.StringIO()
@@ -115,6 +120,7 @@ def report_json(result) -> dict:
         "tables": {t.key: t.to_json() for t in result.tables},
         "skipped": {f"table{k}": v for k, v in sorted(result.skipped.items())},
         "error_vs_angle": result.angle_curves,
+        "quality_targets": result.quality,
     })
 
 
@@ -127,6 +133,8 @@ def report_markdown(result) -> str:
              f"{s['instants']} instants of {s['instants_in_split']}; device {s['device']}; "
              f"wall time {result.wall_s:.1f} s."), "", "## Protocol", ""]
     lines += [f"- {p}" for p in result.protocol]
+    if result.quality:
+        lines += ["", quality_markdown(result.quality)]
     lines += ["", "## Tables", ""]
     lines.append(f"Requested: {', '.join(map(str, s['tables_requested']))}; computed: "
                  f"{', '.join(map(str, s['tables_run'])) or 'none'}.")
@@ -140,6 +148,32 @@ def report_markdown(result) -> str:
               "another view (dlib landmarks drawn on the first and last frames), and the ground truth."),
               "- `error_vs_angle.png`: landmark error and PSNR against the true yaw change from the input view.", ""]
     return "\n".join(lines)
+
+
+def quality_markdown(quality: list[dict]) -> str:
+    """The quality-target section of report.md: one row per target (see ``tables.quality_targets``)."""
+    lines = ["## Quality targets", "", "| figure | value | reference | goal | met | note |",
+             "|---|---|---|---|---|---|"]
+    for q in quality:
+        if q["met"] is None:
+            met = "not measurable"
+        else:
+            met = "yes" if q["met"] else f"no (short by {abs(q['margin']):.2f})"
+        lines.append(f"| {q['name']} | {_short(q['value'])} | {_short(q['reference'])} | "
+                     f"{q['rule']} {_short(q['goal'])} | {met} | {q['note']} |")
+    return "\n".join(lines) + "\n"
+
+
+def quality_lines(quality: list[dict]) -> list[str]:
+    """``name: value`` lines of the quality targets (value, reference, goal, met), as the benchmarks print."""
+    out = []
+    for q in quality:
+        out.append(f"{q['name']}: {_number(q['value'])}")
+        if q["reference"] is not None:
+            out.append(f"{q['name']}_reference: {_number(q['reference'])}")
+        out.append(f"{q['name']}_goal: {_number(q['goal'])}")
+        out.append(f"{q['name']}_met: {q['met']}")
+    return out
 
 
 def _title(number: int) -> str:
@@ -240,7 +274,8 @@ def _line_plot(curves: dict[str, list[tuple[float, float]]], title: str, xlabel:
     x0, y0, x1, y1 = left, top, w - right, h + legend_h - bottom  # plot area
     draw.rectangle([x0, y0, x1, y1], outline="black")
     if not curves:
-        draw.text((x0 + 20, (y0 + y1) // 2), "no data: its tables did not run, or nothing could be measured", fill="black")
+        draw.text((x0 + 20, (y0 + y1) // 2), "no data: its tables did not run, or nothing could be measured",
+                  fill="black")
         return image
     xs = [x for v in curves.values() for x, _ in v]
     ys = [y for v in curves.values() for _, y in v]

@@ -59,6 +59,7 @@ __all__ = [
     "evaluate",
     "load_resources",
     "plan_tables",
+    "quality_targets",
     "quantize",
     "select_instants",
 ]
@@ -122,6 +123,7 @@ class EvaluationResult:
     protocol: list[str]                    # the evaluation protocol, one paragraph per entry
     figure_samples: list[dict]             # Figure-5 material (uint8 images, landmarks), see collect()
     angle_curves: dict[str, dict[str, list[tuple[float, float]]]]  # panel -> method -> [(Δyaw deg, value)]
+    quality: list[dict] = field(default_factory=list)  # the bundled model's quality targets, see quality_targets()
     wall_s: float = 0.0
 
 
@@ -457,6 +459,9 @@ def collect(res: Resources, tables: Sequence[int], figure_instants: int = 3,
             store.add("t1_det_fwd", lm_err(recon_lm, gt_det))
             store.add("t1_det_bwd", lm_err(recon_lm.flip(1), gt_det))
             store.add("t1_detector", lm_err(gt_det, gt_lm))
+            store.add("t1_psnr_fwd", psnr(recon, targets))                        # [V, 5]
+            store.add("t1_psnr_bwd", psnr(recon.flip(1), targets))
+            store.add("t1_blurry_psnr", psnr(quantize(blurry)[:, None].expand_as(targets), targets))  # [V, 5]
 
         # novel views of the input view (Tables 3-5): [K, 5, 3, R, R] per variant
         novel: dict[str, torch.Tensor] = {}
@@ -658,7 +663,8 @@ def _table2(store: _Store, res: Resources, variants) -> Table:
                      store.cat("t2_gt_rot"))
     gt_views = store.cat("t2_gt_views")
     gt_dyaw = store.cat("t2_gt_dyaw")
-    nearest = ", ".join(f"{a:+.0f}° -> view {int(gt_views[:, j].mode().values)} (true Δyaw {float(gt_dyaw[:, j].mean()):+.1f}°)"
+    nearest = ", ".join(f"{a:+.0f}° -> view {int(gt_views[:, j].mode().values)} "
+                        f"(true Δyaw {float(gt_dyaw[:, j].mean()):+.1f}°)"
                         for j, a in enumerate(IDENTITY_ANGLES_DEG))
     notes = [(f"Input: the blurry image of view {res.input_view} (nearest frontal). Frontal reconstruction: E_v -> G, "
              "middle frame, no rotation; rotated: F(codes, Δp = (0, yaw, 0)), middle frame."),
@@ -802,6 +808,96 @@ def _angle_curves(store: _Store, tables: Sequence[int], variants, res: Resources
     return curves
 
 
+# The bundled model's quality bar (issue 6), checked by every evaluation that computes the tables it needs.
+SAME_VIEW_PSNR_MARGIN_DB = 3.0      # same-view PSNR >= the blurry input's + 3 dB
+SAME_VIEW_LANDMARK_MAX_PCT = 2.5    # same-view landmark error <= 2.5 % of the width (paper: 1.35 %)
+NOVEL_VIEW_PSNR_MARGIN_DB = 1.0     # novel-view (±30°) PSNR >= the cascade's + 1 dB
+NOVEL_VIEW_LANDMARK_MAX_PCT = 4.0   # novel-view (±30°) landmark error <= 4 % of the width (paper: 2.4 %)
+NOVEL_VIEW_YAW_DEG = 30.0           # the novel views of the bar: per side, the target view nearest ±30° of yaw
+
+
+def _target(name: str, value: float, reference: float | None, bound: float, rule: str, note: str) -> dict:
+    """One quality target: ``met`` is None when a value is missing (NaN)."""
+    if rule == "at least reference +":
+        goal = None if reference is None else reference + bound
+        met = None if goal is None or math.isnan(value) or math.isnan(goal) else bool(value >= goal)
+    else:  # "at most"
+        goal = bound
+        met = None if math.isnan(value) else bool(value <= goal)
+    return {"name": name, "value": value, "reference": reference, "goal": goal, "met": met,
+            "rule": "≥" if rule == "at least reference +" else "≤",
+            "margin": None if goal is None or math.isnan(value) else value - goal, "note": note}
+
+
+def _views_nearest_yaw(store: _Store, yaw_deg: float) -> list[int]:
+    """Per side (−, +), the target view whose mean true Δyaw is nearest ±yaw_deg."""
+    views, dyaw = store.cat("other_views"), store.cat("dyaw_deg")
+    if views.numel() == 0:
+        return []
+    means = {int(v): float(dyaw[views == v].mean()) for v in views.unique()}
+    out = []
+    for sign in (-1.0, 1.0):
+        side = {v: m for v, m in means.items() if m * sign > 0}
+        if side:
+            out.append(min(side, key=lambda v: abs(side[v] - sign * yaw_deg)))
+    return out
+
+
+def quality_targets(store: _Store, res: Resources, run: Sequence[int]) -> list[dict]:
+    """The bundled model's quality bar from the collected figures: same-view PSNR against the blurry input and
+    landmark error (Table 1's reconstructions, every view), novel-view PSNR against the cascade and landmark
+    error at the views nearest ±30° of yaw (Tables 5 and 3). Each entry: name, value, reference, goal, met
+    (True/False, None when not measurable), margin (value − goal), note. Targets whose tables did not run are
+    left out."""
+    from deblur_rotate.evaluate.metrics import best_order, nanmean_count
+
+    out: list[dict] = []
+    r = res.resolution
+    if 1 in run:
+        ours = nanmean_count(best_order(store.cat("t1_psnr_fwd"), store.cat("t1_psnr_bwd")).per_frame)["mean"]
+        blurry = nanmean_count(store.cat("t1_blurry_psnr"))["mean"]
+        out.append(_target("same_view_psnr_db", ours, blurry, SAME_VIEW_PSNR_MARGIN_DB, "at least reference +",
+                           "E_v -> G on every view's blurry image, mean over the 5 frames, better time order per "
+                           "sequence; reference: the blurry image against the same 5 frames"))
+        lm = best_order(store.cat("t1_proj_fwd"), store.cat("t1_proj_bwd"), higher_is_better=False).per_frame
+        stats = nanmean_count(lm)
+        out.append(_target("same_view_landmark_error_pct", stats["mean"] * 100.0 / r, None,
+                           SAME_VIEW_LANDMARK_MAX_PCT, "at most",
+                           f"Table 1, ours vs projected ground truth, all frames and views; dlib found a face in "
+                           f"{stats['n']} of {stats['n'] + stats['missing']} generated frames"))
+    near = _views_nearest_yaw(store, NOVEL_VIEW_YAW_DEG)
+    if not near:
+        return out
+    views = store.cat("other_views")
+    sel = torch.zeros(len(views), dtype=torch.bool)
+    for v in near:
+        sel |= views == v
+    dyaw = store.cat("dyaw_deg")
+    where = ", ".join(f"view {v} ({float(dyaw[views == v].mean()):+.1f}°)" for v in near)
+    variants = _variants(res, res.pipe.face3d_encoder is not None)
+    main = variants[0][0] if variants else None
+    if 5 in run and main is not None:
+        def psnr_of(name: str) -> float:
+            pf = best_order(store.cat(f"t5_psnr_fwd/{name}"), store.cat(f"t5_psnr_bwd/{name}")).per_frame
+            return nanmean_count(pf[sel])["mean"]
+
+        cascade_name = next((k.split("/", 1)[1] for k in store.data
+                             if k.startswith("t5_psnr_fwd/cascade")), None)
+        cascade = psnr_of(cascade_name) if cascade_name else None
+        out.append(_target("novel_view_psnr_db_30deg", psnr_of("ours"), cascade, NOVEL_VIEW_PSNR_MARGIN_DB,
+                           "at least reference +",
+                           f"Table 5 'ours', best of both orders, target {where}; reference: the cascade "
+                           f"(DirectDeblurNet + texture warp){'' if cascade_name else ' - not run (no --baseline)'}"))
+    if 3 in run and main is not None and f"t3_fwd/{main}" in store.data:
+        lm = best_order(store.cat(f"t3_fwd/{main}"), store.cat(f"t3_bwd/{main}"), higher_is_better=False).per_frame
+        stats = nanmean_count(lm[sel])
+        out.append(_target("novel_view_landmark_error_pct_30deg", stats["mean"] * 100.0 / r, None,
+                           NOVEL_VIEW_LANDMARK_MAX_PCT, "at most",
+                           f"Table 3, {main}, all frames, target {where}; dlib found a face in {stats['n']} of "
+                           f"{stats['n'] + stats['missing']} generated frames"))
+    return out
+
+
 def build_tables(store: _Store, res: Resources, run: Sequence[int],
                  partial: dict[int, list[str]] | None = None) -> list[Table]:
     """The finished tables from the collected figures (``run``: the table numbers that were collected)."""
@@ -869,6 +965,7 @@ def evaluate(options: EvaluateOptions) -> EvaluationResult:
     }
     result = EvaluationResult(tables=tables, skipped=skipped, settings=settings, protocol=_protocol(res, options),
                               figure_samples=figures,
-                              angle_curves=_angle_curves(store, run, variants, res))
+                              angle_curves=_angle_curves(store, run, variants, res),
+                              quality=quality_targets(store, res, run))
     result.wall_s = time.time() - start
     return result
