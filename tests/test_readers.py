@@ -299,3 +299,27 @@ def test_multiview_reader_matches_synthbmfd_and_open_dataset(tmp_path):
     assert isinstance(open_dataset("multiview", tmp_path / "s", size=32, m=2), MultiViewClips)
     with pytest.raises(UserError, match="unknown dataset kind"):
         open_dataset("ffhq", tmp_path / "s")
+
+
+def test_training_batches_draw_new_kernels_each_pass(tmp_path):
+    """The endless training stream (resumable_batches) hands the epoch to the reader a stage's dataset wraps: a
+    still image gets a new blur kernel on every pass over the data, and a resumed stream draws the same batches."""
+    from deblur_rotate.train.blur_encoder import BlurSequences
+    from deblur_rotate.train.distributed import resumable_batches
+
+    for k in range(2):
+        save_png(tmp_path / f"{k:05d}.png", shifted(k))
+
+    def stream(start_step):
+        data = BlurSequences(StillImages(tmp_path, size=32, seed=3), mirror=False)  # what `train blur-encoder` uses
+        return resumable_batches(data, batch_size=2, seed=0, start_step=start_step, workers=0,
+                                 device=torch.device("cpu"))
+
+    full = stream(0)
+    passes = [next(full) for _ in range(3)]               # batch = one pass over the 2 images
+    def blur_sums(batch):
+        return batch["blurry"].sum(dim=(1, 2, 3)).sort().values
+
+    assert torch.allclose(passes[0]["targets"].sum(), passes[1]["targets"].sum())  # the same images ...
+    assert not torch.allclose(blur_sums(passes[0]), blur_sums(passes[1]), atol=1e-3)  # ... blurred anew
+    assert torch.equal(next(stream(2))["blurry"], passes[2]["blurry"])  # resume: the same batch

@@ -41,6 +41,8 @@ __all__ = [
     "seed_all",
     "rank_generator",
     "InfiniteSampler",
+    "EpochTaggedDataset",
+    "resumable_batches",
 ]
 
 
@@ -242,6 +244,7 @@ class InfiniteSampler(torch.utils.data.Sampler):
         start: int = 0,  # indices already consumed by this rank (resume point)
         rank: int | None = None,  # defaults to this process's rank
         world_size: int | None = None,  # defaults to the number of processes
+        tag_epoch: bool = False,  # yield epoch * length + index (for EpochTaggedDataset) instead of index
     ):
         if length <= 0:
             raise UserError("the dataset is empty: nothing to train on")
@@ -251,6 +254,7 @@ class InfiniteSampler(torch.utils.data.Sampler):
         self.start = int(start)
         self.rank = _rank() if rank is None else int(rank)
         self.world_size = (dist.get_world_size() if _group_active() else 1) if world_size is None else int(world_size)
+        self.tag_epoch = bool(tag_epoch)
 
     def _order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
@@ -265,15 +269,55 @@ class InfiniteSampler(torch.utils.data.Sampler):
             e, offset = divmod(pos, self.length)
             if e != epoch:
                 epoch, order = e, self._order(e)
-            yield int(order[offset])
+            yield int(order[offset]) + (epoch * self.length if self.tag_epoch else 0)
             pos += self.world_size
+
+
+class EpochTaggedDataset(torch.utils.data.Dataset):
+    """Hands the epoch to a reader whose randomness is a function of (seed, epoch, index) (blur kernels of
+    still images, random mirroring; see ``data.readers``) under an endless sampler, which never calls
+    ``set_epoch``: item ``epoch * len(base) + i`` is ``base[i]`` drawn after ``reader.set_epoch(epoch)``.
+    ``reader`` is ``base`` itself or the reader a training stage's dataset wraps (its ``.dataset``). Works in
+    DataLoader workers too (each item sets the epoch its copy of the reader needs)."""
+
+    def __init__(self, base: torch.utils.data.Dataset,  # what the batches are drawn from (has __len__)
+                 reader=None):                          # the object with set_epoch(epoch); default: base
+        self.base = base
+        self.reader = base if reader is None else reader
+        self.length = len(base)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, tagged: int):
+        epoch, index = divmod(int(tagged), self.length)
+        if getattr(self.reader, "epoch", None) != epoch:
+            self.reader.set_epoch(epoch)
+        return self.base[index]
+
+
+def epoch_reader(dataset, depth: int = 4):
+    """The object that takes ``set_epoch`` in ``dataset`` or in the readers it wraps (``.dataset``
+    attributes, up to ``depth`` levels), or None."""
+    for _ in range(depth):
+        if dataset is None:
+            return None
+        if callable(getattr(dataset, "set_epoch", None)):
+            return dataset
+        dataset = getattr(dataset, "dataset", None)
+    return None
 
 
 def resumable_batches(dataset: torch.utils.data.Dataset, batch_size: int, seed: int, start_step: int,
                       workers: int, device: torch.device):
     """An endless iterator of this rank's batches (``batch_size`` items each) for iterations ``start_step``,
-    ``start_step + 1``, ... exactly as an uninterrupted run would draw them (:class:`InfiniteSampler`)."""
-    sampler = InfiniteSampler(len(dataset), seed=seed, start=start_step * batch_size)
+    ``start_step + 1``, ... exactly as an uninterrupted run would draw them (:class:`InfiniteSampler`).
+    A dataset (or the reader it wraps) with ``set_epoch`` gets each pass's epoch: new blur kernels and flips
+    on every pass over the data."""
+    reader = epoch_reader(dataset)
+    sampler = InfiniteSampler(len(dataset), seed=seed, start=start_step * batch_size, tag_epoch=reader is not None)
+    if reader is not None:
+        dataset = EpochTaggedDataset(dataset, reader)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == "cuda", drop_last=True, persistent_workers=False)
     return iter(loader)
