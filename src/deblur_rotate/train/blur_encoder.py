@@ -350,11 +350,9 @@ class BlurEncoderStage:
 
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """Writes RUN/samples/step-XXXXXXXX.png (rank 0) and returns the grid for TensorBoard."""
-
-
-        imgs = self.predict_grid()
         from deblur_rotate.train.loop import write_sample_grid
 
+        imgs = self.predict_grid()
         write_sample_grid(self.out, step, imgs, nrow=1 + 2 * NUM_FRAMES)
         return {"blur_encoder": imgs}
 

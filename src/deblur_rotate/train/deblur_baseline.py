@@ -240,11 +240,9 @@ class DeblurBaselineStage:
 
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """Writes RUN/samples/step-XXXXXXXX.png (rank 0) and returns the grid for TensorBoard."""
-
-
-        imgs = self.predict_grid()
         from deblur_rotate.train.loop import write_sample_grid
 
+        imgs = self.predict_grid()
         write_sample_grid(self.out, step, imgs, nrow=11)
         return {"deblur": imgs}
 

@@ -850,8 +850,8 @@ class Face3DStage:
     @torch.no_grad()
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """Writes RUN/samples/step-XXXXXXXX.png: rows input (blurry), render, target; returns it for TensorBoard."""
-
         from deblur_rotate.face3d.losses import render_coefficients_image
+        from deblur_rotate.train.loop import write_sample_grid
 
         dev = self.info.device
         data = self._grid_inputs()
@@ -865,8 +865,6 @@ class Face3DStage:
         rendered = render_coefficients_image(self.face_model, coeffs, self.camera_matrix, self.image_size,
                                              edge_softness_px=self.config.edge_softness)
         rows = torch.cat([blurry, rendered.image.clamp(-1, 1), target]).cpu()
-        from deblur_rotate.train.loop import write_sample_grid
-
         grid = write_sample_grid(self.out, step, rows, nrow=blurry.shape[0])
         return {"face3d/input_render_target": grid}
 

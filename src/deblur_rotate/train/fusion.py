@@ -525,7 +525,7 @@ class FusionStage:
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """RUN/samples/step-XXXXXXXX.png: per view pair (u -> v), three rows of 5 frames: view u's sharp
         frames, G(F_ema(z^u, Δp)), view v's sharp frames."""
-
+        from deblur_rotate.train.loop import write_sample_grid
 
         t = self.teacher_inputs(self._grid_inputs())
         p = t["inputs"].shape[0] // 2
@@ -534,8 +534,6 @@ class FusionStage:
         frames = self.synthesize(rotated).clamp(-1, 1)                        # [P, 5, 3, R, R]
         rows = torch.stack([t["source_images"][:p], frames, t["images"][:p]], 1)  # [P, 3, 5, 3, R, R]
         flat = rows.reshape(-1, *frames.shape[2:]).cpu()
-        from deblur_rotate.train.loop import write_sample_grid
-
         grid = write_sample_grid(self.out, step, flat, nrow=frames.shape[1])
         return {"fusion/input_rotated_target": grid[None]}
 

@@ -391,12 +391,10 @@ class GeneratorStage:
 
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """Writes RUN/samples/step-XXXXXXXX.png (rank 0 only calls it) and returns the grid for TensorBoard."""
-
+        from deblur_rotate.train.loop import write_sample_grid
 
         imgs = self.sample_grid()
         nrow = max(1, math.ceil(math.sqrt(imgs.shape[0])))
-        from deblur_rotate.train.loop import write_sample_grid
-
         write_sample_grid(self.out, step, imgs.cpu(), nrow=nrow)
         return {"samples": imgs}
 

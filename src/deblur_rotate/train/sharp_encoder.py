@@ -363,12 +363,10 @@ class SharpEncoderStage:
     @torch.no_grad()
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """RUN/samples/step-XXXXXXXX.png: targets (top row) over EMA reconstructions (bottom row)."""
-
+        from deblur_rotate.train.loop import write_sample_grid
 
         target = self.grid_batch["image"]
         recon = self.G_ema.synthesis(self.E_ema(target), noise_mode="const").float().clamp(-1, 1)
-        from deblur_rotate.train.loop import write_sample_grid
-
         write_sample_grid(self.out, step, torch.cat([target, recon]).cpu(), nrow=target.shape[0])
         return {"reconstructions": torch.cat([target, recon])}
 
