@@ -14,12 +14,23 @@ References printed beside it:
 * ``blurry_psnr_db*``: view k's own blurry image against its 5 sharp frames (what a deblurrer starts from);
 * ``same_view_*``: G(E_v(x)) against the input view's own sharp frames (no rotation asked).
 
+Gains and motion, per target view k: ``novel_view_psnr_gain_db`` = novel-view PSNR minus view k's blurry
+PSNR (the issue-12 figure: is the rotated output better than the blurry photo a camera at view k would
+have taken?), ``novel_view_ssim_gain`` likewise, ``novel_view_motion_ratio`` (frame-to-frame change of the
+rotated frames over that of view k's sharp frames, see :func:`deblur_rotate.evaluate.metrics.motion_ratio`),
+and ``face_detection_rate_generated`` / ``face_detection_rate_true`` (dlib's HOG detector on the rotated
+frames / on view k's sharp frames, upscaled to 256 px; skipped with ``--no-face-detection``).
+
+The data may be any SynthBMFD-layout folder at any stored size (frames are resized to G's resolution);
+``--model`` takes a whole model folder instead of the network folders.
+
 Aggregates: over all other views, over the views within ±35° of the input on the rig (``_within_35deg``;
 rotations of up to ~30°), and per target view (``_view_<k>``). Prints ``name: value`` lines::
 
     python benchmarks/novel_view_quality.py --blur-encoder runs/ev/blur_encoder --fusion runs/f/fusion \\
         --generator runs/es/generator --face3d-encoder runs/e3d/face3d_encoder --data data/synthbmfd --limit 24
     python benchmarks/novel_view_quality.py ... --pose-source gt     # ground-truth poses, no E_3D
+    python benchmarks/novel_view_quality.py --model src/deblur_rotate/assets/model --data data/seed99 --split all
 """
 from __future__ import annotations
 
@@ -49,6 +60,16 @@ def _load(args):
     from deblur_rotate.models.io import load_pretrained
     from deblur_rotate.pipeline import DeblurRotatePipeline
 
+    if args.model is not None:
+        if not (args.model / "pipeline.json").is_file():
+            raise UserError(f"--model {args.model} holds no pipeline.json: give a model folder")
+        args.blur_encoder = args.blur_encoder or args.model / "blur_encoder"
+        args.fusion = args.fusion or args.model / "fusion"
+        args.generator = args.generator or args.model / "generator"
+        args.face3d_encoder = args.face3d_encoder or args.model / "face3d_encoder"
+    for option in ("blur_encoder", "fusion", "generator"):
+        if getattr(args, option) is None:
+            raise UserError(f"give --model FOLDER or --{option.replace('_', '-')}")
     if args.pose_source == "e3d" and args.face3d_encoder is None:
         raise UserError("--pose-source e3d needs --face3d-encoder (RUN/face3d_encoder); or pass --pose-source gt")
     device = torch.device(args.device)
@@ -77,7 +98,15 @@ def _load(args):
 @torch.no_grad()
 def evaluate(args) -> dict[str, float]:
     """All figures of the module docstring, as {name: value}."""
-    from deblur_rotate.evaluate.metrics import apply_order, psnr, reverse_frames, ssim, video_metric
+    from deblur_rotate.evaluate.metrics import (
+        apply_order,
+        detect_landmarks,
+        motion_ratio,
+        psnr,
+        reverse_frames,
+        ssim,
+        video_metric,
+    )
     from deblur_rotate.train.fusion import wrap_angle
 
     pipe, data, yaws = _load(args)
@@ -115,12 +144,24 @@ def evaluate(args) -> dict[str, float]:
         choice_un = video_metric(psnr, flat, target)
         ssim_un = apply_order(ssim(flat, target), ssim(reverse_frames(flat), target), choice_un.reversed)
         blurry_psnr = psnr(blurry[idx, None].expand_as(target), target)     # [V-1, 5]
+        blurry_ssim = ssim(blurry[idx, None].expand_as(target), target)     # [V-1, 5]
+        motion = motion_ratio(rotated, target)                              # [V-1]
+        if args.detect_faces:
+            found_gen = detect_landmarks(rotated.cpu()).found.float().mean(1)  # [V-1]
+            found_true = detect_landmarks(target.cpu()).found.float().mean(1)
         for j, k in enumerate(others):
             per_view["novel_view_psnr_db"][k].append(float(choice.per_frame[j].mean()))
             per_view["novel_view_ssim"][k].append(float(ssim_rot[j].mean()))
             per_view["unrotated_psnr_db"][k].append(float(choice_un.per_frame[j].mean()))
             per_view["unrotated_ssim"][k].append(float(ssim_un[j].mean()))
             per_view["blurry_psnr_db"][k].append(float(blurry_psnr[j].mean()))
+            per_view["blurry_ssim"][k].append(float(blurry_ssim[j].mean()))
+            per_view["novel_view_psnr_gain_db"][k].append(float(choice.per_frame[j].mean() - blurry_psnr[j].mean()))
+            per_view["novel_view_ssim_gain"][k].append(float(ssim_rot[j].mean() - blurry_ssim[j].mean()))
+            per_view["novel_view_motion_ratio"][k].append(float(motion[j]))
+            if args.detect_faces:
+                per_view["face_detection_rate_generated"][k].append(float(found_gen[j]))
+                per_view["face_detection_rate_true"][k].append(float(found_true[j]))
             per_view["dyaw_deg"][k].append(float(dp[j, 1]) * 180 / math.pi)
         same = video_metric(psnr, unrotated, sharp[src:src + 1])
         same_psnr.append(float(same.per_frame.mean()))
@@ -131,7 +172,11 @@ def evaluate(args) -> dict[str, float]:
 
     out: dict[str, float] = {"instants": len(instants), "input_view": args.input_view,
                              "pose_source": args.pose_source}
-    for name in ("novel_view_psnr_db", "novel_view_ssim", "unrotated_psnr_db", "unrotated_ssim", "blurry_psnr_db"):
+    names = ["novel_view_psnr_db", "novel_view_ssim", "unrotated_psnr_db", "unrotated_ssim", "blurry_psnr_db",
+             "blurry_ssim", "novel_view_psnr_gain_db", "novel_view_ssim_gain", "novel_view_motion_ratio"]
+    if args.detect_faces:
+        names += ["face_detection_rate_generated", "face_detection_rate_true"]
+    for name in names:
         out[name] = _mean([v for k in others for v in per_view[name][k]])
         out[f"{name}_within_35deg"] = _mean([v for k in others if k in near for v in per_view[name][k]])
     out["same_view_psnr_db"] = _mean(same_psnr)
@@ -148,9 +193,11 @@ def evaluate(args) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--blur-encoder", type=Path, required=True, help="E_v folder (RUN/blur_encoder)")
-    ap.add_argument("--fusion", type=Path, required=True, help="F folder (RUN/fusion)")
-    ap.add_argument("--generator", type=Path, required=True, help="fine-tuned G folder (RUN/generator of E_s)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a model folder (pipeline.json + networks), instead of the four network folders")
+    ap.add_argument("--blur-encoder", type=Path, default=None, help="E_v folder (RUN/blur_encoder)")
+    ap.add_argument("--fusion", type=Path, default=None, help="F folder (RUN/fusion)")
+    ap.add_argument("--generator", type=Path, default=None, help="fine-tuned G folder (RUN/generator of E_s)")
     ap.add_argument("--face3d-encoder", type=Path, default=None, help="E_3D folder (RUN/face3d_encoder)")
     ap.add_argument("--pose-source", choices=("e3d", "gt"), default="e3d",
                     help="Δp from E_3D on the blurry views (default) or the ground truth")
@@ -162,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32, help="images per G.synthesis call (default 32)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--no-face-detection", dest="detect_faces", action="store_false",
+                    help="skip the dlib face-detection rates (the slowest part on a CPU)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -16,10 +16,23 @@ repeated 5 times, is scored against the same targets (no order question there). 
   blurry_psnr_db          PSNR of the blurry input
   same_view_ssim, blurry_ssim
   psnr_gain_db            same_view_psnr_db - blurry_psnr_db
+  ssim_gain               same_view_ssim - blurry_ssim
   middle_frame_psnr_db    PSNR of the middle decoded frame against the middle target (order-free)
+  motion_ratio            mean absolute frame-to-frame change of the decoded frames over that of the targets,
+                          per sequence, averaged (1 = as much motion as the truth, 0 = five equal frames;
+                          order-free, see deblur_rotate.evaluate.metrics.motion_ratio)
+  face_detection_rate_generated, face_detection_rate_true
+                          share of decoded frames / of true sharp frames in which dlib's HOG frontal detector
+                          finds a face (frames upscaled bicubically to 256 px first, as the evaluation does)
   reversed_fraction       share of sequences where the reversed order scored the better PSNR
   ms_per_sample           E_v + G time per blurry image (batch --batch, --device)
 
+The data may be any SynthBMFD-layout folder at any stored size (``--data``, e.g. new subjects from
+``deblur-rotate synth --seed 99``): frames are resized to G's resolution on reading. ``--model`` takes a
+whole model folder (``pipeline.json``) instead of ``--blur-encoder`` and ``--generator``.
+
+    python benchmarks/same_view_quality.py --model src/deblur_rotate/assets/model --data data/seed99 \\
+        --split all --limit 240
     python benchmarks/same_view_quality.py --blur-encoder runs/ev/blur_encoder --generator runs/es/generator \\
         --data data/synthbmfd --split test --limit 256
 """
@@ -38,12 +51,27 @@ def _network_folder(folder: Path, name: str) -> Path:
     return folder / name if (folder / name / "config.json").is_file() else folder
 
 
+def model_parts(model: Path | None, blur_encoder: Path | None, generator: Path | None) -> tuple[Path, Path]:
+    """(E_v folder, G folder) from a model folder or the two folders given; UserError when neither is."""
+    from deblur_rotate.errors import UserError
+
+    if model is not None:
+        if not (model / "pipeline.json").is_file():
+            raise UserError(f"--model {model} holds no pipeline.json: give a model folder (RUN/model of "
+                            "`train all`, or src/deblur_rotate/assets/model)")
+        return model / "blur_encoder", model / "generator"
+    if blur_encoder is None or generator is None:
+        raise UserError("give --model FOLDER, or both --blur-encoder and --generator")
+    return blur_encoder, generator
+
+
 @torch.no_grad()
 def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test", limit: int | None = 256,
-             m: int | None = 32, kind: str = "auto", batch: int = 16, device: str = "cpu") -> dict[str, float]:
+             m: int | None = 32, kind: str = "auto", batch: int = 16, device: str = "cpu",
+             detect_faces: bool = True) -> dict[str, float]:
     """The figures listed in the module docstring, as a dict."""
     from deblur_rotate.errors import UserError
-    from deblur_rotate.evaluate.metrics import psnr, ssim, video_metric
+    from deblur_rotate.evaluate.metrics import detect_landmarks, motion_ratio, psnr, ssim, video_metric
     from deblur_rotate.files import from_uint8, to_uint8
     from deblur_rotate.models.io import load_pretrained
     from deblur_rotate.train.blur_encoder import BlurSequences, open_blur_dataset
@@ -58,7 +86,8 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
     count = len(dataset) if not limit else min(int(limit), len(dataset))
     picks = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
 
-    sums = {k: 0.0 for k in ("psnr", "ssim", "blurry_psnr", "blurry_ssim", "middle_psnr", "reversed")}
+    sums = {k: 0.0 for k in ("psnr", "ssim", "blurry_psnr", "blurry_ssim", "middle_psnr", "reversed", "motion",
+                             "found_generated", "found_true")}
     seconds = 0.0
     for start in range(0, count, batch):
         items = [dataset[i] for i in picks[start:start + batch]]
@@ -80,6 +109,10 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
         sums["blurry_ssim"] += float(ssim(repeated, targets).double().mean(1).sum())
         sums["middle_psnr"] += float(psnr(frames[:, 2], targets[:, 2]).double().sum())
         sums["reversed"] += float(by_psnr.reversed.double().sum())
+        sums["motion"] += float(motion_ratio(frames, targets).double().sum())
+        if detect_faces:  # per frame: share of the 5 found, summed over sequences
+            sums["found_generated"] += float(detect_landmarks(frames.cpu()).found.double().mean(1).sum())
+            sums["found_true"] += float(detect_landmarks(targets.cpu()).found.double().mean(1).sum())
     mean = {k: v / count for k, v in sums.items()}
     return {
         "samples": count,
@@ -88,7 +121,11 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
         "same_view_ssim": mean["ssim"],
         "blurry_ssim": mean["blurry_ssim"],
         "psnr_gain_db": mean["psnr"] - mean["blurry_psnr"],
+        "ssim_gain": mean["ssim"] - mean["blurry_ssim"],
         "middle_frame_psnr_db": mean["middle_psnr"],
+        "motion_ratio": mean["motion"],
+        **({"face_detection_rate_generated": mean["found_generated"],
+            "face_detection_rate_true": mean["found_true"]} if detect_faces else {}),
         "reversed_fraction": mean["reversed"],
         "ms_per_sample": 1000.0 * seconds / count,
     }
@@ -96,9 +133,11 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--blur-encoder", required=True, type=Path,
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a model folder (pipeline.json + networks), instead of --blur-encoder/--generator")
+    parser.add_argument("--blur-encoder", type=Path, default=None,
                         help="E_v folder (RUN/blur_encoder of `train blur-encoder`, or the run folder)")
-    parser.add_argument("--generator", required=True, type=Path,
+    parser.add_argument("--generator", type=Path, default=None,
                         help="generator folder E_v was trained with (RUN/generator of `train sharp-encoder`)")
     parser.add_argument("--data", required=True, type=Path, help="dataset folder (SynthBMFD or any reader's layout)")
     parser.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
@@ -108,13 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--m", type=int, default=32, help="blur half-window in frames (default 32)")
     parser.add_argument("--batch", type=int, default=16, help="sequences per forward pass (default 16)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-face-detection", dest="detect_faces", action="store_false",
+                        help="skip the dlib face-detection rates (the slowest part on a CPU)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from deblur_rotate.errors import UserError
 
     try:
-        figures = evaluate(args.blur_encoder, args.generator, args.data, split=args.split, limit=args.limit,
-                           m=args.m, kind=args.kind, batch=max(1, args.batch), device=args.device)
+        blur_encoder, generator = model_parts(args.model, args.blur_encoder, args.generator)
+        figures = evaluate(blur_encoder, generator, args.data, split=args.split, limit=args.limit,
+                           m=args.m, kind=args.kind, batch=max(1, args.batch), device=args.device,
+                           detect_faces=args.detect_faces)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -178,3 +178,18 @@ def test_frame_group_and_view_pair_summaries():
     assert v["1,8"]["mean"] == pytest.approx(4.5) and v["2,7"]["mean"] == pytest.approx(4.5)
     assert v["3,6"] == {"mean": v["3,6"]["mean"], "n": 0, "missing": 1} and math.isnan(v["3,6"]["mean"])
     assert v["all"]["n"] == 6 and v["all"]["mean"] == pytest.approx(27 / 6)
+
+
+def test_motion_ratio_of_still_true_and_doubled_motion():
+    from deblur_rotate.evaluate.metrics import motion_energy, motion_ratio
+
+    t = torch.linspace(-0.5, 0.5, 5).view(1, 5, 1, 1, 1)
+    truth = (t * torch.ones(2, 5, 3, 8, 8)).clone()  # a brightness ramp over time
+    still = truth[:, 2:3].expand_as(truth)
+    assert torch.allclose(motion_energy(truth), torch.full((2,), 0.25))
+    assert torch.allclose(motion_ratio(truth, truth), torch.ones(2))
+    assert torch.allclose(motion_ratio(reverse_frames(truth), truth), torch.ones(2))  # order-free
+    assert torch.allclose(motion_ratio(still, truth), torch.zeros(2))
+    assert torch.allclose(motion_ratio(2 * truth, truth), torch.full((2,), 2.0))
+    with pytest.raises(ValueError):
+        motion_energy(truth[:, :1])

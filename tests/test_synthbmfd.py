@@ -128,3 +128,37 @@ def _empty_split(tmp_path, dataset_root):
         s["split"] = "train"
     (root / "index.json").write_text(json.dumps(index))
     return root
+
+
+def test_load_target_reads_one_frame_equal_to_the_full_sample(dataset_root):
+    ds = SynthBMFD(dataset_root, split="train", m=4)
+    sample = ds[1]
+    for k in range(5):
+        one = ds.load_target(1, k)
+        assert torch.equal(one["image"], sample["targets"][k])
+        assert torch.equal(one["landmarks"], sample["target_landmarks"][k])
+
+
+def test_identity_scale_changes_faces_and_old_folders_still_resume(tmp_path, small_model, dataset_root):
+    import dataclasses
+    import json
+
+    from deblur_rotate.data.synthbmfd import performance_coefficients
+
+    config = _config()
+    wide = dataclasses.replace(config, identity_scale=1.6)
+    base_id = performance_coefficients(small_model, config, 0, 0)[0][0, 0, :small_model.layout.n_id]
+    wide_id = performance_coefficients(small_model, wide, 0, 0)[0][0, 0, :small_model.layout.n_id]
+    assert torch.allclose(wide_id, 1.6 * base_id)
+    with pytest.raises(UserError, match="identity-scale"):
+        dataclasses.replace(config, identity_scale=0).validate()
+    # a folder written before identity_scale existed (marker without the key) resumes with the default
+    root = tmp_path / "old"
+    generate(root, config, progress=False, model=small_model)
+    marker = next(p for p in root.iterdir() if p.name.endswith(".json") and p.name != "index.json")
+    stored = json.loads(marker.read_text())
+    stored.pop("identity_scale")
+    marker.write_text(json.dumps(stored))
+    generate(root, config, progress=False, model=small_model)  # no "other settings" error
+    with pytest.raises(UserError, match="identity_scale"):
+        generate(root, wide, progress=False, model=small_model)

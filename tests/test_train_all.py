@@ -67,3 +67,37 @@ def test_train_all_bad_input(tmp_path, synth_root, capsys):
     code = main(["train", "all", "--preset", "micro", "--data", str(synth_root), "--out", str(tmp_path / "r"),
                  "--steps", "generator"])
     assert code == 2 and "STAGE=N" in capsys.readouterr().err
+
+
+def test_cpu_recipe_skips_the_gan_and_applies_its_settings(tmp_path, synth_root, capsys):
+    """--recipe cpu: no generator stage (E_s trains G from random weights), the recipe's fields reach the
+    stages' config.json, --set overrides one of them, and the model still assembles."""
+    steps = {"sharp_encoder": 2, "blur_encoder": 2, "face3d": 2, "fusion": 2}
+    plan = _plan(synth_root, tmp_path / "run", recipe="cpu", steps=steps,
+                 overrides={"blur_encoder": {"lambda_image": 0.5}})
+    resolved = plan.resolved()
+    assert resolved.steps["generator"] == 0  # from the recipe
+    assert resolved.overrides["blur_encoder"]["lambda_image"] == 0.5
+    assert resolved.overrides["sharp_encoder"]["precision"] == "bf16"
+    model = run_all(plan)
+    printed = capsys.readouterr().out
+    assert "generator: skipped" in printed and (model / "pipeline.json").is_file()
+    es = json.loads((tmp_path / "run" / "sharp_encoder" / "config.json").read_text())
+    assert es["fresh_generator"] is True and es["lambda_id"] == 0.0 and es["precision"] == "bf16"
+    ev = json.loads((tmp_path / "run" / "blur_encoder" / "config.json").read_text())
+    assert ev["lambda_image"] == 0.5
+    assert not (tmp_path / "run" / "generator").exists()
+
+
+def test_set_option_parsing_and_errors(tmp_path, synth_root, capsys):
+    from deblur_rotate.train.all_stages import _parse_overrides
+
+    assert _parse_overrides(["sharp_encoder.lr=5e-4", "fusion.pose-source=gt", "blur_encoder.mirror=false"]) == {
+        "sharp_encoder": {"lr": 5e-4}, "fusion": {"pose_source": "gt"}, "blur_encoder": {"mirror": False}}
+    with pytest.raises(UserError, match="no setting 'speed'"):
+        _plan(synth_root, tmp_path / "r", overrides={"sharp_encoder": {"speed": 1}}).resolved()
+    with pytest.raises(UserError, match="unknown stage"):
+        _plan(synth_root, tmp_path / "r", overrides={"gan": {"lr": 1}}).resolved()
+    code = main(["train", "all", "--preset", "micro", "--data", str(synth_root), "--out", str(tmp_path / "r"),
+                 "--set", "lr=3"])
+    assert code == 2 and "STAGE.FIELD=VALUE" in capsys.readouterr().err

@@ -191,3 +191,21 @@ def test_cli_runs_and_reports_missing_teacher(tmp_path, synth_root, teachers, ca
     assert code == 0
     assert (tmp_path / "ok" / "blur_encoder" / "model.safetensors").is_file()
     assert "E_v written to" in capsys.readouterr().out
+
+
+def test_image_term_on_a_subset_of_frames(tmp_path, synth_root, teachers):
+    """image_frames=2: two of the five frames go through G per step, drawn per step (same draw on resume),
+    and the image term still trains E_v."""
+    stage = BlurEncoderStage(_config(tmp_path, synth_root, teachers, lambda_image=1.0, image_frames=2, grid=0,
+                                     lr=3e-3, mirror=False))
+    picks = [tuple(stage.image_frame_indices(s).tolist()) for s in range(20)]
+    assert all(len(p) == 2 and p[0] < p[1] for p in picks) and len(set(picks)) > 3
+    assert picks == [tuple(stage.image_frame_indices(s).tolist()) for s in range(20)]  # deterministic
+    batch = next(stage.batches(0))
+    first = stage.step_fn(batch, 0)
+    assert {"image", "psnr"} <= set(first)
+    for step in range(1, 15):
+        last = stage.step_fn(batch, step)
+    assert last["total"] < first["total"]
+    with pytest.raises(UserError, match="image-frames"):
+        BlurEncoderStage(_config(tmp_path, synth_root, teachers, image_frames=6))

@@ -309,3 +309,23 @@ def test_infinite_sampler_splits_ranks_and_resumes():
     assert sorted(r0[:5] + r1[:5]) == list(range(10)) and sorted(r0[5:] + r1[5:]) == list(range(10))
     assert r0[:5] != r0[5:]  # a new permutation each epoch
     assert take(InfiniteSampler(10, seed=3, rank=1, world_size=2, start=7), 3) == r1[7:10]
+
+
+def test_mixed_precision_bf16_on_cpu_and_fp16_refused():
+    from deblur_rotate.errors import UserError
+    from deblur_rotate.train.loop import MixedPrecision
+
+    amp = MixedPrecision.from_precision("bf16", "cpu")
+    layer = torch.nn.Linear(4, 4)
+    with amp.autocast():
+        out = layer(torch.randn(2, 4))
+    assert amp.enabled and out.dtype == torch.bfloat16
+    amp.backward(out.float().sum())  # no loss scaling needed for bf16
+    assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32
+    off = MixedPrecision.from_precision("fp32", "cpu")
+    with off.autocast():
+        assert layer(torch.randn(2, 4)).dtype == torch.float32
+    with pytest.raises(UserError, match="bfloat16 only"):
+        MixedPrecision.from_precision("fp16", "cpu")
+    with pytest.raises(UserError, match="must be fp32"):
+        MixedPrecision.from_precision("fp8", "cpu")

@@ -159,3 +159,26 @@ def test_cli_reports_missing_generator(tmp_path, synth_root, capsys):
                  "--no-progress"])
     assert code == 2
     assert "generator folder" in capsys.readouterr().err
+
+
+def test_fresh_generator_trains_as_an_autoencoder_in_bf16(tmp_path, synth_root):
+    """--fresh-generator: no G folder, G starts random, lambda_g is forced to 0; bf16 autocast runs on CPU."""
+    config = _config(tmp_path, synth_root, "", fresh_generator=True, lambda_id=0.0, grid=0, precision="bf16",
+                     lr=3e-3, lr_generator=3e-3, steps=2)
+    stage = SharpEncoderStage(config)
+    assert stage.config.lambda_g == 0.0 and stage.amp.enabled and stage.amp.dtype == torch.bfloat16
+    batch = next(stage.batches(0))
+    first = stage.step_fn(batch, 0)
+    for step in range(1, 30):
+        last = stage.step_fn(batch, step)
+    assert "g_drift" not in last
+    assert last["l1"] < 0.8 * first["l1"]
+    with pytest.raises(UserError, match="fresh-generator"):
+        SharpEncoderStage(_config(tmp_path, synth_root, tmp_path / "g", fresh_generator=True))
+
+
+def test_cli_fresh_generator_and_generator_exclude_each_other(tmp_path, synth_root, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "sharp-encoder", "--preset", "micro", "--data", str(synth_root), "--generator", "g",
+              "--fresh-generator", "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err

@@ -30,6 +30,12 @@ def _add_synth(sub) -> None:
     p.add_argument("--views", type=int, default=8, help="cameras on the rig (default 8)")
     p.add_argument("--rig-span", type=float, default=120.0, help="degrees between the outermost cameras")
     p.add_argument("--supersample", type=int, default=2, help="antialiasing factor (default 2)")
+    p.add_argument("--identity-scale", type=float, default=1.0,
+                   help="spread of the face-shape (identity) coefficients, 1 = the model's own; >1 gives other "
+                        "face proportions, e.g. to test a model on faces unlike its training set (default 1)")
+    p.add_argument("--focal-factor", type=float, default=3.5,
+                   help="framing: focal length in units of the image side; smaller shows the head smaller "
+                        "(default 3.5: the image spans about 29 cm at the head)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.set_defaults(func=_run_synth)
@@ -40,7 +46,8 @@ def _run_synth(args) -> int:
 
     config = SynthConfig(subjects=args.subjects, test_subjects=args.test_subjects, performances=args.performances,
                          size=args.size, fps=args.fps, seconds=args.seconds, views=args.views,
-                         rig_span_deg=args.rig_span, supersample=args.supersample, seed=args.seed)
+                         rig_span_deg=args.rig_span, supersample=args.supersample, seed=args.seed,
+                         identity_scale=args.identity_scale, focal_factor=args.focal_factor)
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1 (got {args.workers})")
     index = generate(args.out, config, workers=args.workers)

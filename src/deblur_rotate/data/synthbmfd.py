@@ -50,6 +50,10 @@ _META_KEYS = {
 }
 
 
+# SynthConfig fields added after format 1 folders were written, with the value those folders were made with
+_FIELDS_ADDED_LATER = {"identity_scale": 1.0}
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Everything that determines a SynthBMFD folder."""
@@ -66,6 +70,7 @@ class SynthConfig:
     focal_factor: float = 3.5  # focal length = size * focal_factor pixels (the image spans ~29 cm at the head)
     supersample: int = 2  # antialiasing factor of the renders
     seed: int = 0
+    identity_scale: float = 1.0  # std of the identity (face-shape) coefficients: >1 gives more extreme proportions
     model: dict = field(default_factory=lambda: {"n_id": 16, "n_exp": 10, "n_tex": 10, "n_lat": 120, "n_lon": 128})
     motion: dict = field(default_factory=dict)  # overrides of MotionConfig fields
 
@@ -98,6 +103,10 @@ class SynthConfig:
             raise UserError(f"--views must be at least 2 (got {self.views})")
         if self.supersample < 1:
             raise UserError(f"--supersample must be at least 1 (got {self.supersample})")
+        if not 0 < self.identity_scale <= 3:
+            raise UserError(f"--identity-scale must be in (0, 3] (got {self.identity_scale})")
+        if not 1 <= self.focal_factor <= 10:
+            raise UserError(f"--focal-factor must be in [1, 10] (got {self.focal_factor})")
 
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, **asdict(self)}
@@ -137,7 +146,7 @@ def performance_coefficients(model, config: SynthConfig, subject_index: int, per
     """
     layout = model.layout
     rng_subject = np.random.default_rng([config.seed, subject_index])
-    id_coeffs = torch.from_numpy(rng_subject.normal(size=layout.n_id)).float()
+    id_coeffs = torch.from_numpy(rng_subject.normal(size=layout.n_id) * config.identity_scale).float()
     tex_coeffs = torch.from_numpy(rng_subject.normal(size=layout.n_tex) * 0.9).float()
     rng = np.random.default_rng([config.seed, subject_index, performance_index + 1])
     motion = MotionConfig(**config.motion)
@@ -247,6 +256,8 @@ def _check_output_folder(root: Path, config: SynthConfig) -> set[str]:
     except (OSError, ValueError) as err:
         raise UserError(f"{marker} is unreadable ({err}); delete the folder {root} and generate again") from err
     current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
+    for key, default in _FIELDS_ADDED_LATER.items():  # folders written before a field existed had its default
+        previous.setdefault(key, default)
     if previous != current:
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         raise UserError(f"{root} holds SynthBMFD generated with other settings ({', '.join(changed)} differ); "
@@ -467,6 +478,17 @@ class SynthBMFD(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.load(*self.items[i])
+
+    def load_target(self, i: int, k: int) -> dict:
+        """Only sharp target ``k`` (0..4) of sample ``i``, reading one PNG instead of the 2m + 1 of the
+        blur window: ``{"image": [3, size, size] in [-1, 1], "landmarks": [68, 2]}``, equal to
+        ``self[i]["targets"][k]`` and ``self[i]["target_landmarks"][k]``."""
+        subject, perf, view, center = self.items[i]
+        frame = target_indices(center, self.m)[k]
+        image = self.load_frames(subject, perf, view, [frame])  # [1, 3, S, S]
+        scale = self.size / self.stored_size
+        landmarks = torch.from_numpy(self._meta(subject, perf)["landmarks"][view - 1, frame])
+        return {"image": _resize(image, self.size)[0], "landmarks": (landmarks + 0.5) * scale - 0.5}
 
     def load_views(self, subject: str, perf: str, center: int, views: list[int]) -> dict:
         """The same instant seen from several views: every tensor gains a leading [len(views)] axis."""

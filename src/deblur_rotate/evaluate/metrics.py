@@ -40,6 +40,8 @@ __all__ = [
     "frame_group_summary",
     "identity_topk",
     "landmark_error",
+    "motion_energy",
+    "motion_ratio",
     "nanmean_count",
     "psnr",
     "reverse_frames",
@@ -174,6 +176,22 @@ def video_metric(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], p
     if pred.dim() != 5:
         raise ValueError(f"expected videos [N, T, 3, H, W], got {tuple(pred.shape)}")
     return best_order(metric(pred, target), metric(reverse_frames(pred), target), higher_is_better)
+
+
+def motion_energy(video: torch.Tensor) -> torch.Tensor:
+    """Mean absolute frame-to-frame change of each video: ``[N, T, 3, H, W]`` in [-1, 1] -> ``[N]``, in
+    [0, 2] (the same in either time order)."""
+    if video.dim() != 5 or video.shape[1] < 2:
+        raise ValueError(f"expected videos [N, T >= 2, 3, H, W], got {tuple(video.shape)}")
+    return (video[:, 1:] - video[:, :-1]).abs().flatten(1).mean(1)
+
+
+def motion_ratio(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """How much of the true motion a predicted video shows: ``motion_energy(pred) / motion_energy(target)``
+    per video, ``[N]`` (1 = as much frame-to-frame change as the truth; 0 = a still image). Order-free:
+    reversing a video leaves its frame-to-frame differences unchanged. pred, target ``[N, T, 3, H, W]``."""
+    _check_pair(pred, target)
+    return motion_energy(pred) / motion_energy(target).clamp_min(eps)
 
 
 # ------------------------------------------------------------------------------------------ landmarks

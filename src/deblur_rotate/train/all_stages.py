@@ -8,6 +8,12 @@
     RUN/model/           the assembled model (pipeline.json + one folder per network; G is stage 2's)
     RUN/train_all.json   the resolved plan, and per stage: steps, wall time, machine
 
+Recipes (``--recipe``): ``paper`` runs every stage with its own defaults (the paper's settings);
+``cpu`` (the default of the ``tiny`` preset) is what the bundled model was trained with on a 2-core CPU:
+no GAN stage (E_s and G train as an autoencoder from random weights), bf16 autocast, no identity or
+perceptual term, higher learning rates, and an image term for E_v. :data:`RECIPES` gives each setting
+with its reason; ``--set STAGE.FIELD=VALUE`` overrides any field of a stage's config.
+
 Rerunning the same command continues where it stopped: a finished stage (its ``done.json`` names the
 steps it trained) is skipped, an interrupted one resumes from its newest checkpoint, and the model
 folder is re-assembled at the end. Asking for more steps than a finished stage trained continues it.
@@ -35,6 +41,37 @@ DEFAULT_STEPS: dict[str, dict[str, int]] = {
 }
 
 
+# Stage settings per recipe: {stage: {config field: value}}; "steps" included. The reasons are the
+# measurements in the bundled model card (MODEL_CARD.md, "Recipe"); the paper preset keeps "paper".
+RECIPES: dict[str, dict[str, dict]] = {
+    "paper": {},  # every stage's own defaults: the paper's losses, weights and learning rates
+    "cpu": {
+        # No GAN stage: 800 CPU iterations of StyleGAN2 gave head-shaped blobs (no face detected in its
+        # samples), and E_s had to undo them. Trained from random weights as the decoder of an autoencoder,
+        # G reaches a better reconstruction in the same time.
+        "generator": {"steps": 0},
+        "sharp_encoder": {
+            "fresh_generator": True,
+            "lambda_id": 0.0,  # dlib's descriptor does not tell our 64 px synthetic subjects apart (README)
+            "lambda_per": 0.0,  # no VGG weights offline; the fallback features cost time and bought nothing
+            "lr": 1e-3, "lr_generator": 2e-3,  # Adam at the usual autoencoder / StyleGAN2 rates, not 1e-4
+            "precision": "bf16",  # 1.4-1.5x per step on AVX-512 BF16 CPUs (benchmarks/train_step_speed.py)
+            "steps": 8000,
+        },
+        "blur_encoder": {
+            "lambda_image": 1.0,  # decoded frames vs sharp targets (order from the latent min): motion, not the mean
+            "image_frames": 3,  # 3 of the 5 frames through G per sample and step (a new draw each step): cheaper
+            "lr": 1e-3,
+            "precision": "bf16",
+            "steps": 3000,
+        },
+        "face3d": {"precision": "bf16", "lambda_id": 0.0, "lr": 5e-4, "steps": 1500},
+        "fusion": {"pose_source": "gt", "lr": 5e-4, "precision": "bf16", "steps": 1500},
+    },
+}
+DEFAULT_RECIPE = {"micro": "paper", "tiny": "cpu", "paper": "paper"}
+
+
 @dataclass
 class TrainAllPlan:
     """What ``train all`` runs (written to RUN/train_all.json)."""
@@ -42,7 +79,9 @@ class TrainAllPlan:
     preset: str = "tiny"
     data: str = ""  # SynthBMFD folder (every stage trains on it)
     out: str = ""  # run folder
-    steps: dict = field(default_factory=dict)  # stage -> iterations (missing: DEFAULT_STEPS)
+    recipe: str | None = None  # RECIPES key (None: DEFAULT_RECIPE of the preset)
+    overrides: dict = field(default_factory=dict)  # stage -> {config field: value}, over the recipe
+    steps: dict = field(default_factory=dict)  # stage -> iterations (missing: the recipe's, then DEFAULT_STEPS)
     batch: dict = field(default_factory=dict)  # stage -> total batch (missing: the stage's preset default)
     m: int | None = None  # blur half-window in frames (None: the data's own, 32 for SynthBMFD)
     fusion_arch: str = "FC3R"
@@ -64,8 +103,49 @@ class TrainAllPlan:
         unknown = (set(self.steps) | set(self.batch)) - set(STAGE_ORDER)
         if unknown:
             raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}: stages are {', '.join(STAGE_ORDER)}")
-        steps = {**DEFAULT_STEPS[self.preset], **{k: int(v) for k, v in self.steps.items()}}
-        return TrainAllPlan(**{**self.__dict__, "steps": steps, "data": str(self.data), "out": str(self.out)})
+        recipe = DEFAULT_RECIPE[self.preset] if self.recipe is None else self.recipe
+        if recipe not in RECIPES:
+            raise UserError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+        unknown = set(self.overrides) - set(STAGE_ORDER)
+        if unknown:
+            raise UserError(f"--set: unknown stage(s) {', '.join(sorted(unknown))}: stages are {', '.join(STAGE_ORDER)}")
+        settings = {stage: {**RECIPES[recipe].get(stage, {}), **self.overrides.get(stage, {})}
+                    for stage in STAGE_ORDER}
+        recipe_steps = {k: int(v.pop("steps")) for k, v in settings.items() if "steps" in v}
+        steps = {**DEFAULT_STEPS[self.preset], **recipe_steps, **{k: int(v) for k, v in self.steps.items()}}
+        for stage, values in settings.items():
+            _check_fields(stage, values)
+        return TrainAllPlan(**{**self.__dict__, "recipe": recipe, "overrides": settings, "steps": steps,
+                               "data": str(self.data), "out": str(self.out)})
+
+
+def _config_class(stage: str):
+    if stage == "generator":
+        from deblur_rotate.train.gan import GeneratorConfig as cls
+    elif stage == "sharp_encoder":
+        from deblur_rotate.train.sharp_encoder import SharpEncoderConfig as cls
+    elif stage == "blur_encoder":
+        from deblur_rotate.train.blur_encoder import BlurEncoderConfig as cls
+    elif stage == "face3d":
+        from deblur_rotate.train.face3d import Face3DConfig as cls
+    else:
+        from deblur_rotate.train.fusion import FusionConfig as cls
+    return cls
+
+
+# fields train all sets itself (from the plan and the stage order); a recipe or --set may not
+_PLAN_FIELDS = {"preset", "data", "out", "generator", "sharp_encoder", "face3d_encoder", "resume", "progress"}
+
+
+def _check_fields(stage: str, values: dict) -> None:
+    """UserError unless every key of ``values`` is a settable field of the stage's config dataclass."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(_config_class(stage))} - _PLAN_FIELDS
+    bad = sorted(set(values) - names)
+    if bad:
+        raise UserError(f"--set {stage}.{bad[0]}: {stage} has no setting {bad[0]!r} "
+                        f"(settings: {', '.join(sorted(names))})")
 
 
 def _stage_done(folder: Path, steps: int, output: Path) -> bool:
@@ -89,6 +169,7 @@ def _common(plan: TrainAllPlan, stage: str, folder: Path) -> dict:
     out = {"out": str(folder), "steps": plan.steps[stage], "seed": plan.seed, "device": plan.device,
            "workers": plan.workers, "progress": plan.progress, "checkpoint_every": plan.checkpoint_every,
            "resume": _has_checkpoint(folder)}
+    out.update(plan.overrides.get(stage, {}))
     if stage in plan.batch:
         out["batch"] = int(plan.batch[stage])
     return out
@@ -108,9 +189,11 @@ def _build(plan: TrainAllPlan, stage: str, run: Path):
     if stage == "sharp_encoder":
         from deblur_rotate.train.sharp_encoder import SharpEncoderConfig, SharpEncoderStage
 
+        fresh = plan.steps["generator"] == 0  # no GAN stage: G starts from random weights
+        common["fresh_generator"] = fresh
         return SharpEncoderStage(SharpEncoderConfig(preset=plan.preset, data=plan.data,
-                                                    generator=str(run / "generator" / "generator"), **m,
-                                                    **common)), folder / "sharp_encoder"
+                                                    generator="" if fresh else str(run / "generator" / "generator"),
+                                                    **m, **common)), folder / "sharp_encoder"
     if stage == "blur_encoder":
         from deblur_rotate.train.blur_encoder import BlurEncoderConfig, BlurEncoderStage
 
@@ -153,8 +236,10 @@ def run_all(plan: TrainAllPlan) -> Path:
 
     from deblur_rotate.files import atomic_write_json
     from deblur_rotate.pipeline import assemble_model
+    from deblur_rotate.train import distributed as dist_utils
 
     plan = plan.resolved()
+    lead = dist_utils.setup(plan.device).rank == 0  # under torchrun only rank 0 writes the plan and the model
     run = Path(plan.out)
     if run.exists() and not run.is_dir():
         raise UserError(f"--out {run} is a file; give a folder for the run")
@@ -170,11 +255,15 @@ def run_all(plan: TrainAllPlan) -> Path:
         folder = run / stage
         steps = plan.steps[stage]
         output = _output_folder(run, stage)
-        if _stage_done(folder, steps, output):
-            print(f"[{number}/5] {stage}: done ({steps} steps), skipped")
+        say = print if lead else (lambda *a, **k: None)
+        if stage == "generator" and steps == 0:
+            say(f"[{number}/5] {stage}: skipped (0 steps: E_s trains G from random weights)")
             continue
-        print(f"[{number}/5] {stage}: {'resuming' if _has_checkpoint(folder) else 'training'} to {steps} steps "
-              f"in {folder}")
+        if _stage_done(folder, steps, output):
+            say(f"[{number}/5] {stage}: done ({steps} steps), skipped")
+            continue
+        say(f"[{number}/5] {stage}: {'resuming' if _has_checkpoint(folder) else 'training'} to {steps} steps "
+            f"in {folder}")
         start = time.time()
         stage_obj, output = _build(plan, stage, run)
         losses = stage_obj.run()
@@ -184,9 +273,13 @@ def run_all(plan: TrainAllPlan) -> Path:
                       "wall_s_total": round(entry.get("wall_s_total", 0.0) + wall, 1),
                       "machine": machine, "last_losses": {k: float(v) for k, v in losses.items()}})
         log["stages"][stage] = entry
-        atomic_write_json(folder / "done.json", {"steps": steps, "output": str(output)})
-        atomic_write_json(log_path, log)
+        if lead:
+            atomic_write_json(folder / "done.json", {"steps": steps, "output": str(output)})
+            atomic_write_json(log_path, log)
+        dist_utils.barrier()
 
+    if not lead:
+        return run / "model"
     size = _resolution(plan.preset)
     crop = training_crop(plan.data, size, plan.m)
     dtype = torch.float16 if plan.model_dtype == "float16" else None
@@ -228,6 +321,23 @@ def _parse_stage_values(items: list[str] | None, what: str) -> dict:
     return out
 
 
+def _parse_overrides(items: list[str] | None) -> dict:
+    """``["sharp_encoder.lr=5e-4", ...]`` -> ``{"sharp_encoder": {"lr": 0.0005}}`` (values parsed as JSON,
+    else kept as strings); UserError on a malformed item."""
+    out: dict[str, dict] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        stage, dot, name = key.partition(".")
+        if not sep or not dot or not stage or not name:
+            raise UserError(f"--set takes STAGE.FIELD=VALUE (e.g. sharp_encoder.lr=5e-4), got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(stage.replace("-", "_"), {})[name.replace("-", "_")] = value
+    return out
+
+
 def add_parser(stages) -> None:
     """Register ``deblur-rotate train all``."""
     p = stages.add_parser(
@@ -238,6 +348,13 @@ def add_parser(stages) -> None:
     p.add_argument("--preset", choices=tuple(DEFAULT_STEPS), default="tiny", help="network sizes (default tiny)")
     p.add_argument("--data", required=True, type=Path, help="SynthBMFD folder")
     p.add_argument("--out", required=True, type=Path, help="run folder (one sub-folder per stage, model/)")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                   help="stage settings: paper (every stage's defaults, the paper's) or cpu (the bundled tiny "
+                        "model's CPU recipe: no GAN stage, bf16, no identity term, an image term for E_v; see "
+                        "RECIPES in train/all_stages.py); default: cpu for --preset tiny, paper otherwise")
+    p.add_argument("--set", dest="overrides", nargs="*", metavar="STAGE.FIELD=VALUE", default=None,
+                   help="override one setting of a stage, e.g. sharp_encoder.lr=5e-4 blur_encoder.lambda_image=2 "
+                        "(values are JSON: numbers, true/false, null, or a plain string)")
     p.add_argument("--steps", nargs="*", metavar="STAGE=N",
                    help=f"iterations per stage, e.g. generator=2000 fusion=500 (stages: {', '.join(STAGE_ORDER)}; "
                         "default per preset)")
@@ -254,7 +371,8 @@ def add_parser(stages) -> None:
 
 
 def _run_cli(args) -> int:
-    plan = TrainAllPlan(preset=args.preset, data=str(args.data), out=str(args.out),
+    plan = TrainAllPlan(preset=args.preset, data=str(args.data), out=str(args.out), recipe=args.recipe,
+                        overrides=_parse_overrides(args.overrides),
                         steps=_parse_stage_values(args.steps, "steps"), batch=_parse_stage_values(args.batch, "batch"),
                         m=args.m, fusion_arch=args.fusion_arch,
                         model_dtype="float16" if args.fp16_model else "float32",

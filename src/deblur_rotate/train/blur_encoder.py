@@ -143,6 +143,7 @@ class BlurEncoderConfig:
     lr: float = 1e-4  # Adam learning rate (the paper's 1e-4)
     latent_loss: str = "l1"  # l1 or l2 distance between code sequences
     lambda_image: float = 0.0  # weight of the L1 between decoded frames and sharp targets (0: off, as the paper)
+    image_frames: int = 5  # frames per sample decoded for the image term (fewer: cheaper; a new draw each step)
     ema_images: float | None = None  # EMA half-life in images (default per preset)
     backbone_weights: str | None = None  # torchvision ResNet weights to start E_v's backbone from
     checkpoint_every: int = 500
@@ -170,6 +171,8 @@ class BlurEncoderConfig:
         for name in ("batch", "checkpoint_every", "log_every"):
             if getattr(c, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
+        if not 1 <= c.image_frames <= NUM_FRAMES:
+            raise UserError(f"--image-frames must be between 1 and {NUM_FRAMES} (got {c.image_frames})")
         for name in ("steps", "lr", "lambda_image", "ema_images", "grid", "workers", "image_every"):
             if getattr(c, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
@@ -218,8 +221,7 @@ class BlurEncoderStage:
         self.E_ema = copy.deepcopy(self.E).eval().requires_grad_(False)
         self.E_ddp = dist_utils.wrap_ddp(self.E)
         self.opt = torch.optim.Adam(self.E.parameters(), lr=c.lr, betas=(0.9, 0.999))
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
-        self.amp = MixedPrecision(enabled=c.precision != "fp32", device=dev, dtype=dtype)
+        self.amp = MixedPrecision.from_precision(c.precision, dev)
         dist_utils.seed_all(c.seed)
 
         count = min(c.grid, len(self.dataset))
@@ -323,9 +325,11 @@ class BlurEncoderStage:
         total = terms["latent"]
         frames = None
         if c.lambda_image > 0:
+            pick = self.image_frame_indices(step)  # [K] frames of this step's image term
             with amp.autocast():
-                frames = self.decode(pred)  # [B, 5, 3, R, R]
-            terms["image"] = (frames - _in_order(targets, rev)).abs().mean()
+                frames = self.decode(pred[:, pick])  # [B, K, 3, R, R]
+            in_order = _in_order(targets, rev)[:, pick]
+            terms["image"] = (frames - in_order).abs().mean()
             total = total + c.lambda_image * terms["image"]
         amp.backward(total)
         amp.step(self.opt)
@@ -333,8 +337,17 @@ class BlurEncoderStage:
         out["total"] = total.detach()
         out["reversed"] = rev.float().mean()  # fraction of samples where the reversed order won
         if frames is not None:
-            out["psnr"] = psnr(frames.detach().flatten(0, 1), _in_order(targets, rev).flatten(0, 1)).mean()
+            out["psnr"] = psnr(frames.detach().flatten(0, 1), in_order.flatten(0, 1)).mean()
         return out
+
+    def image_frame_indices(self, step: int) -> torch.Tensor:
+        """The ``image_frames`` of the 5 frames (sorted indices ``[K]``) decoded for the image term at ``step``:
+        all of them by default; else a draw seeded by (seed, step), the same on every rank and on resume."""
+        k = self.config.image_frames
+        if k >= NUM_FRAMES:
+            return torch.arange(NUM_FRAMES)
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        return torch.randperm(NUM_FRAMES, generator=g)[:k].sort().values
 
     # ------------------------------------------------------------------------------------------ images
     @torch.no_grad()
@@ -423,6 +436,8 @@ def add_parser(stages) -> None:
                    help="distance between code sequences: l1 (mean absolute) or l2 (mean squared); default l1")
     p.add_argument("--lambda-image", type=float, default=0.0,
                    help="weight of an L1 between the decoded frames and the sharp targets (default 0: off)")
+    p.add_argument("--image-frames", type=int, default=5,
+                   help="frames per sample decoded for the image term, drawn anew each step (default 5: all)")
     p.add_argument("--backbone-weights", type=str, default=None,
                    help="torchvision ResNet state dict to start E_v's backbone from")
     p.add_argument("--ema-kimg", type=float, default=None,
@@ -438,6 +453,7 @@ def run_blur_encoder(args) -> int:
         preset=args.preset, data=str(args.data), sharp_encoder=str(args.sharp_encoder), generator=str(args.generator),
         out=str(args.out), kind=args.kind, split=args.split, m=args.m, mirror=args.mirror, jitter=args.jitter,
         steps=args.steps, batch=args.batch, lr=args.lr, latent_loss=args.latent_loss, lambda_image=args.lambda_image,
+        image_frames=args.image_frames,
         ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0, backbone_weights=args.backbone_weights,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
         grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,

@@ -172,8 +172,7 @@ class DeblurBaselineStage:
         self.net_ddp = dist_utils.wrap_ddp(self.net)
         self.net_ema = copy.deepcopy(self.net).eval().requires_grad_(False) if c.ema > 0 else None
         self.opt = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=(0.9, 0.999))
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
-        self.amp = MixedPrecision(enabled=c.precision != "fp32", device=dev, dtype=dtype)
+        self.amp = MixedPrecision.from_precision(c.precision, dev)
         dist_utils.seed_all(c.seed)
 
         # fixed samples for the image grid: evenly spread over the dataset

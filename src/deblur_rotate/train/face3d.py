@@ -682,8 +682,7 @@ class Face3DStage:
         self.E.set_coefficient_prior(offset, scale)
         self.E_ddp = dist_utils.wrap_ddp(self.E)
         self.opt = torch.optim.Adam(self.E.parameters(), lr=c.lr)
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
-        self.amp = MixedPrecision(enabled=c.precision != "fp32", device=dev, dtype=dtype)
+        self.amp = MixedPrecision.from_precision(c.precision, dev)
         self.identity_net = None
         if c.lambda_id > 0:
             from deblur_rotate.models.identity import load_dlib_face_recognition

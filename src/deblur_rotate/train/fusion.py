@@ -245,8 +245,7 @@ class FusionStage:
         self.out = Path(c.out)
         dev = info.device
 
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
-        self.amp = MixedPrecision(enabled=c.precision != "fp32", device=dev, dtype=dtype)
+        self.amp = MixedPrecision.from_precision(c.precision, dev)
         self.f_config = fusion_config(c.preset, c.arch)
         self.resolution = int(stylegan2_config(c.preset, "generator")["img_resolution"])
         self.num_ws, self.w_dim = int(self.f_config["num_ws"]), int(self.f_config["w_dim"])

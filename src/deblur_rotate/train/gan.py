@@ -257,8 +257,7 @@ class GeneratorStage:
         betas = (0.0, 0.99)
         self.opt_G = lazy_adam(self.G.parameters(), c.lr, betas, c.pl_every if c.pl_weight > 0 else None)
         self.opt_D = lazy_adam(self.D.parameters(), c.lr, betas, c.r1_every if c.r1_gamma > 0 else None)
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
-        self.amp = MixedPrecision(enabled=c.precision != "fp32", device=dev, dtype=dtype)
+        self.amp = MixedPrecision.from_precision(c.precision, dev)
         self.pl_state = _TensorState(pl_mean=torch.zeros((), device=dev))
         dist_utils.seed_all(c.seed)  # from here on, per-rank random streams (z, noise)
 

@@ -116,30 +116,45 @@ def ema_update(ema_module: nn.Module, module: nn.Module, beta: float) -> None:
 
 
 class MixedPrecision:
-    """autocast + GradScaler when enabled on a CUDA device; plain fp32 ``backward`` / ``step`` otherwise
-    (on CPU it is always off). The Trainer calls :meth:`update` once per iteration and checkpoints it.
+    """autocast (+ GradScaler for float16) for the step functions; plain fp32 when off.
+
+    * CUDA: float16 (with loss scaling) or bfloat16 autocast.
+    * CPU: bfloat16 autocast only (on CPUs with AVX-512 BF16 / AMX its matmuls run about twice as fast as
+      float32; measured 1.4-1.5x per E_s step on the development machine). float16 on CPU is refused.
 
     Use inside a step function: ``with amp.autocast(): loss = ...``, then ``amp.backward(loss)``,
-    optionally ``amp.unscale_(opt)`` before gradient clipping, then ``amp.step(opt)``.
+    optionally ``amp.unscale_(opt)`` before gradient clipping, then ``amp.step(opt)``. The Trainer calls
+    :meth:`update` once per iteration and checkpoints the scaler.
     """
 
     def __init__(
         self,
-        enabled: bool,  # ask for mixed precision; honoured only on CUDA
+        enabled: bool,  # ask for mixed precision (see the class docstring for what each device supports)
         device: str | torch.device,  # the training device
         dtype: torch.dtype = torch.float16,  # autocast dtype; bfloat16 needs no loss scaling
     ):
         self.device = torch.device(device)
-        self.enabled = bool(enabled) and self.device.type == "cuda"
+        if enabled and self.device.type == "cpu" and dtype != torch.bfloat16:
+            raise UserError("mixed precision on the CPU is bfloat16 only: use --precision bf16 (or fp32)")
+        self.enabled = bool(enabled) and self.device.type in ("cuda", "cpu")
         self.dtype = dtype
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.enabled and self.device.type == "cuda" and dtype == torch.float16)
         self._stepped = False
+
+    @classmethod
+    def from_precision(cls, precision: str, device: str | torch.device) -> MixedPrecision:
+        """``precision`` one of ``fp32`` (off), ``bf16``, ``fp16`` (CUDA only)."""
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if precision not in dtypes:
+            raise UserError(f"--precision must be fp32, bf16 or fp16 (got {precision!r})")
+        return cls(enabled=precision != "fp32", device=device, dtype=dtypes[precision])
 
     def autocast(self):
         """Context manager: autocast to ``dtype`` when enabled, a no-op otherwise."""
         if not self.enabled:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor, **kwargs) -> None:
         """``loss.backward()`` on the (scaled) loss."""

@@ -112,14 +112,18 @@ class SharpFaces(torch.utils.data.Dataset):
 
         i, flip = divmod(int(i), self.copies)
         i, frame = divmod(i, self.frames)
-        sample = self.dataset[i]
-        targets, marks = sample["targets"], sample.get("target_landmarks")
-        if targets.dim() == 5:  # a mirrored pair [2, 5, 3, S, S]: the first view
-            targets, marks = targets[0], None if marks is None else marks[0]
         k = 2 if self.frames == 1 else frame
-        image = targets[k].float()
+        if hasattr(self.dataset, "load_target"):  # SynthBMFD: one PNG, not the whole blur window
+            target = self.dataset.load_target(i, k)
+            image, landmarks = target["image"].float(), target["landmarks"].float()
+        else:
+            sample = self.dataset[i]
+            targets, marks = sample["targets"], sample.get("target_landmarks")
+            if targets.dim() == 5:  # a mirrored pair [2, 5, 3, S, S]: the first view
+                targets, marks = targets[0], None if marks is None else marks[0]
+            image = targets[k].float()
+            landmarks = None if marks is None else marks[k].float()
         size = image.shape[-1]
-        landmarks = None if marks is None else marks[k].float()
         if flip:
             image = image.flip(-1)
             landmarks = None if landmarks is None else mirror_landmarks(landmarks, size)
@@ -138,7 +142,8 @@ class SharpEncoderConfig:
 
     preset: str = "tiny"  # micro (32 px), tiny (64 px), paper (256 px): G's size and E_s's backbone
     data: str = ""  # dataset folder (SynthBMFD, images, 300VW, multi-view)
-    generator: str = ""  # folder of the trained generator (RUN_G/generator)
+    generator: str = ""  # folder of the trained generator (RUN_G/generator); "" with fresh_generator
+    fresh_generator: bool = False  # G starts from random weights: E_s + G train as an autoencoder (no GAN stage)
     out: str = ""  # run folder
     kind: str = "auto"  # dataset kind for open_dataset
     split: str = "train"  # SynthBMFD split
@@ -184,6 +189,10 @@ class SharpEncoderConfig:
         c.g_relax_steps = c.steps // 2 if c.g_relax_steps is None else int(c.g_relax_steps)
         c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
         c.data, c.out, c.generator = str(c.data), str(c.out), str(c.generator)
+        if c.fresh_generator and c.generator:
+            raise UserError("--fresh-generator starts G from random weights: do not also give --generator")
+        if c.fresh_generator:
+            c.lambda_g = 0.0  # nothing to stay near: G_init is random
         for name in ("batch", "checkpoint_every", "log_every"):
             if getattr(c, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
@@ -221,6 +230,7 @@ class SharpEncoderStage:
         self.out = Path(c.out)
         dev = info.device
 
+        dist_utils.seed_all(c.seed, per_rank=False)  # a fresh G is the same on every rank
         self.G = self._load_generator().to(dev)
         self.resolution = self.G.img_resolution
         self.dataset = self._open_data()
@@ -245,8 +255,7 @@ class SharpEncoderStage:
         if c.lr_generator > 0:
             self.opt_G = torch.optim.Adam(self.G.synthesis.parameters(), lr=c.lr_generator, betas=(0.9, 0.999))
             opts["G"] = self.opt_G
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
-        self.amp = MixedPrecision(enabled=c.precision != "fp32", device=dev, dtype=dtype)
+        self.amp = MixedPrecision.from_precision(c.precision, dev)
 
         self.identity_net = load_dlib_face_recognition().to(dev) if c.lambda_id > 0 else None
         self.perceptual = PerceptualFeatures(c.vgg16_weights).to(dev) if c.lambda_per > 0 else None
@@ -279,9 +288,12 @@ class SharpEncoderStage:
         from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
 
         c = self.config
+        if c.fresh_generator:
+            return Generator(**stylegan2_config(c.preset, "generator"))
         if not c.generator:
             raise UserError("--generator is required: the folder of a trained generator "
-                            "(RUN/generator from `deblur-rotate train generator`)")
+                            "(RUN/generator from `deblur-rotate train generator`), or --fresh-generator "
+                            "to train G from random weights as the decoder of an autoencoder")
         folder = Path(c.generator)
         if not folder.is_dir():
             raise UserError(f"generator folder {folder} not found; train one with `deblur-rotate train generator` "
@@ -399,8 +411,13 @@ def add_parser(stages) -> None:
                     "RUN/generator/ (fine-tuned). Multi-GPU: launch with torchrun --nproc_per_node N.")
     p.add_argument("--preset", choices=("micro", "tiny", "paper"), default="tiny", help="network sizes (default tiny)")
     p.add_argument("--data", required=True, type=Path, help="dataset folder: SynthBMFD, images, 300VW or multi-view")
-    p.add_argument("--generator", required=True, type=Path,
-                   help="trained generator folder (RUN/generator of `train generator`)")
+    gen = p.add_mutually_exclusive_group(required=True)
+    gen.add_argument("--generator", type=Path, default=None,
+                     help="trained generator folder (RUN/generator of `train generator`)")
+    gen.add_argument("--fresh-generator", action="store_true",
+                     help="start G from random weights and train E_s + G as an autoencoder (no GAN stage; "
+                          "lambda_g is then 0). The CPU recipe does this: a GAN needs far more iterations "
+                          "than a CPU gives before its G is a useful decoder")
     p.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
     p.add_argument("--m", type=int, default=None,
                    help="blur half-window in frames, sets which sharp targets a sample has (default: the data's own)")
@@ -432,8 +449,8 @@ def add_parser(stages) -> None:
 
 def run_sharp_encoder(args) -> int:
     config = SharpEncoderConfig(
-        preset=args.preset, data=str(args.data), generator=str(args.generator), out=str(args.out), kind=args.kind,
-        m=args.m,
+        preset=args.preset, data=str(args.data), generator="" if args.generator is None else str(args.generator),
+        fresh_generator=args.fresh_generator, out=str(args.out), kind=args.kind, m=args.m,
         all_frames=args.all_frames, mirror=args.mirror, steps=args.steps, batch=args.batch, lr=args.lr,
         lr_generator=args.lr_generator, lambda_l1=args.lambda_l1, lambda_id=args.lambda_id,
         lambda_per=args.lambda_per, lambda_edge=args.lambda_edge, lambda_g=args.lambda_g,
