@@ -4,24 +4,52 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "save_png", "load_png", "to_uint8", "from_uint8"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "save_png", "load_png", "to_uint8", "from_uint8",
+           "current_umask", "apply_umask_mode"]
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux: /proc/self/status);
+    elsewhere it is set and restored at once, under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def apply_umask_mode(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have: ``0o666 & ~umask`` for a file,
+    ``0o777 & ~umask`` for a folder (mkstemp/mkdtemp make them 0600/0700, readable by their owner only)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a reader
-    never sees a half-written file."""
+    never sees a half-written file. The file gets the umask's usual mode (``0o666 & ~umask``), set on the
+    temporary file, so it is in place when the name appears."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        apply_umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

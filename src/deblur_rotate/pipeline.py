@@ -258,12 +258,13 @@ def assemble_model(out: str | os.PathLike, *,
         "extra": dict(extra or {}),
     }
     json.dumps(meta)  # fail on non-JSON extras before writing anything
-    from deblur_rotate.files import atomic_write_json
+    from deblur_rotate.files import apply_umask_mode, atomic_write_json
     from deblur_rotate.models.io import save_pretrained
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        apply_umask_mode(tmp, folder=True)  # mkdtemp makes it 0700: give it a plain mkdir's mode
         for role, module in parts.items():
             if module is None:
                 continue
@@ -275,6 +276,7 @@ def assemble_model(out: str | os.PathLike, *,
                 for side in Path(source).glob("*.json"):
                     if side.name != "config.json":
                         shutil.copy2(side, tmp / role / side.name)
+                        apply_umask_mode(tmp / role / side.name)  # not the source's mode (maybe 0600)
         atomic_write_json(tmp / PIPELINE_FILE, meta)
         _replace_dir(tmp, out)
     except BaseException:
