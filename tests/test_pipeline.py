@@ -362,3 +362,66 @@ def test_assemble_keeps_side_files_of_network_folders(nets, tmp_path):
     out = assemble_model(tmp_path / "model", generator=g, blur_encoder=ev, face3d_encoder=e3_dir, fusion=f,
                          preset="micro")
     assert json.loads((out / "face3d_encoder" / "face_model.json").read_text()) == {"kind": "procedural"}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "umask") or __import__("os").name != "posix", reason="POSIX modes")
+def test_model_folder_gets_the_umask_modes(nets, tmp_path):
+    import os
+    import stat
+
+    g, ev, e3, f = nets
+    old = os.umask(0o022)
+    try:
+        out = assemble_model(tmp_path / "shared", generator=g, blur_encoder=ev, face3d_encoder=e3, fusion=f,
+                             preset="micro")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # not mkdtemp's 0700: other users can read the model
+    for path in out.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+
+
+def _damage(folder, key_of, change):
+    """Rewrite ``folder/model.safetensors`` with ``change(tensor)`` for the first key that ``key_of`` accepts;
+    returns that key."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    state = load_file(str(path))
+    key = next(k for k in sorted(state) if key_of(k, state[k]))
+    state[key] = change(state[key])
+    save_file(state, str(path), metadata=metadata)
+    return key
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "integer"])
+def test_damaged_weights_are_refused(nets, tmp_path, damage):
+    import shutil
+
+    g, ev, e3, f = nets
+    out = assemble_model(tmp_path / "m", generator=g, blur_encoder=ev, face3d_encoder=e3, fusion=f, preset="micro")
+    DeblurRotatePipeline.from_pretrained(out)  # loads while intact
+
+    def change(t):
+        if damage == "integer":
+            return t.round().to(torch.int32)
+        t = t.clone()
+        t.view(-1)[t.numel() // 2] = float("nan") if damage == "nan" else float("inf")
+        return t
+
+    key = _damage(out / "generator", lambda k, t: t.is_floating_point() and t.numel() > 4, change)
+    with pytest.raises(UserError) as info:
+        DeblurRotatePipeline.from_pretrained(out)
+    message = str(info.value)
+    assert str(out / "generator") in message and key in message
+    assert ("integer" in message) if damage == "integer" else ("non-finite" in message)
+    # the training-side loader (checkpoint.load_weights) refuses them too
+    from deblur_rotate.train.checkpoint import load_weights
+
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        load_weights(Generator(**stylegan2_config("micro")), out / "generator")
+    shutil.rmtree(out)

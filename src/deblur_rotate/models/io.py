@@ -13,7 +13,9 @@ A network class that wants to be saved this way
 ``load_pretrained(cls_or_kind, folder, device)`` builds the module from ``config.json`` and loads the
 weights; ``cls_or_kind`` may also be an already built module, whose weights are then replaced (this is
 where a checkpoint of another configuration is caught). Every key or shape mismatch raises
-:class:`deblur_rotate.errors.UserError` naming the missing / unexpected keys and the differing shapes.
+:class:`deblur_rotate.errors.UserError` naming the missing / unexpected keys and the differing shapes, and
+so do damaged values (:func:`check_weight_values`: NaN or Inf in a tensor, an integer tensor where the
+network's is floating point), naming the folder and the tensor.
 """
 
 from __future__ import annotations
@@ -190,8 +192,41 @@ def load_pretrained(cls_or_kind: type | str | nn.Module, folder: str | os.PathLi
 
     state = read_weights(folder)
     check_state_dict(module, state, source=str(folder), source_config=config)
+    check_weight_values(module, state, source=str(folder))
     module.load_state_dict(state, strict=True)
     return module.to(device).eval()
+
+
+def check_weight_values(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise UserError when ``state`` (keys already checked by :func:`check_state_dict`) holds damaged values:
+    a floating-point tensor with NaN or Inf entries (a model with them runs and writes black frames), or an
+    integer / bool tensor where ``module``'s is floating point (``load_state_dict`` would cast it silently).
+    The message names ``source`` and the tensors (at most 5)."""
+    own = module.state_dict()
+    wrong_dtype, non_finite = [], []
+    for key, value in state.items():
+        ref = own.get(key)
+        if ref is not None and ref.is_floating_point() and not (value.is_floating_point() or value.is_complex()):
+            wrong_dtype.append(f"{key} ({str(value.dtype).replace('torch.', '')}, the network's is "
+                               f"{str(ref.dtype).replace('torch.', '')})")
+        elif value.is_floating_point() and value.numel():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                nan = int(torch.isnan(value).sum())
+                what = "NaN" if nan == bad else "Inf" if nan == 0 else "NaN and Inf"
+                non_finite.append(f"{key} ({bad} of {value.numel()} values {what})")
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+    parts = []
+    if non_finite:
+        parts.append(f"non-finite weights in tensor {few(non_finite)}")
+    if wrong_dtype:
+        parts.append(f"integer weights where floating point belongs: tensor {few(wrong_dtype)}")
+    if parts:
+        raise UserError(f"{source}: damaged weights, refusing to load them: " + "; ".join(parts) +
+                        " (a diverged training run or a corrupted file: retrain, or restore the folder)")
 
 
 def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",

@@ -34,8 +34,8 @@ from torch import nn
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import atomic_write_bytes, atomic_write_json
-from deblur_rotate.models.io import (CONFIG_NAME, WEIGHTS_NAME, check_state_dict, read_config, read_weights,
-                                     write_network)
+from deblur_rotate.models.io import (CONFIG_NAME, WEIGHTS_NAME, check_state_dict, check_weight_values, read_config,
+                                     read_weights, write_network)
 
 __all__ = [
     "CONFIG_NAME",
@@ -76,13 +76,15 @@ def save_network(module: nn.Module, folder: str | os.PathLike, config: dict) -> 
 
 def load_weights(module: nn.Module, folder: str | os.PathLike) -> nn.Module:
     """Copy the weights of ``folder/model.safetensors`` into the built ``module`` (any device; a DDP
-    wrapper is unwrapped). Raises UserError naming missing/unexpected keys and shape mismatches."""
+    wrapper is unwrapped). Raises UserError naming missing/unexpected keys and shape mismatches, and tensors
+    with NaN/Inf values or an integer dtype where the network's is floating point."""
     from deblur_rotate.train.distributed import unwrap
 
     folder = Path(folder)
     state = read_weights(folder)
     bare = unwrap(module)
     check_state_dict(bare, state, source=str(folder))
+    check_weight_values(bare, state, source=str(folder))
     bare.load_state_dict(state, strict=True)
     return module
 
