@@ -191,6 +191,26 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert torch.equal(weights["weight"], p0["weight"])
 
 
+def test_resumed_run_keeps_every_logged_step(tmp_path):
+    """TensorBoard purges what the killed run logged after its checkpoint, not the point logged at it."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    killed = Stage(tmp_path / "run", total=10, kill_at=8)  # checkpoints at 3 and 6; losses logged at 2, 4, 6, 8
+    with pytest.raises(KeyboardInterrupt):
+        killed.trainer.train()
+    time.sleep(1.1)  # event files are named by the second: the resumed run's sorts after the killed one's
+    resumed = Stage(tmp_path / "run", total=10)
+    assert resumed.trainer.resume() == 6
+    resumed.trainer.train()
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("loss/mse")]
+    assert steps == [2, 4, 6, 8, 10]  # 6 kept (logged before the checkpoint), the killed run's 8 replaced once
+    assert len(list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))) == 2
+
+
 def test_nan_stops_with_step_and_terms(tmp_path):
     stage = Stage(tmp_path / "run", total=10, checkpoint_every=2, nan_at=5)
     with pytest.raises(UserError) as err:

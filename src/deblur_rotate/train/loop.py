@@ -417,7 +417,9 @@ class Trainer:
                 self._write_run_config()
                 from torch.utils.tensorboard import SummaryWriter
 
-                writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=start if start > 0 else None)
+                # a resumed run purges what the stopped one logged after its checkpoint: steps > start (the
+                # point logged at step `start` itself belongs to the checkpointed state and is kept)
+                writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=start + 1 if start > 0 else None)
                 from tqdm import tqdm
 
                 bar = tqdm(total=self.total_steps, initial=start, disable=not self.progress, dynamic_ncols=True,
