@@ -59,3 +59,64 @@ def test_train_generator_bad_data_is_one_line(tmp_path, capsys):
     assert main(["train", "generator", "--preset", "micro", "--data", str(tmp_path / "missing"),
                  "--out", str(tmp_path / "run2"), "--steps", "1"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_ctrl_c_advice_names_the_command_that_resumes(tmp_path, capsys, monkeypatch):
+    """After Ctrl-C a training stage refuses the same command (its checkpoints exist): the advice must be the
+    command with --resume, and that command must finish the run."""
+    import shlex
+    import types
+
+    import torch
+
+    import deblur_rotate.train.gan as gan
+    from deblur_rotate.train.loop import Trainer
+
+    class FakeStage:
+        """The generator stage's interface around a real Trainer on a toy problem; Ctrl-C at step 5 once."""
+
+        interrupted = False
+
+        def __init__(self, config):
+            self.config = config
+            self.info = types.SimpleNamespace(rank=0)
+
+        def run(self):
+            torch.manual_seed(0)
+            net = torch.nn.Linear(2, 1)
+            opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+            def step_fn(batch, step):
+                if step == 5 and not FakeStage.interrupted:
+                    FakeStage.interrupted = True
+                    raise KeyboardInterrupt
+                loss = (net(batch) - 1).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                return {"l2": loss}
+
+            def data(start):
+                while True:
+                    yield torch.ones(4, 2)
+
+            trainer = Trainer(run_dir=self.config.out, networks={"net": net}, network_configs={"net": {}},
+                              optimizers={"net": opt}, step_fn=step_fn, data=data, total_steps=self.config.steps,
+                              checkpoint_every=2, progress=False)
+            if self.config.resume:
+                trainer.resume()
+            return trainer.train()
+
+    monkeypatch.setattr(gan, "GeneratorStage", FakeStage)
+    data = tmp_path / "data"
+    data.mkdir()
+    argv = ["train", "generator", "--preset", "micro", "--data", str(data), "--out", str(tmp_path / "run"),
+            "--steps", "8", "--no-progress"]
+    assert main(argv) == 130
+    advice = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--resume" in advice and "deblur-rotate train generator" in advice, advice
+    command = shlex.split(advice[advice.index("deblur-rotate"):])
+    assert main(argv) == 2  # what the old advice said: refused
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert main(command[1:]) == 0  # the advised command finishes the run
+    assert "trained 8 steps" in capsys.readouterr().out

@@ -138,8 +138,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted_advice(args, argv: list[str]) -> str:
+    """What to tell the user after Ctrl-C: the command that continues the work.
+
+    A training stage (``train STAGE``, which has ``--resume``) refuses to start again over its own
+    checkpoints, so once one was written the advice is the same command with ``--resume``; everything else
+    (``train all``, ``prepare``, ``synth``) picks up where it stopped when rerun as it was."""
+    import shlex
+
+    out = getattr(args, "out", None)
+    if getattr(args, "command", None) == "train" and hasattr(args, "resume") and out is not None:
+        from deblur_rotate.train.checkpoint import latest_checkpoint
+
+        if args.resume:
+            return "interrupted: the checkpoints are kept; rerun the same command to continue"
+        if latest_checkpoint(Path(out) / "checkpoints") is None:
+            return "interrupted before the first checkpoint: rerun the same command to start again"
+        command = shlex.join(["deblur-rotate", *argv, "--resume"])
+        return f"interrupted: the checkpoints in {out} are kept; continue the run with --resume: {command}"
+    return "interrupted: finished work is kept; rerun the same command to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``deblur-rotate`` command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -150,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
+        print(_interrupted_advice(args, argv), file=sys.stderr)
         return 130
 
 
