@@ -1,6 +1,7 @@
 """`deblur-rotate run`: every promised file, per-input errors, exit codes, whole-run errors."""
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +201,117 @@ def test_helpers(tmp_path):
     paths, problems = list_inputs([str(tmp_path), str(tmp_path / "*.jpg"), str(tmp_path / "none")])
     assert [p.name for p in paths] == ["img1.jpg", "img2.png", "img10.png"]  # natural order, no duplicates
     assert problems == [(str(tmp_path / "none"), "no such file or folder")]
+
+
+def test_non_utf8_names_are_reported_on_a_strict_stdout(tmp_path, model_dir, monkeypatch):
+    import os
+    import sys
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = os.fsdecode(bytes(inputs) + b"/caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    bad = os.fsdecode(bytes(inputs) + b"/bad\xff.png")
+    Image.fromarray(_face_like()).save(good, format="PNG")
+    with open(bad, "wb") as handle:
+        handle.write(b"not an image")
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    stderr = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    out = tmp_path / "out"
+    code = main(["run", "-i", str(inputs), "-o", str(out), "--model", str(model_dir), "--aligned", "--yaw", "0",
+                 "--no-progress"])
+    stdout.flush(), stderr.flush()
+    printed = stdout.buffer.getvalue().decode("utf-8")
+    errors = stderr.buffer.getvalue().decode("utf-8")
+    assert code == 1
+    assert "done: 1 of 2" in printed and "caf\ufffd.png" in printed
+    assert "failed: 1" in errors and "bad\ufffd.png: not a readable image" in errors  # the list is printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert [d["input"] for d in summary["done"]] == [good]  # the exact name survives in the summary
+
+
+def test_run_cleans_stale_partials_and_writes_a_fresh_summary(tmp_path, model_dir, monkeypatch, capsys):
+    import os
+    import subprocess
+    import sys
+
+    import deblur_rotate.run as run_module
+
+    for name in ("a", "b"):
+        Image.fromarray(_face_like(seed=ord(name))).save(tmp_path / f"{name}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = out / f".a.partial-{dead_pid}"  # left by a killed run
+    (stale / "frames").mkdir(parents=True)
+    (stale / "frames" / "frame_1.png").write_bytes(b"half")
+    live = out / f".b.partial-{os.getppid()}"  # another run still at work: not ours to remove
+    live.mkdir()
+    (out / "summary.json").write_text(json.dumps({"done": [{"input": "old.png"}], "failed": []}))
+
+    real = run_module.process_input
+
+    def killed_at_b(path, *args, **kwargs):
+        if path.name == "b.png":
+            raise KeyboardInterrupt  # Ctrl-C during the second input
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "process_input", killed_at_b)
+    argv = ["run", "-i", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--model", str(model_dir),
+            "--aligned", "--yaw", "0", "--no-progress"]
+    assert main(argv) == 130
+    assert not stale.exists() and live.is_dir()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False  # not the old run's, and marked as unfinished
+    assert [d["input"] for d in summary["done"]] == [str(tmp_path / "a.png")]
+    monkeypatch.setattr(run_module, "process_input", real)
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True and len(summary["done"]) == 2 and summary["inputs"] == 2
+    capsys.readouterr()
+
+
+def test_gif_in_a_folder_is_read_by_its_first_frame(tmp_path, model_dir, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    first = _face_like(seed=1)
+    second = 255 - first
+    Image.fromarray(first).save(inputs / "anim.gif", save_all=True,
+                                append_images=[Image.fromarray(second)], duration=100, loop=0)
+    Image.fromarray(_face_like(seed=2)).save(inputs / "still.png")
+    out = tmp_path / "out"
+    code = main(["run", "-i", str(inputs), "-o", str(out), "--model", str(model_dir), "--aligned", "--yaw", "0",
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(Path(d["input"]).name for d in summary["done"]) == ["anim.gif", "still.png"]
+    seen = np.asarray(Image.open(out / "anim" / "input.png")).astype(float)
+    size = seen.shape[0]
+    near = [np.abs(seen - np.asarray(Image.fromarray(f).resize((size, size), Image.LANCZOS))).mean()
+            for f in (first, second)]
+    assert near[0] < near[1] / 3  # the first frame, not the second
+    assert [w["input"] for w in summary["warnings"]] == [str(inputs / "anim.gif")]
+    assert "first frame" in summary["warnings"][0]["warning"]
+
+
+def test_face_cut_by_the_edge_is_warned_about(tmp_path, model_dir, capsys):
+    skimage_data = pytest.importorskip("skimage.data")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    photo = skimage_data.astronaut()
+    Image.fromarray(photo).save(inputs / "whole.png")
+    Image.fromarray(np.ascontiguousarray(photo[:, 215:])).save(inputs / "cut.png")  # the left of the face is gone
+    out = tmp_path / "out"
+    code = main(["run", "-i", str(inputs), "-o", str(out), "--model", str(model_dir), "--yaw", "0",
+                 "--only-center-face", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["done"]) == 2
+    assert [w["input"] for w in summary["warnings"]] == [str(inputs / "cut.png")]
+    assert "cut by the image edge" in summary["warnings"][0]["warning"] and "mirroring" in err
+    record = json.loads((out / "cut" / "result.json").read_text())
+    assert record["faces"][0]["outside_share"] > 0.05 and record["warnings"]
+    assert json.loads((out / "whole" / "result.json").read_text())["warnings"] == []

@@ -43,7 +43,8 @@ both from the 68 landmarks of training images.
 Real photos: :func:`read_image` (any jpg/png/webp/bmp/tiff, grey, palette, RGBA, 16-bit -> 8-bit RGB),
 :func:`prepare_image` (dlib detection, HOG then CNN fallback, and the alignment above; or ``aligned=True``
 to just resize), :func:`paste_back` (the same-view sharp frame warped back into the photo with a feathered
-mask of the face).
+mask of the face). Where the crop reaches past the photo's edge it is filled by mirroring the photo;
+``AlignedFace.outside`` (:func:`face_outside_share`) says how much of the face itself was made up that way.
 """
 from __future__ import annotations
 
@@ -78,6 +79,7 @@ __all__ = [
     "bundled_model_dir",
     "crop_from_landmarks",
     "face_mask",
+    "face_outside_share",
     "paste_back",
     "prepare_image",
     "read_image",
@@ -664,6 +666,8 @@ class AlignedFace:
     affine: np.ndarray | None            # [2, 3] photo pixels -> crop pixels; None for --aligned inputs
     box: tuple[float, float, float, float] | None  # detector box (left, top, right, bottom), photo pixels
     landmarks: np.ndarray | None         # [68, 2] (u, v) photo pixels, iBUG 300-W order; None for --aligned
+    outside: float = 0.0                 # share of the face (its landmark outline) outside the photo, filled
+                                         # in by mirroring the image at its edge (0 for --aligned inputs)
 
     def tensor(self) -> torch.Tensor:
         """The crop as ``[3, R, R]`` float in [-1, 1]."""
@@ -745,8 +749,26 @@ def prepare_image(image: np.ndarray, size: int, *, crop: dict | None = None, ali
     faces = []
     for box, lm in found:
         a = alignment_matrix(lm, size, crop)
-        faces.append(AlignedFace(warp_image(image, a, size), a, tuple(float(v) for v in box), lm))
+        faces.append(AlignedFace(warp_image(image, a, size), a, tuple(float(v) for v in box), lm,
+                                 outside=face_outside_share(image.shape, a, lm, size)))
     return faces
+
+
+def face_outside_share(image_shape: Sequence[int], affine: np.ndarray, landmarks: np.ndarray, size: int) -> float:
+    """Share in [0, 1] of a face's crop pixels (inside the outline of :func:`face_mask`) whose source lies
+    outside the photo: the part of a face cut by the image edge, which the crop fills in by mirroring.
+
+    image_shape: the photo's (H, W, ...); affine: [2, 3] photo -> crop pixels; landmarks: [68, 2] photo pixels."""
+    from deblur_rotate.data.align import invert_affine, transform_points
+
+    mask = face_mask(transform_points(affine, landmarks), size, feather=0) > 0.5
+    if not mask.any():
+        return 0.0
+    v, u = np.nonzero(mask)
+    src = transform_points(invert_affine(affine), np.stack([u, v], -1).astype(np.float64))
+    h, w = image_shape[:2]
+    out = (src[:, 0] < -0.5) | (src[:, 0] > w - 0.5) | (src[:, 1] < -0.5) | (src[:, 1] > h - 0.5)
+    return float(out.mean())
 
 
 def face_mask(landmarks: np.ndarray | None, size: int, feather: float | None = None) -> np.ndarray:

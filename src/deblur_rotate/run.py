@@ -19,10 +19,16 @@ largest), ``face_2``, ... each holding the per-face files above; ``pasted/`` and
 ``OUT/<stem>/``. View folders are named ``input_view`` (0, 0), ``yaw+30``, ``pitch-10``, ``yaw+30_pitch-10``;
 with --to-frontal the angles are relative to the frontal view and the names start with ``frontal``.
 
-``OUT/summary.json`` lists the inputs done and the ones that failed with the reason. A damaged image, an
-image without a face, a too-small image or an ``OUT/<stem>`` that is a file fail that input only: the run
-goes on and exits with status 1. Problems with the whole run (no inputs, ``-o`` is a file, an unusable
-model folder, a request the model cannot do) are a one-line ``error: ...`` with status 2.
+``OUT/summary.json`` lists the inputs done and the ones that failed with the reason, and ``warnings``: faces
+cut by the image edge (the crop fills the missing part in by mirroring the photo, so that part of the
+result is made up) and animated images (only the first frame is used). It is rewritten when a run starts
+(``"complete": false``), after each input, and at the end (``"complete": true``), so it always describes the
+latest run. A damaged image, an image without a face, a too-small image or an ``OUT/<stem>`` that is a file
+fail that input only: the run goes on and exits with status 1. Problems with the whole run (no inputs,
+``-o`` is a file, an unusable model folder, a request the model cannot do) are a one-line ``error: ...``
+with status 2. A run that starts removes the hidden ``.NAME.partial-<pid>`` folders left in ``OUT`` by
+killed runs (their process no longer exists). Names that are not valid UTF-8 are printed with the
+undecodable bytes shown as U+FFFD (summary.json keeps them as surrogate escapes).
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ from deblur_rotate.errors import UserError
 __all__ = [
     "RunOptions",
     "add_arguments",
+    "clean_stale_partials",
     "contact_sheet",
     "encode_gif",
     "encode_mp4",
@@ -53,12 +60,15 @@ __all__ = [
     "output_names",
     "process_input",
     "run_command",
+    "shown",
     "view_name",
     "views_from_angles",
 ]
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}  # GIF: 1st frame
 SUMMARY = "summary.json"
+EDGE_WARNING = 0.02  # warn when more than this share of a face lies outside the photo (filled by mirroring)
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)$")  # process_input's staging folders
 MAX_VIEWS = 64
 SHEET_MIN_CELL = 128  # contact-sheet cells are enlarged (nearest neighbour) to at least this many pixels
 
@@ -156,6 +166,32 @@ def _options(args) -> RunOptions:
                       num_frames=args.num_frames, fps=args.fps, sweep=args.sweep, sweep_steps=args.sweep_steps,
                       aligned=args.aligned, only_center_face=args.only_center_face, paste_back=args.paste_back,
                       save_pose=args.save_pose, save_latents=args.save_latents)
+
+
+# --------------------------------------------------------------------------------------------------- printing
+
+
+def shown(text: str) -> str:
+    """``text`` (a path or message, maybe holding undecodable file-name bytes as surrogate escapes) as
+    printable text: each undecodable byte becomes U+FFFD."""
+    try:
+        return os.fsencode(text).decode(sys.getfilesystemencoding(), "replace")
+    except UnicodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _say(text: str, file=None) -> None:
+    """``print`` that cannot fail on a name: :func:`shown`, then ``?`` for what the stream's encoding lacks."""
+    file = sys.stdout if file is None else file
+    text = shown(text)
+    encoding = getattr(file, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except UnicodeError:
+        text = text.encode(encoding, "replace").decode(encoding)
+    except LookupError:
+        text = text.encode("ascii", "replace").decode("ascii")
+    print(text, file=file)
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -315,6 +351,10 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{path}: its output path {dest} is a file; move it away or choose another -o")
     photo = read_image(path)
+    warnings: list[dict] = []
+    frames_in_file = _frame_count(path)
+    if frames_in_file > 1:
+        warnings.append({"warning": f"animated image of {frames_in_file} frames: only the first frame was used"})
     faces = prepare_image(photo, pipe.resolution, crop=pipe.crop, aligned=options.aligned,
                           only_center_face=options.only_center_face, finder=finder, name=str(path))
     batch = torch.stack([f.tensor() for f in faces])                                  # [F, 3, R, R]
@@ -347,6 +387,11 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
             _write(stage, f"{sub}contact_sheet.png", contact_sheet(face.image, frames[k], names), written)
             info: dict = {"folder": sub.rstrip("/") or ".",
                           "box": None if face.box is None else [round(b, 1) for b in face.box]}
+            if face.outside > EDGE_WARNING:
+                info["outside_share"] = round(face.outside, 3)
+                warnings.append({"face": k + 1, "warning": f"the face is cut by the image edge ({face.outside:.0%} "
+                                 "of it outside the photo): the crop fills that part in by mirroring the photo, so "
+                                 "the result there is made up"})
             if result.pose is not None:
                 rad = [float(a) for a in result.pose[k].cpu()]
                 info["pose_deg"] = dict(zip(("pitch", "yaw", "roll"), (round(math.degrees(a), 3) for a in rad)))
@@ -376,12 +421,61 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
                                for j in range(own.shape[1])])
             _write_frames(stage, "pasted", "pasted", pasted, options.fps, written)
         record["files"] = sorted(written)
+        record["warnings"] = warnings
         _write(stage, "result.json", (json.dumps(record, indent=2) + "\n").encode(), written)
         _replace_dir(stage, dest)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return record
+
+
+def _frame_count(path: Path) -> int:
+    """Frames in an image file (an animated GIF, WebP, APNG or TIFF has more than one); 1 when unknown."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return int(getattr(img, "n_frames", 1) or 1)
+    except Exception:  # noqa: BLE001 - read_image has already judged the file; this is only a count
+        return 1
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (assumed alive where that cannot be asked safely: outside POSIX)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate the process on Windows
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user
+        return True
+    return True
+
+
+def clean_stale_partials(out: Path) -> list[Path]:
+    """Remove the hidden staging folders ``OUT/.NAME.partial-<pid>`` of runs whose process is gone (killed
+    mid-input); returns what was removed. Those of running processes (another run) are left alone; so is
+    this process's own, which it is about to replace anyway."""
+    removed = []
+    try:
+        entries = list(out.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _PARTIAL.match(entry.name)
+        if match is None or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+    return removed
 
 
 def _check_output(out: Path) -> None:
@@ -414,45 +508,60 @@ def run_command(args) -> int:
     if options.save_pose and not pipe.has_pose:
         raise UserError(f"{pipe.name} has no face3d_encoder (E_3D): there is no pose for --save-pose")
     _check_output(out)
+    clean_stale_partials(out)
+
+    from deblur_rotate.files import atomic_write_json
+    from deblur_rotate.pipeline import bundled_model_dir
 
     finder = None if options.aligned else FaceFinder()
     done: list[dict] = []
     failed: list[dict] = [{"input": spec, "reason": why} for spec, why in problems]
+    warnings: list[dict] = []
+    model = args.model if args.model is not None else bundled_model_dir()
+
+    def write_summary(complete: bool) -> None:
+        atomic_write_json(out / SUMMARY, {"complete": complete, "model": str(model), "device": str(pipe.device),
+                                          "views": [view_name(v, options.to_frontal) for v in options.views],
+                                          "inputs": len(paths) + len(problems), "done": done, "failed": failed,
+                                          "warnings": warnings})
+
+    write_summary(False)  # a summary of an earlier run must not stand for this one, even if it is killed
     for spec, why in problems:
-        print(f"skipped {spec}: {why}", file=sys.stderr)
+        _say(f"skipped {spec}: {why}", file=sys.stderr)
     bar = tqdm(list(zip(paths, output_names(paths))), unit="image", disable=not args.progress, file=sys.stderr)
     for path, name in bar:
-        bar.set_postfix_str(path.name[-30:], refresh=False)
+        bar.set_postfix_str(shown(path.name[-30:]), refresh=False)
         try:
             record = process_input(path, out / name, pipe, options, finder)
             done.append({"input": str(path), "output": str(out / name), "faces": len(record["faces"])})
+            for warning in record.get("warnings", []):
+                warnings.append({"input": str(path), **warning})
+                face = f" (face {warning['face']})" if "face" in warning else ""
+                tqdm.write(shown(f"warning: {path}{face}: {warning['warning']}"), file=sys.stderr)
         except UserError as err:
             reason = str(err)
             reason = reason[len(str(path)) + 2:] if reason.startswith(f"{path}: ") else reason
             failed.append({"input": str(path), "reason": reason})
-            tqdm.write(f"failed {path}: {reason}", file=sys.stderr)
+            tqdm.write(shown(f"failed {path}: {reason}"), file=sys.stderr)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - one bad input must not stop the others; the trace is shown
             traceback.print_exc(file=sys.stderr)
             failed.append({"input": str(path), "reason": f"unexpected {type(err).__name__}: {err}"})
+        write_summary(False)
     bar.close()
 
-    from deblur_rotate.files import atomic_write_json
-    from deblur_rotate.pipeline import bundled_model_dir
-
-    model = args.model if args.model is not None else bundled_model_dir()
-    atomic_write_json(out / SUMMARY, {"model": str(model), "device": str(pipe.device),
-                                      "views": [view_name(v, options.to_frontal) for v in options.views],
-                                      "done": done, "failed": failed})
+    write_summary(True)
     total = len(paths) + len(problems)
-    print(f"done: {len(done)} of {total} input(s) -> {out}")
+    _say(f"done: {len(done)} of {total} input(s) -> {out}")
     for item in done:
         faces = f" ({item['faces']} faces)" if item["faces"] > 1 else ""
-        print(f"  {item['input']} -> {item['output']}{faces}")
+        _say(f"  {item['input']} -> {item['output']}{faces}")
+    if warnings:
+        _say(f"warnings: {len(warnings)} (see {out / SUMMARY})", file=sys.stderr)
     if failed:
-        print(f"failed: {len(failed)}", file=sys.stderr)
+        _say(f"failed: {len(failed)}", file=sys.stderr)
         for item in failed:
-            print(f"  {item['input']}: {item['reason']}", file=sys.stderr)
+            _say(f"  {item['input']}: {item['reason']}", file=sys.stderr)
         return 1
     return 0
