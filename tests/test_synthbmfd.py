@@ -162,3 +162,78 @@ def test_identity_scale_changes_faces_and_old_folders_still_resume(tmp_path, sma
     generate(root, config, progress=False, model=small_model)  # no "other settings" error
     with pytest.raises(UserError, match="identity_scale"):
         generate(root, wide, progress=False, model=small_model)
+
+
+def _process_gone(pid: int) -> bool:
+    """True when ``pid`` has exited (a zombie waiting for a reaper counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The multiprocessing workers (spawn_main) whose parent is ``parent``."""
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    """`synth --workers N` killed (SIGKILL, no clean-up) must not leave its workers rendering."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    root = tmp_path / "ds"
+    script = textwrap.dedent(f"""
+        import sys
+        from deblur_rotate.data.synthbmfd import SynthConfig, generate
+        config = SynthConfig(subjects=3, test_subjects=1, performances=1, size=32, fps=112.0, seconds=6.0,
+                             supersample=1, model={dict(SMALL_MODEL)!r}, seed=3)
+        generate(sys.argv[1], config, workers=2, progress=False)
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    parent = subprocess.Popen([sys.executable, "-c", script, str(root)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not any((root / ".partial").glob("subject_*/perf_00/view_1/frame_*.png")):  # rendering started
+            assert parent.poll() is None, parent.stderr.read().decode()
+            assert time.monotonic() < deadline, "the workers never started rendering"
+            time.sleep(0.2)
+        workers = _worker_pids(parent.pid)
+        assert len(workers) == 2
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 15
+        while not all(_process_gone(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_process_gone(pid) for pid in workers), "workers still alive 15 s after the parent died"
+        assert not (root / "index.json").exists()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in workers:  # a failed run must not leave them rendering either
+            if not _process_gone(pid):
+                os.kill(pid, signal.SIGKILL)

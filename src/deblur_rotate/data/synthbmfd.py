@@ -19,6 +19,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -269,7 +272,8 @@ def generate(root: str | os.PathLike, config: SynthConfig, workers: int = 1, pro
              model=None) -> dict:
     """Generate (or resume) a SynthBMFD folder. Returns the index (also written to ``ROOT/index.json``).
 
-    workers: processes rendering subjects in parallel (each uses one torch thread and builds its own model).
+    workers: processes rendering subjects in parallel (each uses one torch thread and builds its own model;
+             each ends when this process does, even when it is killed: see :func:`_exit_with_parent`).
     model: a prebuilt procedural model matching ``config.model`` (used by the single-process path only).
     """
     config.validate()
@@ -295,7 +299,7 @@ def generate(root: str | os.PathLike, config: SynthConfig, workers: int = 1, pro
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(config,)) as pool:
+        with ctx.Pool(workers, initializer=_worker_init, initargs=(config, os.getpid())) as pool:
             for _ in pool.imap_unordered(_worker_render, [(str(root), k) for k in todo]):
                 bar.update(frames_per_subject)
     bar.close()
@@ -323,13 +327,44 @@ def _render_and_commit(model, config: SynthConfig, root: Path, subject_index: in
 _WORKER_STATE: dict = {}
 
 
-def _worker_init(config: SynthConfig) -> None:
+def _exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """End this (worker) process as soon as ``parent_pid``, the process that started it, is gone: a killed
+    ``synth`` must not leave its workers rendering. On Linux the kernel kills it (prctl PR_SET_PDEATHSIG);
+    everywhere a daemon thread checks every ``interval`` seconds whether the process was handed to another
+    parent (``os.getppid()`` changed) and exits then. A half-rendered subject stays in ``.partial``, which
+    the next run removes."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # the thread below still watches
+    if os.getppid() != parent_pid:  # the parent died before this worker got here
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _worker_init(config: SynthConfig, parent_pid: int | None = None) -> None:
+    """Pool initializer: one torch thread, exit with the parent (``parent_pid``), build the model once."""
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     torch.set_num_threads(1)
     _WORKER_STATE["config"] = config
     _WORKER_STATE["model"] = _build_model(config)
 
 
 def _worker_render(args) -> int:
+    """Pool task: render subject ``subject_index`` into ``root`` and move it into place; returns the index."""
     root, subject_index = args
     _render_and_commit(_WORKER_STATE["model"], _WORKER_STATE["config"], Path(root), subject_index)
     return subject_index
