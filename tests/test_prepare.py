@@ -96,6 +96,104 @@ def test_prepare_images_skips_bad_files_and_resumes(tmp_path, aligner):
         prepare("images", src, out, size=32, progress=False, aligner=aligner)
 
 
+def _own_crop(aligner, path, size=64):
+    """The crop prepare must write for the image file ``path``, and its landmarks in crop pixels."""
+    from deblur_rotate.data.readers import _read_image
+
+    image = _read_image(path)
+    lm = aligner(image)
+    a = ffhq_transform(lm, size)
+    return warp_image(image, a, size), transform_points(a, lm)
+
+
+def _check_own_crops(out, src, aligner):
+    """Every index item is the crop (and landmarks) of its own source, in a file of its own."""
+    index = json.loads((out / "index.json").read_text())
+    files = [i["file"] for i in index["items"]]
+    assert len(set(f.lower() for f in files)) == len(files), files
+    landmarks = np.load(out / "landmarks.npy")
+    for item, lm in zip(index["items"], landmarks):
+        crop, own_lm = _own_crop(aligner, src / item["source"])
+        assert np.array_equal(load_png(out / item["file"]), crop), item
+        assert np.allclose(lm, own_lm, atol=1e-3), item
+    return index
+
+
+def test_prepare_images_names_differing_only_in_extension_do_not_collide(tmp_path, aligner):
+    src = tmp_path / "src"
+    src.mkdir()
+    save_png(src / "face.png", face(0))
+    from PIL import Image
+
+    Image.fromarray(face(12, dx=2, dy=-1)).save(src / "face.jpg", quality=95)  # another crop of the photo
+    out = tmp_path / "out"
+    summary = prepare("images", src, out, size=64, progress=False, aligner=aligner)
+    assert summary["usable"] == 2
+    index = _check_own_crops(out, src, aligner)
+    assert sorted(i["file"] for i in index["items"]) == ["images/face.jpg.png", "images/face.png"]
+    # a rerun redoes nothing and names stay
+    before = CountingAligner.calls
+    prepare("images", src, out, size=64, progress=False, aligner=aligner)
+    assert CountingAligner.calls == before
+    assert json.loads((out / "index.json").read_text())["items"] == index["items"]
+    # a source named like another's output (face.jpg.png beside face.jpg) gets a hashed name, with a note
+    save_png(src / "face.jpg.png", face(4))
+    summary = prepare("images", src, out, size=64, progress=False, aligner=aligner)
+    index = _check_own_crops(out, src, aligner)
+    files = {i["source"]: i["file"] for i in index["items"]}
+    assert files["face.jpg.png"] == "images/face.jpg.png" and files["face.jpg"].startswith("images/face.jpg-")
+    assert any(n["item"] == "face.jpg" for n in summary["notes"])
+
+
+def test_prepare_images_rerun_repairs_a_folder_with_colliding_names(tmp_path, aligner, monkeypatch):
+    """A folder prepared when face.png and face.jpg both went to images/face.png is repaired by a rerun;
+    items without a collision keep their old names and are not redone."""
+    import deblur_rotate.data.prepare as prepare_module
+    from pathlib import Path
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_png(src / "face.png", face(0))
+    Image.fromarray(face(12, dx=2, dy=-1)).save(src / "face.jpg", quality=95)
+    Image.fromarray(face(6)).save(src / "solo.jpg", quality=95)
+    out = tmp_path / "out"
+
+    def old_names(kind, src_, items):  # the naming of earlier versions: the extension replaced by .png
+        return {key: str(Path("images") / Path(key).with_suffix(".png")) for key, _ in items}, []
+
+    monkeypatch.setattr(prepare_module, "_output_names", old_names)
+    monkeypatch.setattr(prepare_module, "_write_index", lambda *a, **k: None)  # the old index had no guard
+    prepare("images", src, out, size=64, progress=False, aligner=aligner)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["face.png", "solo.png"]  # one file lost
+
+    before = CountingAligner.calls
+    summary = prepare("images", src, out, size=64, progress=False, aligner=aligner)
+    assert CountingAligner.calls - before == 2  # face.png and face.jpg again; solo.jpg kept
+    assert summary["usable"] == 3
+    index = _check_own_crops(out, src, aligner)
+    assert {i["source"]: i["file"] for i in index["items"]} == {
+        "face.jpg": "images/face.jpg.png", "face.png": "images/face.png", "solo.jpg": "images/solo.png"}
+
+
+def test_prepare_300vw_videos_differing_only_in_extension_do_not_collide(tmp_path, aligner):
+    src = tmp_path / "src"
+    write_video(src / "001" / "vid.avi", np.stack([face(t) for t in range(10)]))
+    write_video(src / "001" / "vid.mov", np.stack([face(t, dx=-1, dy=2) for t in range(10)]))
+    write_video(src / "002" / "vid.avi", np.stack([face(t) for t in range(10)]))  # alone: the usual name
+    out = tmp_path / "out"
+    summary = prepare("300vw", src, out, size=64, segment=10, progress=False, aligner=aligner)
+    assert summary["usable"] == 3
+    index = json.loads((out / "index.json").read_text())
+    paths = {c["source"]: c["path"] for c in index["clips"]}
+    assert paths == {"001/vid.avi": "001/vid.avi/seg_000", "001/vid.mov": "001/vid.mov/seg_000",
+                     "002/vid.avi": "002/vid/seg_000"}
+    a, b = (np.load(out / paths[k] / "landmarks.npy") for k in ("001/vid.avi", "001/vid.mov"))
+    assert not np.allclose(a, b)  # each folder holds its own video's crops
+    assert np.allclose(a, np.load(out / "002/vid/seg_000/landmarks.npy"))  # same video as 001/vid.avi
+
+
 def test_prepare_300vw_uses_pts_and_fixed_crop_per_segment(tmp_path, aligner):
     frames = np.stack([face(t) for t in range(20)])
     src = tmp_path / "src"

@@ -3,8 +3,11 @@
 Kinds and what they become (``OUT`` is then readable by :mod:`deblur_rotate.data.readers`):
 
   images     SRC/**/*.png|jpg ...              -> OUT/images/<same path>.png, OUT/landmarks.npy [N, 68, 2]
+                                                  (a.png -> images/a.png; other types keep their extension:
+                                                  a.jpg -> images/a.jpg.png)
   300vw      SRC/NNN/vid.avi (+ annot/*.pts),  -> OUT/<clip>/seg_SSS/frame_XXXXX.png + landmarks.npy [T, 68, 2]
-             other videos, folders of frames
+             other videos, folders of frames      (<clip>: NNN/vid, or NNN/vid.avi when vid.mp4 or a
+                                                  folder NNN/vid is there too)
   multiview  SRC/subject/perf/view_K/frames    -> OUT/subject/perf_sSSS/view_K/frame_XXXXX.png + landmarks.npy
   vidtimit   SRC/subject/video/head*/NNN       -> OUT/subject/video/head*/seg_SSS/frame_XXXXX.png + landmarks.npy
 
@@ -15,14 +18,24 @@ view. Landmarks come from 300VW's .pts files where present (frames without one, 
 use dlib's 68-point predictor; in video the face detector runs every ``detect_every`` frames and the
 predictor on every frame). All landmarks are stored in crop pixels.
 
+Output names are unique: two sources never write the same output (compared ignoring case, for file systems
+that do). They follow the table above; where that still leaves two sources on one name (``a.jpg.png`` and
+``a.jpg``, ``A.png`` and ``a.png``), one keeps it (a ``.png`` named like its source first, else the first
+in order) and the others get a short hash of their source path (``images/a.jpg-1a2b3c4d.png``), with a note
+in the index.
+
 Resumable: each source item (image, clip, view) is finished by writing ``OUT/.state/<item>.json`` (its outputs,
 or why it was skipped), after its files were written through ``OUT/.partial`` and moved into place; a rerun
-skips finished items. ``OUT/index.json`` is written last, atomically. Unreadable files, damaged videos,
-folders in the wrong layout and faces not found are skipped, each with its reason in the summary, and left
-out of the index; a source with nothing usable is an error naming the expected layout.
+skips finished items, except those whose recorded output another item also claims (as folders prepared
+before names kept the extension can hold: ``a.png`` and ``a.jpg`` both in ``images/a.png``): those are
+prepared again under their own names, and outputs no item uses any more are removed. ``OUT/index.json`` is
+written last, atomically. Unreadable files, damaged videos, folders in the wrong layout and faces not found
+are skipped, each with its reason in the summary, and left out of the index; a source with nothing usable
+is an error naming the expected layout.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,6 +80,60 @@ def segment_bounds(num_frames: int, segment: int) -> list[tuple[int, int]]:
 def _state_name(key: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-80:]
     return f"{safe}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
+
+
+def _image_name(rel: Path) -> str:
+    """Output file of the image at ``rel`` (relative to SRC): ``images/<rel>`` for a ``.png``, else the name
+    with its extension kept and ``.png`` added (``a.jpg`` -> ``images/a.jpg.png``): ``a.png`` and ``a.jpg``
+    of one folder must not meet in ``images/a.png``."""
+    name = rel if rel.suffix == ".png" else rel.with_name(rel.name + ".png")
+    return str(Path("images") / name)
+
+
+def _clip_bases(clips: list[Clip]) -> dict[str, str]:
+    """Output folder (above its ``seg_SSS``) of each clip, by clip name: a folder of frames keeps its path, a
+    video drops its extension (``001/vid.avi`` -> ``001/vid``) unless another clip would get that name too
+    (``vid.avi`` beside ``vid.mp4``, or a folder ``vid``): then it keeps it (``001/vid.avi``)."""
+    wanted = {}
+    for clip in clips:
+        base = Path(clip.name)
+        wanted[clip.name] = str(base if isinstance(clip.frames, FrameFolder) else base.with_suffix(""))
+    taken: dict[str, int] = {}
+    for name in wanted.values():
+        taken[name.casefold()] = taken.get(name.casefold(), 0) + 1
+    shared = {clip.name for clip in clips
+              if not isinstance(clip.frames, FrameFolder) and taken[wanted[clip.name].casefold()] > 1}
+    return {clip.name: clip.name if clip.name in shared else wanted[clip.name] for clip in clips}
+
+
+def _with_hash(name: str, key: str) -> str:
+    """``name`` made unique by a short hash of the source ``key``: ``images/a-1a2b3c4d.png``, ``001/vid-1a2b3c4d``."""
+    tag = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{name[:-4]}-{tag}.png" if name.endswith(".png") else f"{name}-{tag}"
+
+
+def _unique_names(wanted: dict[str, str], natural: set[str] = frozenset()) -> tuple[dict[str, str], list[dict]]:
+    """One output name per key from ``wanted`` (key -> name), none shared (ignoring case). Where keys still
+    share a name, the first of them in (natural first, then key) order keeps it and the others get
+    :func:`_with_hash`; ``natural`` keys are those whose name is their source path unchanged. Returns
+    (key -> name, notes for the index)."""
+    groups: dict[str, list[str]] = {}
+    for key, name in wanted.items():
+        groups.setdefault(name.casefold(), []).append(key)
+    names, notes = dict(wanted), []
+    used = {n.casefold() for n in wanted.values()}
+    for keys in groups.values():
+        if len(keys) < 2:
+            continue
+        keys = sorted(keys, key=lambda k: (k not in natural, k))
+        for key in keys[1:]:
+            name = _with_hash(wanted[key], key)
+            while name.casefold() in used:  # a source already named like that: hash again
+                name = _with_hash(name, key)
+            used.add(name.casefold())
+            names[key] = name
+            notes.append({"item": key, "note": f"written as {name}: {wanted[key]} is the output of {keys[0]}"})
+    return names, notes
 
 
 class _Run:
@@ -185,7 +252,8 @@ def _frames_of(source, stop: int | None = None):
 
 # --------------------------------------------------------------------------------------------------- items
 
-def _prepare_image(run: _Run, src: Path, path: Path, size: int, aligner: FaceAligner) -> dict:
+def _prepare_image(run: _Run, path: Path, rel: str, size: int, aligner: FaceAligner) -> dict:
+    """Align the largest face of the image ``path`` into ``OUT/rel``; the item's record."""
     from deblur_rotate.data.readers import _read_image
 
     try:
@@ -196,7 +264,6 @@ def _prepare_image(run: _Run, src: Path, path: Path, size: int, aligner: FaceAli
     if lm is None:
         return {"skipped": "no face found"}
     affine = ffhq_transform(lm, size)
-    rel = str(Path("images") / path.relative_to(src).with_suffix(".png"))
     dest = run.out / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -370,16 +437,19 @@ def prepare(kind: str, src: str | os.PathLike, out: str | os.PathLike, size: int
     items, skipped = _items(kind, src, segment)
     if not items:
         raise UserError(f"nothing to prepare in {src}: expected {EXPECTED[kind]} for --kind {kind}")
+    names, name_notes = _output_names(kind, src, items)
+    previous = {key: run.done(key) for key, _ in items}
+    redo = _conflicting_records(kind, names, previous)
     from tqdm.auto import tqdm
 
     records = []
     start = time.perf_counter()
     bar = tqdm(items, desc=f"prepare {kind}", unit="item", disable=not progress)
     for key, payload in bar:
-        record = run.done(key)
+        record = None if key in redo else previous[key]
         if record is None:
             if kind == "images":
-                record = _prepare_image(run, src, payload, size, aligner)
+                record = _prepare_image(run, payload, names[key], size, aligner)
             elif kind == "multiview":
                 perf, view, folder, n = payload
                 bounds = segment_bounds(n, segment)
@@ -395,20 +465,79 @@ def prepare(kind: str, src: str | os.PathLike, out: str | os.PathLike, size: int
                     record = {"skipped": f"unreadable video ({err})"}
                 else:
                     bounds = segment_bounds(n, segment)
-                    base = Path(clip.name)
-                    if not isinstance(clip.frames, FrameFolder):
-                        base = base.with_suffix("")  # 001/vid.avi -> 001/vid/seg_000
-                    names = [str(base / f"seg_{j:03d}") for j in range(len(bounds))]
-                    record = _prepare_clip(run, key, clip, names, bounds, size, aligner, detect_every, min_found,
-                                           m_min)
+                    base = Path(names[key])  # 001/vid.avi -> 001/vid/seg_000 (or 001/vid.avi/seg_000, see above)
+                    segment_names = [str(base / f"seg_{j:03d}") for j in range(len(bounds))]
+                    record = _prepare_clip(run, key, clip, segment_names, bounds, size, aligner, detect_every,
+                                           min_found, m_min)
             run.finish(key, record)
         records.append((key, record))
         elapsed = time.perf_counter() - start
         bar.set_postfix(faces_per_s=f"{run.faces / max(elapsed, 1e-9):.1f}")
     bar.close()
     shutil.rmtree(run.partial, ignore_errors=True)
+    _remove_unused_outputs(out, kind, [previous[k] for k in redo], [r for _, r in records])
     elapsed = time.perf_counter() - start
-    return _write_index(out, kind, size, src, records, skipped, run.faces, elapsed)
+    return _write_index(out, kind, size, src, records, skipped, run.faces, elapsed, name_notes)
+
+
+def _output_names(kind: str, src: Path, items: list) -> tuple[dict[str, str], list[dict]]:
+    """key -> output name of each item (images: the file; 300vw/vidtimit: the folder above seg_SSS;
+    multiview: none, its names are unique by construction), all distinct; and notes on renamed ones."""
+    if kind == "images":
+        wanted = {key: _image_name(path.relative_to(src)) for key, path in items}
+        natural = {key for key, path in items if path.suffix == ".png"}
+        return _unique_names(wanted, natural)
+    if kind in ("300vw", "vidtimit"):
+        clips = [clip for _, clip in items]
+        wanted = _clip_bases(clips)
+        natural = {clip.name for clip in clips if isinstance(clip.frames, FrameFolder)}
+        return _unique_names(wanted, natural)
+    return {}, []
+
+
+def _record_outputs(kind: str, record: dict | None) -> list[str]:
+    """The output names a finished item's record owns (as :func:`_output_names` names them)."""
+    if not record:
+        return []
+    if kind == "images":
+        return [record["file"]] if isinstance(record.get("file"), str) else []
+    if kind in ("300vw", "vidtimit"):
+        return sorted({str(Path(c["path"]).parent) for c in record.get("clips", []) if isinstance(c, dict)
+                       and isinstance(c.get("path"), str)})
+    return []
+
+
+def _conflicting_records(kind: str, names: dict[str, str], previous: dict[str, dict | None]) -> set[str]:
+    """Keys whose finished record must not be reused: an output it owns is also claimed by another item
+    (its new name, or another record's output), as when ``a.png`` and ``a.jpg`` were both written to
+    ``images/a.png`` by an earlier version. Such items are prepared again."""
+    claims: dict[str, set[str]] = {}
+    for key, name in names.items():
+        claims.setdefault(name.casefold(), set()).add(key)
+    for key, record in previous.items():
+        for name in _record_outputs(kind, record):
+            claims.setdefault(name.casefold(), set()).add(key)
+    return {key for key, record in previous.items()
+            if any(claims[name.casefold()] != {key} for name in _record_outputs(kind, record))}
+
+
+def _remove_unused_outputs(out: Path, kind: str, old: list[dict | None], new: list[dict]) -> None:
+    """Delete the outputs of redone records (``old``) that no finished record (``new``) uses any more."""
+    keep = {name.casefold() for record in new for name in _record_outputs(kind, record)}
+    for record in old:
+        for name in _record_outputs(kind, record):
+            if name.casefold() in keep:
+                continue
+            path = out / name
+            if kind == "images" and path.is_file():
+                path.unlink(missing_ok=True)
+            elif kind != "images" and path.is_dir():
+                for c in record.get("clips", []):
+                    seg = out / c["path"]
+                    if seg.parent == path and seg.is_dir():
+                        shutil.rmtree(seg, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only when nothing else is in it
 
 
 def _check_out(out: Path, options: dict) -> None:
@@ -430,9 +559,19 @@ def _check_out(out: Path, options: dict) -> None:
 
 
 def _write_index(out: Path, kind: str, size: int, src: Path, records: list, skipped: list, faces: int,
-                 elapsed: float) -> dict:
+                 elapsed: float, notes: list[dict] | None = None) -> dict:
+    """Write ``OUT/index.json`` (and, for images, ``OUT/landmarks.npy``) from the item records; returns the
+    summary. UserError when nothing is usable, or (a bug guard) when two items name one output."""
     skipped = list(skipped)
-    notes = []
+    notes = list(notes or [])
+    owner: dict[str, str] = {}
+    for key, rec in records:
+        for name in (rec.get("file"), *(c.get("path") for c in rec.get("clips", []))):
+            if isinstance(name, str):
+                other = owner.setdefault(name.casefold(), key)
+                if other != key:
+                    raise UserError(f"{other} and {key} were both prepared into {out / name}; delete {out / _STATE} "
+                                    "and prepare again")
     index = {"format_version": FORMAT_VERSION, "kind": kind, "size": size, "source": str(src)}
     if kind == "images":
         items, landmarks = [], []
