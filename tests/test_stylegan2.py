@@ -465,3 +465,27 @@ def test_rosinality_config_helper():
     assert cfg == {**sg.stylegan2_config("paper")}
     cfg1 = rosinality_config(256, channel_multiplier=1)
     assert sg.channels_for(256, cfg1["channel_base"], cfg1["channel_max"]) == [512, 512, 512, 512, 256, 128, 64]
+
+
+def test_dense_input_starts_as_const_learns_a_layout_and_round_trips(tmp_path):
+    """input_mode='dense': zero-initialised, so a dense G renders what the const G with the same weights
+    renders; once the dense layer moves, the 4 px input depends on w_0; config.json keeps the mode and
+    preset_generator rebuilds it from a folder."""
+    from deblur_rotate.models.stylegan2 import preset_generator
+
+    torch.manual_seed(0)
+    const = sg.Generator(**sg.stylegan2_config("micro"))
+    dense = sg.Generator(**sg.stylegan2_config("micro"), input_mode="dense")
+    missing, unexpected = dense.load_state_dict(const.state_dict(), strict=False)
+    assert all(k.startswith("synthesis.b4.dense.") for k in missing) and not unexpected
+    ws = torch.randn(2, dense.num_ws, dense.w_dim)
+    assert torch.allclose(dense.synthesis(ws, noise_mode="const"), const.synthesis(ws, noise_mode="const"), atol=1e-6)
+    with torch.no_grad():
+        dense.synthesis.b4.dense.weight.normal_()
+    assert not torch.allclose(dense.synthesis(ws, noise_mode="const"), const.synthesis(ws, noise_mode="const"))
+    assert dense.config["input_mode"] == "dense" and "input_mode" not in const.config  # old files unchanged
+    folder = save_pretrained(dense, tmp_path / "g")
+    again = load_pretrained(preset_generator("micro", folder), folder)
+    assert torch.equal(again.synthesis(ws, noise_mode="const"), dense.eval().synthesis(ws, noise_mode="const"))
+    with pytest.raises(ValueError, match="input_mode"):
+        sg.Generator(**sg.stylegan2_config("micro"), input_mode="conv")

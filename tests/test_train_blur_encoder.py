@@ -209,3 +209,26 @@ def test_image_term_on_a_subset_of_frames(tmp_path, synth_root, teachers):
     assert last["total"] < first["total"]
     with pytest.raises(UserError, match="image-frames"):
         BlurEncoderStage(_config(tmp_path, synth_root, teachers, image_frames=6))
+
+
+def test_encoder_heads_with_a_feature_grid_and_a_bottleneck_round_trip(tmp_path):
+    """head_grid=2 (+ head_bottleneck): the head reads the flattened 2 x 2 map through a rank-6 factor; the
+    options survive save/load; a plain encoder's config has no new keys (old config.json files load)."""
+    from deblur_rotate.models.encoders import BlurEncoder, SharpEncoder, encoder_config
+    from deblur_rotate.models.io import load_pretrained, save_pretrained
+
+    torch.manual_seed(0)
+    arch = encoder_config("micro", "blur")
+    grid = BlurEncoder(num_frames=5, num_ws=4, w_dim=8, **arch, head_grid=2, head_bottleneck=6).eval()
+    assert grid.head_in.out_features == 6 and grid.head.in_features == 6
+    with torch.no_grad():
+        grid.head.weight.normal_()
+    x = torch.randn(2, 3, 64, 64)  # a 2 x 2 last feature map
+    assert grid(x).shape == (2, 5, 4, 8)
+    folder = save_pretrained(grid, tmp_path / "ev")
+    back = load_pretrained("encoders.blur", folder)
+    assert back.config["head_grid"] == 2 and torch.allclose(back(x), grid(x))
+    plain = SharpEncoder(num_ws=4, w_dim=8, **encoder_config("micro", "sharp"))
+    assert "head_grid" not in plain.config and plain.head.in_features == plain.backbone.feature_dim
+    with pytest.raises(ValueError):
+        BlurEncoder(num_frames=5, num_ws=4, w_dim=8, **arch, head_grid=-1)

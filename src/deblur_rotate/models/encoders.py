@@ -134,11 +134,15 @@ class ResNetBackbone(nn.Module):
             elif isinstance(m, tv_resnet.BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images ``[N, C, H, W]`` (any range the encoder was trained on) -> ``[N, feature_dim]``."""
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """images ``[N, C, H, W]`` -> the last stage's features ``[N, feature_dim, H/32, W/32]``."""
         if images.ndim != 4:
             raise ValueError(f"expected images [N, C, H, W], got {tuple(images.shape)}")
-        return self.stages(self.stem(images)).mean(dim=(2, 3))
+        return self.stages(self.stem(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images ``[N, C, H, W]`` (any range the encoder was trained on) -> ``[N, feature_dim]``."""
+        return self.feature_map(images).mean(dim=(2, 3))
 
     def load_torchvision_weights(self, path: str | Path) -> None:
         """Load a torchvision ResNet state dict (e.g. ImageNet weights the user downloaded) into the
@@ -178,16 +182,29 @@ def _backbone_config(arch, block, layers, widths) -> dict:
 
 
 class _LatentEncoder(nn.Module):
-    """Backbone -> pool -> Linear -> ``frames * num_ws * w_dim`` values, added to ``latent_offset``."""
+    """Backbone -> pool -> Linear -> ``frames * num_ws * w_dim`` values, added to ``latent_offset``.
+
+    ``head_grid`` > 0 replaces the global average pool by an adaptive average pool to a ``head_grid`` x
+    ``head_grid`` map that is flattened into the head: the head then sees *where* the features are (a
+    global pool is blind to the face's position in the frame). 0: the paper's global pool.
+    ``head_bottleneck`` > 0 factors the head into Linear(in, bottleneck) then Linear(bottleneck, out) (a
+    low-rank head: the parameter count of a pooled head with a flattened grid's input)."""
 
     def __init__(self, frames: int, num_ws: int, w_dim: int, arch: str, block: str, layers, widths,
-                 pretrained_backbone: str | None):
+                 pretrained_backbone: str | None, head_grid: int = 0, head_bottleneck: int = 0):
         super().__init__()
         self.frames, self.num_ws, self.w_dim = int(frames), int(num_ws), int(w_dim)
+        self.head_grid, self.head_bottleneck = int(head_grid), int(head_bottleneck)
+        if self.head_grid < 0 or self.head_bottleneck < 0:
+            raise ValueError(f"head_grid and head_bottleneck must be >= 0, got {head_grid}, {head_bottleneck}")
         self.backbone = ResNetBackbone(arch, block, layers, widths)
         if pretrained_backbone:
             self.backbone.load_torchvision_weights(pretrained_backbone)
-        self.head = nn.Linear(self.backbone.feature_dim, self.frames * self.num_ws * self.w_dim)
+        head_in = self.backbone.feature_dim * max(1, self.head_grid) ** 2
+        if self.head_bottleneck:
+            self.head_in = nn.Linear(head_in, self.head_bottleneck)  # [head_in] -> [bottleneck], no activation
+            head_in = self.head_bottleneck
+        self.head = nn.Linear(head_in, self.frames * self.num_ws * self.w_dim)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.register_buffer("latent_offset", torch.zeros(self.w_dim))  # [w_dim] e.g. G.mapping.w_avg
@@ -198,9 +215,17 @@ class _LatentEncoder(nn.Module):
             raise ValueError(f"expected a [{self.w_dim}] offset, got {tuple(w_avg.shape)}")
         self.latent_offset.copy_(w_avg.detach())
 
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> the head's input [N, head_bottleneck or feature_dim * max(1, head_grid)^2]."""
+        if self.head_grid <= 0:
+            x = self.backbone(images)
+        else:
+            x = nn.functional.adaptive_avg_pool2d(self.backbone.feature_map(images), self.head_grid).flatten(1)
+        return self.head_in(x) if self.head_bottleneck else x
+
     def _codes(self, images: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] -> [N, frames, num_ws, w_dim]."""
-        delta = self.head(self.backbone(images))
+        delta = self.head(self._features(images))
         return delta.view(-1, self.frames, self.num_ws, self.w_dim) + self.latent_offset
 
 
@@ -216,9 +241,12 @@ class SharpEncoder(_LatentEncoder):
                  layers: Sequence[int] | None = None,    # custom backbone depths
                  widths: Sequence[int] | None = None,    # custom backbone widths
                  pretrained_backbone: str | None = None,  # torchvision state dict to start from (not saved)
+                 head_grid: int = 0,                     # 0: global pool (paper); k: k x k pooled map into the head
                  ):
-        super().__init__(1, num_ws, w_dim, arch, block, layers, widths, pretrained_backbone)
+        super().__init__(1, num_ws, w_dim, arch, block, layers, widths, pretrained_backbone, head_grid)
         self.config = dict(num_ws=int(num_ws), w_dim=int(w_dim), **_backbone_config(arch, block, layers, widths))
+        if head_grid:  # written only when set: older config.json files stay valid
+            self.config["head_grid"] = int(head_grid)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images ``[N, 3, R, R]`` in [-1, 1] -> ``[N, num_ws, w_dim]``."""
@@ -240,10 +268,17 @@ class BlurEncoder(_LatentEncoder):
                  layers: Sequence[int] | None = (2, 2, 2, 2),       # custom backbone depths
                  widths: Sequence[int] | None = (32, 64, 128, 256),  # custom backbone widths
                  pretrained_backbone: str | None = None,  # torchvision state dict to start from (not saved)
+                 head_grid: int = 0,                     # 0: global pool (paper); k: k x k pooled map into the head
+                 head_bottleneck: int = 0,               # 0: one Linear head; b: Linear(in, b) -> Linear(b, out)
                  ):
-        super().__init__(num_frames, num_ws, w_dim, arch, block, layers, widths, pretrained_backbone)
+        super().__init__(num_frames, num_ws, w_dim, arch, block, layers, widths, pretrained_backbone, head_grid,
+                         head_bottleneck)
         self.config = dict(num_frames=int(num_frames), num_ws=int(num_ws), w_dim=int(w_dim),
                            **_backbone_config(arch, block, layers, widths))
+        if head_grid:  # written only when set: older config.json files stay valid
+            self.config["head_grid"] = int(head_grid)
+        if head_bottleneck:
+            self.config["head_bottleneck"] = int(head_bottleneck)
 
     @property
     def num_frames(self) -> int:

@@ -31,7 +31,9 @@ Key layout (ours; ``convert.py`` maps the rosinality ``stylegan2-pytorch`` layou
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -85,6 +87,21 @@ def stylegan2_config(preset: str, part: str = "generator", **overrides) -> dict:
         raise ValueError(f"unknown {part} argument(s): {', '.join(sorted(unknown))}")
     cfg.update(overrides)
     return cfg
+
+
+def preset_generator(preset: str, folder: str | Path | None = None) -> "Generator":
+    """A fresh :class:`Generator` of ``preset`` shaped like the one saved in ``folder`` (its ``input_mode``,
+    the one architecture option a preset leaves open), ready for ``load_pretrained(G, folder)``, which
+    then checks every other argument against the preset."""
+    input_mode = "const"
+    if folder is not None and (Path(folder) / "config.json").is_file():
+        try:
+            input_mode = json.loads((Path(folder) / "config.json").read_text()).get("input_mode", "const")
+        except (OSError, ValueError):
+            pass  # load_pretrained reports the damaged file
+    if input_mode not in ("const", "dense"):
+        input_mode = "const"
+    return Generator(**stylegan2_config(preset, "generator"), input_mode=input_mode)
 
 
 def channels_for(img_resolution: int, channel_base: int, channel_max: int) -> list[int]:
@@ -433,12 +450,17 @@ class SynthesisBlock(nn.Module):
                  img_channels: int = 3,                        # image channels
                  use_noise: bool = True,                       # noise inputs in the convs
                  resample_filter: Sequence[float] = (1, 3, 3, 1),  # FIR taps for upsampling
+                 input_mode: str = "const",                    # first block: "const" or "dense" (see SynthesisNetwork)
                  ):
         super().__init__()
         self.in_channels, self.out_channels, self.resolution, self.img_channels = (
             in_channels, out_channels, resolution, img_channels)
+        self.input_mode = input_mode
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))  # [C, 4, 4] learned input
+            if input_mode == "dense":  # + a layout from the first code, starting at zero (= the const input)
+                self.dense = EqualLinear(w_dim, out_channels * resolution * resolution)
+                nn.init.zeros_(self.dense.weight)
         else:
             self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, use_noise=use_noise,
                                         resample_filter=resample_filter)
@@ -454,6 +476,8 @@ class SynthesisBlock(nn.Module):
         Returns x [N, C_out, R, R], img [N, 3, R, R]."""
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)   # [N, C, 4, 4]
+            if self.input_mode == "dense":
+                x = x + self.dense(ws[:, 0]).view_as(x)
             x = self.conv1(x, ws[:, 0], noise_mode, fused_modconv)
         else:
             x = self.conv0(x, ws[:, 0], noise_mode, fused_modconv)
@@ -473,8 +497,15 @@ class SynthesisNetwork(nn.Module):
                  img_channels: int = 3,                        # image channels
                  use_noise: bool = True,                       # noise inputs
                  resample_filter: Sequence[float] = (1, 3, 3, 1),  # FIR taps for upsampling
+                 input_mode: str = "const",                    # 4 px input: "const" (StyleGAN2) or "dense"
                  ):
+        """input_mode "dense" adds to the learned constant a 4 x 4 layout computed from the first W+ code
+        (a linear layer, zero at the start), as ProGAN's input layer did: the image's coarse layout (pose,
+        position) then comes from the code directly instead of through the styles alone. An option of the
+        CPU preset (it learns an unaligned, multi-pose autoencoder faster); StyleGAN2's is "const"."""
         super().__init__()
+        if input_mode not in ("const", "dense"):
+            raise ValueError(f"input_mode must be 'const' or 'dense', got {input_mode!r}")
         log2 = int(round(math.log2(img_resolution))) if img_resolution > 0 else 0
         if img_resolution < 4 or 2 ** log2 != img_resolution:
             raise ValueError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
@@ -485,7 +516,7 @@ class SynthesisNetwork(nn.Module):
         self.num_ws = 2 * log2 - 2
         for k, res in enumerate(self.block_resolutions):
             setattr(self, f"b{res}", SynthesisBlock(channels[k - 1] if k > 0 else 0, channels[k], w_dim, res,
-                                                    img_channels, use_noise, resample_filter))
+                                                    img_channels, use_noise, resample_filter, input_mode))
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "random", fused_modconv: bool | None = None) -> torch.Tensor:
         """ws [N, num_ws, w_dim] -> img [N, img_channels, R, R].
@@ -530,6 +561,7 @@ class Generator(nn.Module):
                  w_avg_beta: float = 0.995,                    # decay of the tracked mean of W
                  use_noise: bool = True,                       # noise inputs in the synthesis convs
                  resample_filter: Sequence[float] = (1, 3, 3, 1),  # FIR taps for x2 upsampling
+                 input_mode: str = "const",                    # 4 px input: "const" or "dense" (SynthesisNetwork)
                  ):
         super().__init__()
         self.config = dict(z_dim=z_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
@@ -538,13 +570,16 @@ class Generator(nn.Module):
                            mapping_layers=mapping_layers, mapping_lr_multiplier=mapping_lr_multiplier,
                            w_avg_beta=w_avg_beta, use_noise=use_noise,
                            resample_filter=[float(v) for v in resample_filter])
+        if input_mode != "const":  # written only when not the default: older config.json files stay the same
+            self.config["input_mode"] = input_mode
         if channels is None:
             if img_resolution < 4 or img_resolution & (img_resolution - 1):
                 raise ValueError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
             channels = channels_for(img_resolution, channel_base, channel_max)
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, img_resolution, img_channels
         self.channels = list(channels)
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, channels, img_channels, use_noise, resample_filter)
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, channels, img_channels, use_noise, resample_filter,
+                                          input_mode)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta)
 

@@ -52,15 +52,18 @@ RECIPES: dict[str, dict[str, dict]] = {
         "generator": {"steps": 0},
         "sharp_encoder": {
             "fresh_generator": True,
+            "generator_input": "dense",  # G's 4 px layout from w_0: +0.3 dB at 650 iterations (MODEL_CARD "Recipe")
+            "head_grid": 2,  # E_s's head sees a 2 x 2 feature map, not a global pool: +2 dB at 400 iterations
             "lambda_id": 0.0,  # dlib's descriptor does not tell our 64 px synthetic subjects apart (README)
             "lambda_per": 0.0,  # no VGG weights offline; the fallback features cost time and bought nothing
             "lr": 1e-3, "lr_generator": 2e-3,  # Adam at the usual autoencoder / StyleGAN2 rates, not 1e-4
-            "precision": "bf16",  # 1.4-1.5x per step on AVX-512 BF16 CPUs (benchmarks/train_step_speed.py)
-            "steps": 8000,
+            "precision": "bf16",  # 1.7x per step on this AVX-512 BF16 CPU (benchmarks/train_step_speed.py)
+            "steps": 9000,
         },
         "blur_encoder": {
             "lambda_image": 1.0,  # decoded frames vs sharp targets (order from the latent min): motion, not the mean
             "image_frames": 3,  # 3 of the 5 frames through G per sample and step (a new draw each step): cheaper
+            "head_grid": 2, "head_bottleneck": 192,  # E_s's lever; a rank-192 head keeps the bundle under 25 MB
             "lr": 1e-3,
             "precision": "bf16",
             "steps": 3000,
@@ -108,7 +111,8 @@ class TrainAllPlan:
             raise UserError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
         unknown = set(self.overrides) - set(STAGE_ORDER)
         if unknown:
-            raise UserError(f"--set: unknown stage(s) {', '.join(sorted(unknown))}: stages are {', '.join(STAGE_ORDER)}")
+            raise UserError(f"--set: unknown stage(s) {', '.join(sorted(unknown))}: "
+                            f"stages are {', '.join(STAGE_ORDER)}")
         settings = {stage: {**RECIPES[recipe].get(stage, {}), **self.overrides.get(stage, {})}
                     for stage in STAGE_ORDER}
         recipe_steps = {k: int(v.pop("steps")) for k, v in settings.items() if "steps" in v}

@@ -144,6 +144,8 @@ class BlurEncoderConfig:
     latent_loss: str = "l1"  # l1 or l2 distance between code sequences
     lambda_image: float = 0.0  # weight of the L1 between decoded frames and sharp targets (0: off, as the paper)
     image_frames: int = 5  # frames per sample decoded for the image term (fewer: cheaper; a new draw each step)
+    head_grid: int = 0  # E_v head input: 0 global pool (paper), k a k x k pooled feature map (sees position)
+    head_bottleneck: int = 0  # 0: one Linear head; b: a rank-b head (keeps the bundled size with head_grid)
     ema_images: float | None = None  # EMA half-life in images (default per preset)
     backbone_weights: str | None = None  # torchvision ResNet weights to start E_v's backbone from
     checkpoint_every: int = 500
@@ -173,7 +175,8 @@ class BlurEncoderConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
         if not 1 <= c.image_frames <= NUM_FRAMES:
             raise UserError(f"--image-frames must be between 1 and {NUM_FRAMES} (got {c.image_frames})")
-        for name in ("steps", "lr", "lambda_image", "ema_images", "grid", "workers", "image_every"):
+        for name in ("steps", "lr", "lambda_image", "ema_images", "grid", "workers", "image_every", "head_grid",
+                     "head_bottleneck"):
             if getattr(c, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
         if c.latent_loss not in LATENT_LOSSES:
@@ -216,6 +219,9 @@ class BlurEncoderStage:
         dist_utils.seed_all(c.seed, per_rank=False)  # the same initial weights on every rank
         self.e_config = dict(num_frames=NUM_FRAMES, num_ws=self.G.num_ws, w_dim=self.G.w_dim,
                              **encoder_config(c.preset, "blur"))
+        for name in ("head_grid", "head_bottleneck"):
+            if getattr(c, name):
+                self.e_config[name] = int(getattr(c, name))
         self.E = BlurEncoder(**self.e_config, pretrained_backbone=c.backbone_weights).to(dev).train()
         self.E.set_latent_offset(self.E_s.latent_offset)
         self.E_ema = copy.deepcopy(self.E).eval().requires_grad_(False)
@@ -248,7 +254,7 @@ class BlurEncoderStage:
     # ------------------------------------------------------------------------------------------ setup
     def _load_generator(self):
         from deblur_rotate.models.io import load_pretrained
-        from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
+        from deblur_rotate.models.stylegan2 import preset_generator
 
         c = self.config
         if not c.generator:
@@ -258,7 +264,7 @@ class BlurEncoderStage:
         if not folder.is_dir():
             raise UserError(f"generator folder {folder} not found; give RUN/generator of "
                             "`deblur-rotate train sharp-encoder` (config.json + model.safetensors)")
-        G = Generator(**stylegan2_config(c.preset, "generator"))
+        G = preset_generator(c.preset, folder)
         return load_pretrained(G, folder)  # UserError naming keys/shapes (and the presets) on another preset
 
     def _load_sharp_encoder(self):
@@ -436,6 +442,11 @@ def add_parser(stages) -> None:
                    help="distance between code sequences: l1 (mean absolute) or l2 (mean squared); default l1")
     p.add_argument("--lambda-image", type=float, default=0.0,
                    help="weight of an L1 between the decoded frames and the sharp targets (default 0: off)")
+    p.add_argument("--head-grid", type=int, default=0,
+                   help="E_v's head reads a K x K pooled feature map instead of the global pool "
+                        "(default 0: the paper's)")
+    p.add_argument("--head-bottleneck", type=int, default=0,
+                   help="factor E_v's head through B units (a rank-B head; default 0: one Linear layer)")
     p.add_argument("--image-frames", type=int, default=5,
                    help="frames per sample decoded for the image term, drawn anew each step (default 5: all)")
     p.add_argument("--backbone-weights", type=str, default=None,
@@ -453,7 +464,7 @@ def run_blur_encoder(args) -> int:
         preset=args.preset, data=str(args.data), sharp_encoder=str(args.sharp_encoder), generator=str(args.generator),
         out=str(args.out), kind=args.kind, split=args.split, m=args.m, mirror=args.mirror, jitter=args.jitter,
         steps=args.steps, batch=args.batch, lr=args.lr, latent_loss=args.latent_loss, lambda_image=args.lambda_image,
-        image_frames=args.image_frames,
+        image_frames=args.image_frames, head_grid=args.head_grid, head_bottleneck=args.head_bottleneck,
         ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0, backbone_weights=args.backbone_weights,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
         grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,

@@ -25,7 +25,8 @@ def add_common_options(p: argparse.ArgumentParser, *, batch_help: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                   help="mixed precision: bf16 autocast (CPU or CUDA), fp16 with loss scaling (CUDA only); default fp32")
+                   help="mixed precision: bf16 autocast (CPU or CUDA), fp16 with loss scaling (CUDA only); "
+                        "default fp32")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 

@@ -312,11 +312,11 @@ class FusionStage:
 
     def _load_generator(self):
         from deblur_rotate.models.io import load_pretrained
-        from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
+        from deblur_rotate.models.stylegan2 import preset_generator
 
         c = self.config
         folder = self._folder(c.generator, "--generator", "RUN/generator of `deblur-rotate train sharp-encoder`")
-        G = Generator(**stylegan2_config(c.preset, "generator"))
+        G = preset_generator(c.preset, folder)
         G = load_pretrained(G, folder, self.info.device)  # UserError naming the preset on a mismatch
         return G.requires_grad_(False)
 

@@ -144,6 +144,8 @@ class SharpEncoderConfig:
     data: str = ""  # dataset folder (SynthBMFD, images, 300VW, multi-view)
     generator: str = ""  # folder of the trained generator (RUN_G/generator); "" with fresh_generator
     fresh_generator: bool = False  # G starts from random weights: E_s + G train as an autoencoder (no GAN stage)
+    generator_input: str = "const"  # a fresh G's 4 px input: "const" (StyleGAN2) or "dense" (layout from w_0)
+    head_grid: int = 0  # E_s head input: 0 global pool (paper), k a k x k pooled feature map (sees position)
     out: str = ""  # run folder
     kind: str = "auto"  # dataset kind for open_dataset
     split: str = "train"  # SynthBMFD split
@@ -193,6 +195,11 @@ class SharpEncoderConfig:
             raise UserError("--fresh-generator starts G from random weights: do not also give --generator")
         if c.fresh_generator:
             c.lambda_g = 0.0  # nothing to stay near: G_init is random
+        if c.generator_input not in ("const", "dense"):
+            raise UserError(f"--generator-input must be const or dense (got {c.generator_input!r})")
+        if c.generator_input != "const" and not c.fresh_generator:
+            raise UserError("--generator-input applies to a fresh G only (--fresh-generator); "
+                            "a trained G keeps its own")
         for name in ("batch", "checkpoint_every", "log_every"):
             if getattr(c, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
@@ -236,6 +243,8 @@ class SharpEncoderStage:
         self.dataset = self._open_data()
         dist_utils.seed_all(c.seed, per_rank=False)
         self.e_config = dict(num_ws=self.G.num_ws, w_dim=self.G.w_dim, **encoder_config(c.preset, "sharp"))
+        if c.head_grid:
+            self.e_config["head_grid"] = int(c.head_grid)
         self.E = SharpEncoder(**self.e_config, pretrained_backbone=c.backbone_weights).to(dev).train()
         self.E.set_latent_offset(self.G.mapping.w_avg)
         self.w_norm_ref = mean_w_norm(self.G)
@@ -285,11 +294,11 @@ class SharpEncoderStage:
     # ------------------------------------------------------------------------------------------ setup
     def _load_generator(self):
         from deblur_rotate.models.io import load_pretrained
-        from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
+        from deblur_rotate.models.stylegan2 import Generator, preset_generator, stylegan2_config
 
         c = self.config
         if c.fresh_generator:
-            return Generator(**stylegan2_config(c.preset, "generator"))
+            return Generator(**stylegan2_config(c.preset, "generator"), input_mode=c.generator_input)
         if not c.generator:
             raise UserError("--generator is required: the folder of a trained generator "
                             "(RUN/generator from `deblur-rotate train generator`), or --fresh-generator "
@@ -298,7 +307,7 @@ class SharpEncoderStage:
         if not folder.is_dir():
             raise UserError(f"generator folder {folder} not found; train one with `deblur-rotate train generator` "
                             "or give the folder that holds its config.json + model.safetensors")
-        G = Generator(**stylegan2_config(c.preset, "generator"))
+        G = preset_generator(c.preset, folder)
         return load_pretrained(G, folder)  # UserError naming keys/shapes on another preset
 
     def _open_data(self) -> SharpFaces:
@@ -418,6 +427,12 @@ def add_parser(stages) -> None:
                      help="start G from random weights and train E_s + G as an autoencoder (no GAN stage; "
                           "lambda_g is then 0). The CPU recipe does this: a GAN needs far more iterations "
                           "than a CPU gives before its G is a useful decoder")
+    p.add_argument("--generator-input", choices=("const", "dense"), default="const",
+                   help="with --fresh-generator: G's 4 px input, const (StyleGAN2) or dense (a layout computed "
+                        "from the first code, ProGAN-style; default const)")
+    p.add_argument("--head-grid", type=int, default=0,
+                   help="E_s's head reads a K x K pooled feature map instead of the global pool (default 0: "
+                        "global pool, the paper's)")
     p.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
     p.add_argument("--m", type=int, default=None,
                    help="blur half-window in frames, sets which sharp targets a sample has (default: the data's own)")
@@ -450,7 +465,9 @@ def add_parser(stages) -> None:
 def run_sharp_encoder(args) -> int:
     config = SharpEncoderConfig(
         preset=args.preset, data=str(args.data), generator="" if args.generator is None else str(args.generator),
-        fresh_generator=args.fresh_generator, out=str(args.out), kind=args.kind, m=args.m,
+        fresh_generator=args.fresh_generator, generator_input=args.generator_input, head_grid=args.head_grid,
+        out=str(args.out),
+        kind=args.kind, m=args.m,
         all_frames=args.all_frames, mirror=args.mirror, steps=args.steps, batch=args.batch, lr=args.lr,
         lr_generator=args.lr_generator, lambda_l1=args.lambda_l1, lambda_id=args.lambda_id,
         lambda_per=args.lambda_per, lambda_edge=args.lambda_edge, lambda_g=args.lambda_g,
