@@ -95,7 +95,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep-steps", type=int, default=36, help="views in the orbit (default 36)")
     p.add_argument("--num-frames", type=int, default=None,
                    help="sharp frames per view (default: the model's, 5); other counts interpolate the codes")
-    p.add_argument("--fps", type=float, default=10.0, help="frame rate of the GIF/MP4 videos (default 10)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="photos: frame rate of the GIF/MP4 videos (default 10); video input: the input frame rate "
+                        "(needed for a folder of frames, which --fps makes one video; overrides a file's)")
     p.add_argument("--aligned", action="store_true",
                    help="inputs already are aligned face crops: no detection, just resize")
     p.add_argument("--only-center-face", action="store_true",
@@ -106,6 +108,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-latents", action="store_true", help="write latents.npz (the W+ codes)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    from deblur_rotate.video import add_video_arguments  # video input (issue 14): --factor, --save-frames, ...
+
+    add_video_arguments(p)
 
 
 @dataclass
@@ -151,8 +156,9 @@ def view_name(view: tuple[float, float], to_frontal: bool = False) -> str:
 
 
 def _options(args) -> RunOptions:
-    if not (args.fps > 0 and math.isfinite(args.fps)) or args.fps > 240:
-        raise UserError(f"--fps must be in (0, 240] (got {args.fps})")
+    fps = 10.0 if args.fps is None else args.fps  # None: not given (video input then reads the file's rate)
+    if not (fps > 0 and math.isfinite(fps)) or fps > 240:
+        raise UserError(f"--fps must be in (0, 240] (got {fps})")
     if args.num_frames is not None and not 1 <= args.num_frames <= 256:
         raise UserError(f"--num-frames must be between 1 and 256 (got {args.num_frames})")
     if args.sweep is not None and not 0 < args.sweep <= 180:
@@ -163,7 +169,7 @@ def _options(args) -> RunOptions:
         raise UserError("--paste-back puts the faces back into the original photo, but with --aligned the input "
                         "already is the face crop; drop one of the two")
     return RunOptions(views=views_from_angles(args.yaw, args.pitch), to_frontal=args.to_frontal,
-                      num_frames=args.num_frames, fps=args.fps, sweep=args.sweep, sweep_steps=args.sweep_steps,
+                      num_frames=args.num_frames, fps=fps, sweep=args.sweep, sweep_steps=args.sweep_steps,
                       aligned=args.aligned, only_center_face=args.only_center_face, paste_back=args.paste_back,
                       save_pose=args.save_pose, save_latents=args.save_latents)
 
@@ -494,6 +500,12 @@ def run_command(args) -> int:
     from deblur_rotate.pipeline import DeblurRotatePipeline, FaceFinder
 
     options = _options(args)
+    # --- video input (issue 14): a video file, or a folder of frames with --fps -> deblur_rotate.video
+    from deblur_rotate.video import is_video_request, run_video_command
+
+    if is_video_request(args):
+        return run_video_command(args, options)
+    # ---
     out: Path = args.output
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file; give a folder for -o")
