@@ -1,0 +1,692 @@
+"""``deblur-rotate serve``: the main job as a local web page (Gradio).
+
+``deblur-rotate serve [--host 127.0.0.1] [--port 7860] [--model FOLDER]`` loads ONE pipeline (the bundled
+model, or ``--model``) and serves a page on which a person uploads a blurry face photo (or picks a built-in
+example), chooses the views and presses "Deblur and rotate". The page then shows:
+
+* the blurry input with the faces found boxed and numbered, the aligned crops the networks saw, and a
+  choice of face when there are several (every face is processed; the choice only changes what is shown);
+* per view, the sharp frames as a looping GIF (the MP4 is among the downloads) and the frames one by one;
+* the contact sheet (rows: views; columns: the input, then frames 1..T, as ``deblur-rotate run`` writes it);
+* E_3D's head-pose estimate, and the time the request took;
+* downloads: a zip of every frame (all faces, all views) and, for the face shown, each view's MP4 and GIF,
+  the sweep's and the contact sheet.
+
+Views: the input view, one new view set with the yaw/pitch sliders (limited to the range the model was
+trained on: ``view_range`` in pipeline.json, top level or under ``extra``, as ``{"yaw_deg": [lo, hi],
+"pitch_deg": [lo, hi]}``; without it +-60 deg yaw and +-20 deg pitch), the frontal view (the face turned to
+look into the camera, from E_3D's pose estimate) and a sweep (an orbit over the yaw range). Choices the
+model cannot do (no F: only the input view; no E_3D: no frontal view) are left out of the page.
+
+Serving rules:
+
+* the pipeline and the face finder are loaded once, before the page opens, and shared by all requests;
+  requests wait in a queue (at most QUEUE_SIZE) and run one at a time, with a progress bar on the page;
+* a problem with one upload (an unreadable file, a video, a photo without a face, an image larger than
+  MAX_SIDE pixels a side or MAX_UPLOAD_MB) is written on the page as one readable sentence and the server
+  goes on; an unexpected failure is shown the same way, with its traceback in the server's log;
+* every file the server writes (uploads, results, Gradio's cache, Python temp files) lies in one temp folder
+  of its own, made at start, printed at start and removed at exit; results of all but the last
+  KEEP_RESULTS requests are removed as new ones come;
+* it binds to 127.0.0.1 (this machine only) unless ``--host`` says otherwise, and says so at start.
+
+The photo path (reading, face finding and alignment) is :mod:`deblur_rotate.pipeline`'s and the writing
+(GIF, MP4, contact sheet, view names) is :mod:`deblur_rotate.run`'s, so the page gives what ``run`` gives.
+There is no video path in deblur-rotate yet: a video upload gets a message saying so.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deblur_rotate.errors import UserError
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_VIEW_RANGE",
+    "MAX_SIDE",
+    "MAX_UPLOAD_MB",
+    "FaceResult",
+    "RequestResult",
+    "ServeApp",
+    "add_arguments",
+    "build_page",
+    "check_upload",
+    "serve_command",
+    "view_range",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+MAX_UPLOAD_MB = 25              # largest upload, megabytes (Gradio refuses larger ones at upload time too)
+MAX_SIDE = 4096                 # largest image side the page takes, pixels
+MAX_FACES = 8                   # faces processed per photo (the largest ones)
+KEEP_RESULTS = 8                # request folders kept (older ones are removed)
+QUEUE_SIZE = 16                 # requests waiting at most; more are refused with a message
+FPS = 10.0                      # frame rate of the GIFs/MP4s (as `run`'s default)
+SWEEP_STEPS = 36                # views in the orbit (as `run`'s default)
+PHOTO_DISPLAY_SIDE = 1024       # the boxed photo is shrunk to this longest side for the page ...
+PHOTO_MIN_SIDE = 256            # ... and small ones are enlarged (nearest neighbour) to at least this
+DEFAULT_VIEW_RANGE = {"yaw_deg": (-60.0, 60.0), "pitch_deg": (-20.0, 20.0)}
+VIDEO_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+
+VIEW_INPUT = "input view"
+VIEW_NEW = "new view (yaw/pitch sliders)"
+VIEW_FRONTAL = "frontal"
+VIEW_SWEEP = "sweep (orbit)"
+
+
+# --------------------------------------------------------------------------------------------------- options
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``deblur-rotate serve``."""
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 opens the page to "
+                        "every machine that can reach this one)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--model", type=Path, default=None, metavar="FOLDER",
+                   help="model folder (pipeline.json + one sub-folder per network); default: the bundled model")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+
+
+def view_range(config: dict | None) -> dict[str, tuple[float, float]]:
+    """The yaw/pitch range (degrees, relative to the input view) the sliders allow: pipeline.json's
+    ``view_range`` (top level or under ``extra``) when present and valid, else DEFAULT_VIEW_RANGE.
+
+    ``view_range`` is ``{"yaw_deg": [lo, hi], "pitch_deg": [lo, hi]}`` with lo < 0 < hi, |angles| <= 180;
+    a missing key keeps its default; an unusable entry is a UserError naming it."""
+    config = config or {}
+    spec = config.get("view_range")
+    if spec is None and isinstance(config.get("extra"), dict):
+        spec = config["extra"].get("view_range")
+    out = dict(DEFAULT_VIEW_RANGE)
+    if spec is None:
+        return out
+    if not isinstance(spec, dict):
+        raise UserError(f"pipeline.json view_range must be {{'yaw_deg': [lo, hi], 'pitch_deg': [lo, hi]}}, "
+                        f"got {spec!r}")
+    for key in DEFAULT_VIEW_RANGE:
+        if key not in spec:
+            continue
+        try:
+            lo, hi = (float(v) for v in spec[key])
+        except (TypeError, ValueError):
+            raise UserError(f"pipeline.json view_range[{key!r}] must be two numbers [lo, hi], got "
+                            f"{spec[key]!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and -180 <= lo < 0 < hi <= 180):
+            raise UserError(f"pipeline.json view_range[{key!r}] = {spec[key]!r}: need -180 <= lo < 0 < hi <= 180")
+        out[key] = (lo, hi)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+def check_upload(path: str | os.PathLike, name: str) -> np.ndarray:
+    """Read an uploaded photo as uint8 RGB ``[H, W, 3]`` (``name``: how messages call it, the user's file
+    name). UserError with a readable sentence for a missing, too large, video or unreadable file, or an
+    image over MAX_SIDE pixels a side (checked from the header, before decoding)."""
+    from PIL import Image
+
+    from deblur_rotate.pipeline import read_image
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{name}: the upload did not arrive (no file); upload it again")
+    size_mb = path.stat().st_size / 1e6
+    if size_mb > MAX_UPLOAD_MB:
+        raise UserError(f"{name}: the file is {size_mb:.1f} MB; this page takes files up to {MAX_UPLOAD_MB} MB")
+    if path.suffix.lower() in VIDEO_EXTS:
+        raise UserError(f"{name}: this is a video; deblur-rotate has no video path yet, so the page takes photos "
+                        "only (save one frame of the video as an image and upload that)")
+    limit = f"this page takes images up to {MAX_SIDE} x {MAX_SIDE} pixels"
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Image.DecompressionBombError:
+        raise UserError(f"{name}: the image is far too large to decode safely; {limit}") from None
+    except Exception:  # noqa: BLE001 - not an image PIL knows: read_image below says so in its own words
+        w = h = 0
+    if max(w, h) > MAX_SIDE:
+        raise UserError(f"{name}: the image is {w} x {h} pixels, too large; {limit} (shrink it and upload it again)")
+    try:
+        return read_image(path)
+    except UserError as err:
+        raise UserError(str(err).replace(str(path), name)) from None
+
+
+# ----------------------------------------------------------------------------------------------- processing
+
+
+@dataclass
+class FaceResult:
+    """What the page shows for one face of a request (paths inside the request folder)."""
+
+    crop: str                                   # the aligned crop the networks saw (PNG)
+    box: list[float] | None                     # detector box (left, top, right, bottom), photo pixels
+    pose_deg: dict[str, float] | None           # E_3D's (pitch, yaw, roll), degrees; None without E_3D
+    videos: list[tuple[str, str, str]]          # per view: (view name, GIF path, MP4 path); sweep last
+    frames: list[tuple[str, str]]               # (PNG path, caption "view · frame j") per view and frame
+    contact_sheet: str | None                   # PNG; None when only the sweep was asked for
+
+
+@dataclass
+class RequestResult:
+    """One finished request."""
+
+    name: str                                   # the uploaded file's name
+    folder: str                                 # the request folder (inside the server's temp folder)
+    photo: str                                  # the input photo with the faces boxed and numbered (PNG)
+    image_size: tuple[int, int]                 # (width, height) of the photo
+    views: list[str]                            # view names, in order (sweep last)
+    faces: list[FaceResult] = field(default_factory=list)
+    faces_found: int = 0                        # faces the detector found (MAX_FACES of them are processed)
+    zip_path: str = ""                          # every frame of every face and view
+    seconds: float = 0.0                        # time the request took
+
+
+def _png(path: Path, image: np.ndarray) -> str:
+    from deblur_rotate.run import encode_png
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_png(image))
+    return str(path)
+
+
+def _boxed_photo(photo: np.ndarray, boxes: list[list[float] | None]) -> np.ndarray:
+    """The photo (shrunk to PHOTO_DISPLAY_SIDE, small ones enlarged to PHOTO_MIN_SIDE) with each face's box
+    drawn and numbered 1..N."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(photo)
+    scale = min(1.0, PHOTO_DISPLAY_SIDE / max(img.size))
+    if scale < 1.0:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+    elif max(img.size) < PHOTO_MIN_SIDE:
+        scale = float(math.ceil(PHOTO_MIN_SIDE / max(img.size)))
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.NEAREST)
+    draw = ImageDraw.Draw(img)
+    width = max(1, round(max(img.size) / 200))
+    for k, box in enumerate(boxes):
+        if box is None:
+            continue
+        left, top, right, bottom = (v * scale for v in box)
+        draw.rectangle([left, top, right, bottom], outline=(255, 210, 0), width=width)
+        draw.text((left + width + 1, top + width), str(k + 1), fill=(255, 210, 0))
+    return np.asarray(img)
+
+
+class ServeApp:
+    """The page's work, without the page: one pipeline and one face finder for every request.
+
+    Not thread-safe by itself: the page's queue runs one request at a time (``concurrency_limit=1``).
+    """
+
+    def __init__(self,
+                 pipe,                          # a DeblurRotatePipeline (loaded once)
+                 root: str | os.PathLike,       # the server's own temp folder; request folders go in root/results
+                 model_label: str = "model",    # how the page names the model
+                 finder=None,                   # a FaceFinder (default: one made here, models load on first use)
+                 ):
+        from deblur_rotate.pipeline import FaceFinder
+
+        self.pipe = pipe
+        self.root = Path(root)
+        self.results = self.root / "results"
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.model_label = model_label
+        self.finder = finder or FaceFinder()
+        self.range = view_range(pipe.config)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Load the face detectors (HOG and the CNN fallback) and run the networks once, so that the first
+        request is as quick as the others."""
+        import torch
+
+        blank = np.zeros((64, 64, 3), np.uint8)
+        self.finder.find(blank)                                   # HOG finds nothing -> the CNN loads too
+        with torch.no_grad():
+            codes, pose = self.pipe.encode(torch.zeros(1, 3, self.pipe.resolution, self.pipe.resolution))
+            self.pipe.synthesize(codes[:, :1])
+
+    # ------------------------------------------------------------------ facts for the page
+
+    def view_choices(self) -> list[str]:
+        """The view choices this model can do."""
+        choices = [VIEW_INPUT]
+        if self.pipe.can_rotate:
+            choices += [VIEW_NEW] + ([VIEW_FRONTAL] if self.pipe.has_pose else []) + [VIEW_SWEEP]
+        return choices
+
+    # ------------------------------------------------------------------ one request
+
+    def _new_folder(self) -> Path:
+        """A fresh request folder; all but the newest KEEP_RESULTS folders are removed."""
+        with self._lock:
+            self._count += 1
+            folder = self.results / f"{self._count:05d}-{uuid.uuid4().hex[:8]}"
+            old = sorted(p for p in self.results.iterdir() if p.is_dir())
+            for p in old[:max(0, len(old) - KEEP_RESULTS + 1)]:
+                shutil.rmtree(p, ignore_errors=True)
+            folder.mkdir()
+        return folder
+
+    def _views(self, chosen: list[str], yaw: float, pitch: float) -> tuple[list[tuple[float, float]], bool, bool]:
+        """(views relative to the input, frontal asked, sweep asked); UserError for nothing chosen or angles
+        outside the trained range."""
+        unknown = [c for c in chosen if c not in self.view_choices()]
+        if unknown:
+            raise UserError(f"this model cannot render the view(s) {', '.join(unknown)}; "
+                            f"it offers: {', '.join(self.view_choices())}")
+        relative: list[tuple[float, float]] = []
+        if VIEW_INPUT in chosen:
+            relative.append((0.0, 0.0))
+        if VIEW_NEW in chosen:
+            for label, value, key in (("yaw", yaw, "yaw_deg"), ("pitch", pitch, "pitch_deg")):
+                lo, hi = self.range[key]
+                if value is None or not math.isfinite(float(value)) or not lo <= float(value) <= hi:
+                    raise UserError(f"{label} {value} is outside the range the model was trained on "
+                                    f"({lo:g} to {hi:g} degrees)")
+            view = (float(yaw), float(pitch))
+            if view not in relative:
+                relative.append(view)
+        frontal, sweep = VIEW_FRONTAL in chosen, VIEW_SWEEP in chosen
+        if not (relative or frontal or sweep):
+            raise UserError("choose at least one view (input view, new view, frontal or sweep)")
+        return relative, frontal, sweep
+
+    def process(self, path: str | os.PathLike | None, name: str | None = None, aligned: bool = False,
+                chosen: list[str] | tuple[str, ...] = (VIEW_INPUT,), yaw: float = 0.0, pitch: float = 0.0,
+                progress=None) -> RequestResult:
+        """Run one uploaded photo: faces, codes, every chosen view, files for the page and the downloads.
+
+        progress: ``progress(fraction, desc=...)`` (Gradio's) or None. UserError, with a sentence for the
+        page, for problems of this upload or request."""
+        import torch
+
+        from deblur_rotate.files import to_uint8
+        from deblur_rotate.pipeline import prepare_image, sweep_views
+        from deblur_rotate.run import contact_sheet, encode_gif, encode_mp4, view_name
+
+        def step(fraction: float, desc: str) -> None:
+            if progress is not None:
+                progress(fraction, desc=desc)
+
+        started = time.perf_counter()
+        if path is None:
+            raise UserError("no photo yet: upload one (or click a built-in example) first")
+        name = name or Path(path).name
+        relative, frontal, sweep = self._views(list(chosen or []), yaw, pitch)
+        step(0.05, "reading the photo")
+        photo = check_upload(path, name)
+        step(0.15, "finding faces")
+        pipe = self.pipe
+        try:
+            faces = prepare_image(photo, pipe.resolution, crop=pipe.crop, aligned=aligned, finder=self.finder,
+                                  name=name)
+        except UserError:
+            h, w = photo.shape[:2]
+            raise UserError(f"{name}: no face found in this {w} x {h} photo (dlib's HOG and CNN detectors). If it "
+                            "already is a face crop framed like the built-in examples, tick \"The photo is an "
+                            "aligned face crop\" and run it again") from None
+        found = len(faces)
+        faces = faces[:MAX_FACES]
+        step(0.35, f"deblurring {len(faces)} face(s)")
+        with torch.no_grad():
+            batch = torch.stack([f.tensor() for f in faces])                           # [F, 3, R, R]
+            codes, pose = pipe.encode(batch)
+            parts = []
+            if relative:
+                parts.append(pipe.rotate(codes, pose, relative))                       # [F, V, T, ...]
+            if frontal:
+                parts.append(pipe.rotate(codes, pose, [(0.0, 0.0)], to_frontal=True))
+            names = [view_name(v) for v in relative] + ([view_name((0.0, 0.0), True)] if frontal else [])
+            frames = None
+            if parts:
+                step(0.5, f"rendering {len(names)} view(s)")
+                rendered = pipe.synthesize(torch.cat(parts, 1))                        # [F, V, T, 3, R, R]
+                frames = to_uint8(rendered.flatten(0, 2)).reshape(*rendered.shape[:3], *faces[0].image.shape)
+            orbit = None
+            if sweep:
+                step(0.65, "rendering the sweep")
+                amplitude = min(abs(v) for v in self.range["yaw_deg"])
+                orbit = to_uint8(pipe.sweep(codes, pose, sweep_views(SWEEP_STEPS, amplitude)).flatten(0, 1))
+                orbit = orbit.reshape(len(faces), SWEEP_STEPS, *faces[0].image.shape)  # [F, K, R, R, 3]
+
+        step(0.8, "writing the videos")
+        folder = self._new_folder()
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:60] or "photo"
+        result = RequestResult(name=name, folder=str(folder), photo="", views=names + (["sweep"] if sweep else []),
+                               image_size=(int(photo.shape[1]), int(photo.shape[0])), faces_found=found)
+        result.photo = _png(folder / "photo.png", _boxed_photo(photo, [f.box for f in faces]))
+        for k, face in enumerate(faces):
+            sub = folder / f"face_{k + 1}"
+            pose_deg = None
+            if pose is not None:
+                pose_deg = {a: round(math.degrees(float(r)), 1) for a, r in zip(("pitch", "yaw", "roll"), pose[k])}
+            fr = FaceResult(crop=_png(sub / "input.png", face.image),
+                            box=None if face.box is None else [round(b, 1) for b in face.box],
+                            pose_deg=pose_deg, videos=[], frames=[], contact_sheet=None)
+            for v, view in enumerate(names):
+                for j in range(frames.shape[2]):
+                    fr.frames.append((_png(sub / "frames" / view / f"frame_{j + 1}.png", frames[k, v, j]),
+                                      f"{view} · frame {j + 1}"))
+                (sub / f"{view}.gif").write_bytes(encode_gif(frames[k, v], FPS))
+                (sub / f"{view}.mp4").write_bytes(encode_mp4(frames[k, v], FPS))
+                fr.videos.append((view, str(sub / f"{view}.gif"), str(sub / f"{view}.mp4")))
+            if orbit is not None:
+                (sub / "sweep.gif").write_bytes(encode_gif(orbit[k], FPS))
+                (sub / "sweep.mp4").write_bytes(encode_mp4(orbit[k], FPS))
+                fr.videos.append(("sweep", str(sub / "sweep.gif"), str(sub / "sweep.mp4")))
+            if frames is not None:
+                (sub / "contact_sheet.png").write_bytes(contact_sheet(face.image, frames[k], names))
+                fr.contact_sheet = str(sub / "contact_sheet.png")
+            result.faces.append(fr)
+        step(0.95, "packing the downloads")
+        result.zip_path = str(folder / f"{stem}_frames.zip")
+        with zipfile.ZipFile(result.zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+            for k in range(len(faces)):
+                sub = folder / f"face_{k + 1}"
+                for p in sorted(sub.rglob("*.png")):
+                    zf.write(p, f"{stem}/{p.relative_to(folder)}")
+        result.seconds = round(time.perf_counter() - started, 2)
+        return result
+
+    # ------------------------------------------------------------------ what the page shows
+
+    def status_text(self, result: RequestResult) -> str:
+        """The one-line summary above the results."""
+        faces = f"{len(result.faces)} face" + ("s" if len(result.faces) != 1 else "")
+        if result.faces_found > len(result.faces):
+            faces += f" (of {result.faces_found} found: the largest {len(result.faces)})"
+        return (f"**Done** in {result.seconds:.2f} s: `{result.name}` ({result.image_size[0]} x "
+                f"{result.image_size[1]} px), {faces}, views: {', '.join(result.views)}.")
+
+    def details_text(self, result: RequestResult, k: int) -> str:
+        """Pose, box and timing of face ``k`` as Markdown."""
+        face = result.faces[k]
+        lines = [f"**Face {k + 1}** of {len(result.faces)}"]
+        if face.pose_deg is not None:
+            p = face.pose_deg
+            lines.append(f"Estimated head pose (E_3D): pitch {p['pitch']:+.1f}°, yaw {p['yaw']:+.1f}°, "
+                         f"roll {p['roll']:+.1f}°")
+        else:
+            lines.append("Estimated head pose: not available (this model has no E_3D)")
+        if face.box is not None:
+            lines.append("Face box (left, top, right, bottom): " + ", ".join(f"{b:.0f}" for b in face.box) + " px")
+        else:
+            lines.append("Face box: none (the photo was taken as an aligned crop)")
+        lines.append(f"Time taken: {result.seconds:.2f} s on {self.pipe.device} ({self.model_label})")
+        return "  \n".join(lines)
+
+    def downloads(self, result: RequestResult, k: int) -> list[str]:
+        """The files offered for download while face ``k`` is shown: the zip of all frames, then the face's
+        MP4s and GIFs and its contact sheet."""
+        face = result.faces[k]
+        files = [result.zip_path]
+        for _view, gif, mp4 in face.videos:
+            files += [mp4, gif]
+        if face.contact_sheet:
+            files.append(face.contact_sheet)
+        return files
+
+
+# -------------------------------------------------------------------------------------------------------- page
+
+CSS = """
+#videos img, #frames img, #faces img, #examples img, #contact-sheet img { image-rendering: pixelated; }
+#status { min-height: 1.5em; }
+"""
+
+
+def _example_files(root: Path) -> list[tuple[str, str]]:
+    """Copies of the built-in examples in the server's temp folder: [(path, caption)]."""
+    from deblur_rotate.demo import examples_dir
+
+    out = []
+    folder = root / "examples"
+    for src in sorted(examples_dir().glob("example_*/blurry.png")):
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / f"{src.parent.name}.png"
+        shutil.copyfile(src, dest)
+        out.append((str(dest), src.parent.name.replace("_", " ")))
+    return out
+
+
+def build_page(app: ServeApp):
+    """The Gradio Blocks of the page, wired to ``app`` (one request at a time, a queue, progress)."""
+    import gradio as gr
+
+    pipe = app.pipe
+    yaw_lo, yaw_hi = app.range["yaw_deg"]
+    pitch_lo, pitch_hi = app.range["pitch_deg"]
+    examples = _example_files(app.root)
+    choices = app.view_choices()
+    empty = (None, [], gr.update(choices=[], value=None, visible=False), [], [], None, "", [])
+
+    def show(result: RequestResult | None, k: int | None):
+        """The outputs for face ``k`` of ``result`` (empty ones without a result)."""
+        if result is None or not result.faces:
+            return empty
+        k = 0 if k is None else max(0, min(int(k), len(result.faces) - 1))
+        face = result.faces[k]
+        labels = [f"face {i + 1}" for i in range(len(result.faces))]
+        return (result.photo,
+                [(f.crop, f"face {i + 1}") for i, f in enumerate(result.faces)],
+                gr.update(choices=[(label, i) for i, label in enumerate(labels)], value=k,
+                          visible=len(result.faces) > 1),
+                [(gif, view) for view, gif, _mp4 in face.videos],
+                list(face.frames),
+                face.contact_sheet,
+                app.details_text(result, k),
+                app.downloads(result, k))
+
+    def show_face(result: RequestResult | None, k: int | None):
+        """The face choice: the outputs of ``show`` but the choice itself."""
+        out = show(result, k)
+        return out[:2] + out[3:]
+
+    def failure(message: str):
+        """Status text and cleared outputs for a failed request."""
+        return (f"❌ **Could not process the photo:** {_escape(message)}", None) + empty
+
+    def run(path, aligned, chosen, yaw, pitch, progress=gr.Progress()):
+        """The button: one request through the pipeline."""
+        name = Path(path).name if path else None
+        try:
+            result = app.process(path, name, bool(aligned), list(chosen or []), yaw, pitch, progress=progress)
+        except UserError as err:
+            print(f"request failed: {err}", flush=True)
+            return failure(str(err))
+        except Exception as err:  # noqa: BLE001 - the server must stay up; the trace goes to its log
+            traceback.print_exc()
+            return failure(f"unexpected {type(err).__name__}: {err} (the server's log has the details)")
+        print(f"request done: {result.name}, {len(result.faces)} face(s), views {', '.join(result.views)}, "
+              f"{result.seconds:.2f} s", flush=True)
+        return (app.status_text(result), result) + show(result, 0)
+
+    def preview(path):
+        """On upload: show the photo (or what is wrong with it) before the button is pressed."""
+        if not path:
+            return "", None
+        try:
+            photo = check_upload(path, Path(path).name)
+        except UserError as err:
+            return f"❌ **Could not read the photo:** {_escape(str(err))}", None
+        h, w = photo.shape[:2]
+        return (f"`{Path(path).name}`: {w} x {h} px. Choose the views and press **Deblur and rotate**.",
+                _boxed_photo(photo, []))
+
+    def pick_example(evt):
+        """A click on a built-in example: it becomes the upload, taken as an aligned crop."""
+        return examples[evt.index][0], True
+
+    pick_example.__annotations__["evt"] = gr.SelectData  # a real class (this module's annotations are strings)
+
+    with gr.Blocks(title="deblur-rotate", analytics_enabled=False, delete_cache=(900, 1800)) as page:
+        gr.Markdown(
+            "# deblur-rotate\n"
+            "One motion-blurred face photo in, the **5 sharp frames** of the moment the shutter was open out, "
+            "from the original or a new viewpoint (a reimplementation of *Learning to Deblur and Rotate "
+            f"Motion-Blurred Faces*, BMVC 2021). Model: {_escape(app.model_label)}, {pipe.resolution} px faces"
+            + ("" if pipe.can_rotate else "; this model has no fusion network, so only the input view") + ".")
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label=f"Blurry face photo (up to {MAX_UPLOAD_MB} MB, {MAX_SIDE} px a side)",
+                                 type="filepath", elem_id="photo-upload")
+                gr.Markdown("Or click a built-in example (held-out synthetic faces; the bundled model knows "
+                            "only synthetic faces):")
+                example_gallery = gr.Gallery(value=examples, label="Built-in examples", columns=4,
+                                             allow_preview=False, elem_id="examples", show_label=False, height="auto",
+                                             object_fit="contain", fit_columns=False)
+                aligned = gr.Checkbox(label="The photo is an aligned face crop (skip face finding)", value=False,
+                                      elem_id="aligned")
+                views = gr.CheckboxGroup(choices=choices, value=[c for c in (VIEW_INPUT, VIEW_NEW) if c in choices],
+                                         label="Views", elem_id="views",
+                                         info=f"new view and sweep: within the trained range, yaw {yaw_lo:g}..{yaw_hi:g}°, "
+                                              f"pitch {pitch_lo:g}..{pitch_hi:g}°; frontal: the face turned to the "
+                                              "camera")
+                yaw = gr.Slider(yaw_lo, yaw_hi, value=min(30.0, yaw_hi), step=1, label="new view: yaw (degrees)",
+                                visible=pipe.can_rotate, elem_id="yaw")
+                pitch = gr.Slider(pitch_lo, pitch_hi, value=0.0, step=1, label="new view: pitch (degrees)",
+                                  visible=pipe.can_rotate, elem_id="pitch")
+                button = gr.Button("Deblur and rotate", variant="primary", elem_id="run-button")
+            with gr.Column(scale=2):
+                status = gr.Markdown("Upload a blurry face photo or click an example, then press **Deblur and "
+                                     "rotate**.", elem_id="status")
+                with gr.Row():
+                    photo = gr.Image(label="Blurry input (faces found are boxed)", type="numpy", interactive=False,
+                                     elem_id="blurry-input", height=260)
+                    faces = gr.Gallery(label="Detected faces (aligned crops the networks saw)", columns=4, height=260,
+                                       allow_preview=False, elem_id="faces", object_fit="contain",
+                                       fit_columns=False)
+                face_choice = gr.Radio(label="Show face", type="value", visible=False, elem_id="face-choice")
+                videos = gr.Gallery(label="Sharp frames per view (looping GIF; MP4s among the downloads)",
+                                    columns=4, elem_id="videos", object_fit="contain", fit_columns=False,
+                                    height="auto")
+                frames = gr.Gallery(label="Frames, per view", columns=5, elem_id="frames", object_fit="contain",
+                                    fit_columns=False, height="auto")
+                sheet = gr.Image(label="Contact sheet (input, then frames 1..T, per view)", type="filepath",
+                                 interactive=False, elem_id="contact-sheet")
+                details = gr.Markdown(elem_id="details")
+                files = gr.File(label="Downloads (frames zip, MP4 and GIF per view, contact sheet)",
+                                file_count="multiple", interactive=False, elem_id="downloads")
+        state = gr.State(None)
+
+        outputs = [status, state, photo, faces, face_choice, videos, frames, sheet, details, files]
+        button.click(run, [upload, aligned, views, yaw, pitch], outputs, concurrency_limit=1,
+                     concurrency_id="pipeline", show_progress="full", api_visibility="private")
+        upload.upload(preview, [upload], [status, photo], concurrency_limit=4, api_visibility="private")
+        face_choice.input(show_face, [state, face_choice], [photo, faces, videos, frames, sheet, details, files],
+                          concurrency_limit=4, api_visibility="private")
+        example_gallery.select(pick_example, None, [upload, aligned], concurrency_limit=4, api_visibility="private")
+    return page
+
+
+def _escape(text: str) -> str:
+    """Text safe to put in the page's Markdown/HTML."""
+    import html
+
+    return html.escape(text, quote=False).replace("*", "\\*").replace("_", "\\_").replace("`", "\\`")
+
+
+# --------------------------------------------------------------------------------------------------- command
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_command(args) -> int:
+    """``deblur-rotate serve``: load the model once, serve the page until Ctrl-C (or SIGTERM), clean up."""
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535 (got {args.port})")
+    root = Path(tempfile.mkdtemp(prefix="deblur-rotate-serve-"))
+    try:
+        # Everything the server and Gradio write goes under root: set before Gradio is imported.
+        (root / "tmp").mkdir()
+        os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
+        os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+        os.environ["GRADIO_EXAMPLES_CACHE"] = str(root / "gradio" / "examples")
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TMPDIR"] = str(root / "tmp")
+        tempfile.tempdir = str(root / "tmp")
+        from deblur_rotate.pipeline import DeblurRotatePipeline, bundled_model_dir
+
+        print(f"loading the model {args.model or bundled_model_dir()} ...", flush=True)
+        pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
+        label = "the bundled tiny model" if args.model is None else f"model {args.model}"
+        app = ServeApp(pipe, root, model_label=label)
+        app.warm_up()
+        import gradio as gr  # noqa: F401 - imported here, not at the top: `deblur-rotate --help` stays fast
+
+        page = build_page(app)
+        page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            # Ctrl-C and SIGTERM stop the server the same way (also when started in the background, where the
+            # shell may have ignored SIGINT), so the temp folder is always removed
+            previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt),
+                        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+        host = "localhost" if args.host == "localhost" else args.host
+        url_host = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
+        try:
+            page.launch(server_name=host, server_port=args.port, prevent_thread_lock=True, quiet=True,
+                        share=False, max_file_size=f"{MAX_UPLOAD_MB}mb", ssr_mode=False, mcp_server=False,
+                        pwa=False, show_error=False, css=CSS, footer_links=["gradio"],
+                        allowed_paths=[str(root)])
+        except OSError as err:
+            raise UserError(f"cannot serve on {args.host}:{args.port} ({err}); is the port in use? give --port") \
+                from None
+        where = ("this machine only (127.0.0.1); give --host 0.0.0.0 to open it to other machines"
+                 if _is_loopback(host) else
+                 f"{host}: every machine that can reach this one can use the page")
+        print(f"deblur-rotate serve: http://{url_host}:{args.port}/  (bound to {where})", flush=True)
+        print(f"temp folder: {root} (removed at exit); Ctrl-C to stop", flush=True)
+        try:
+            while True:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("stopping", flush=True)
+        finally:
+            page.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        tempfile.tempdir = None
+    return 0
+
+
+def _raise_interrupt(signum, frame):
+    """SIGTERM handler: stop the way Ctrl-C does (the temp folder is removed)."""
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(serve_command(argparse.Namespace(host=DEFAULT_HOST, port=DEFAULT_PORT, model=None, device="cpu")))
