@@ -120,6 +120,30 @@ def _run_evaluate(args) -> int:
     return run_command(args)
 
 
+# --- serve (deblur_rotate/serve.py): the web page; Gradio is imported only when the command runs -----------
+
+
+def _add_serve(sub) -> None:
+    from deblur_rotate.serve import add_arguments
+
+    p = sub.add_parser("serve", help="the main job as a local web page (Gradio): upload a photo, get the videos",
+                       description="Serve a web page on which a blurry face photo (or a built-in example) is "
+                                   "deblurred and rotated by one model loaded once: views, GIF/MP4 per view, frames, "
+                                   "contact sheet, detected faces, pose, downloads. Binds to 127.0.0.1 (this machine "
+                                   "only) unless --host says otherwise.")
+    add_arguments(p)
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> int:
+    from deblur_rotate.serve import serve_command
+
+    return serve_command(args)
+
+
+# --- end serve -------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deblur_rotate import __version__
 
@@ -130,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_run(sub)
     _add_evaluate(sub)
+    _add_serve(sub)
     from deblur_rotate.data.prepare import add_prepare_parser
     from deblur_rotate.train.commands import add_train_parser
 
