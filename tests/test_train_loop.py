@@ -349,3 +349,42 @@ def test_mixed_precision_bf16_on_cpu_and_fp16_refused():
         MixedPrecision.from_precision("fp16", "cpu")
     with pytest.raises(UserError, match="must be fp32"):
         MixedPrecision.from_precision("fp8", "cpu")
+
+
+def test_linear_lr_decay_is_applied_per_step_and_resumes_from_the_built_lr(tmp_path):
+    from deblur_rotate.train.loop import linear_decay
+
+    assert linear_decay(10, 0.0) is None
+    f = linear_decay(10, 0.5)
+    assert [f(s) for s in (0, 4, 5)] == [1.0, 1.0, 1.0] and f(10) == 0.0 and abs(f(7.5) - 0.5) < 1e-9
+
+    seen = []
+
+    def run(total, resume):
+        net = TinyMLP()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+        def data(start):
+            for s in itertools.count(start):
+                yield torch.full((2, 4), float(s))
+
+        def step_fn(batch, step):
+            seen.append((step, opt.param_groups[0]["lr"]))
+            loss = net(batch).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return {"loss": loss}
+
+        trainer = Trainer(run_dir=tmp_path / "run", networks={"net": net}, optimizers={"sgd": opt}, step_fn=step_fn,
+                          data=data, total_steps=total, checkpoint_every=4, progress=False,
+                          lr_factor=linear_decay(10, 0.5))
+        if resume:
+            trainer.resume()  # the checkpoint's optimizer holds a decayed lr; the factor scales the built one
+        trainer.train()
+
+    run(6, resume=False)
+    run(10, resume=True)  # continues from the step-6 checkpoint
+    lrs = dict(seen)
+    assert lrs[0] == 0.1 and lrs[5] == 0.1
+    assert abs(lrs[6] - 0.1 * 0.8) < 1e-12 and abs(lrs[9] - 0.1 * 0.2) < 1e-12

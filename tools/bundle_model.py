@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--figures", type=Path, default=None, help="JSON {name: value} of measured quality figures")
     ap.add_argument("--examples", type=int, default=4)
     ap.add_argument("--commands", type=Path, default=None, help="text file with the exact training commands")
+    ap.add_argument("--notes", type=Path, default=None,
+                    help="markdown inserted after the stage table (the recipe: what was tried, what each gave)")
     args = ap.parse_args()
 
     run = args.run
@@ -114,6 +116,8 @@ def main() -> None:
     ]
     for stage, s in stages.items():
         lines.append(f"| {stage} | {s['steps']} | {s['batch']} | {s['lr']} | {s['seed']} | {s['wall_minutes']} |")
+    if args.notes:
+        lines += ["", args.notes.read_text().strip()]
     lines += ["", "## Commands", "", "```bash", commands, "```", ""]
     if figures:
         lines += ["## Quality (held-out SynthBMFD subjects)", "", "| figure | value |", "|---|---|"]

@@ -148,6 +148,7 @@ class BlurEncoderConfig:
     head_bottleneck: int = 0  # 0: one Linear head; b: a rank-b head (keeps the bundled size with head_grid)
     ema_images: float | None = None  # EMA half-life in images (default per preset)
     backbone_weights: str | None = None  # torchvision ResNet weights to start E_v's backbone from
+    lr_decay: float = 0.0  # last fraction of the run over which the learning rates fall linearly to 0
     checkpoint_every: int = 500
     log_every: int = 50
     image_every: int | None = None  # default: checkpoint_every
@@ -169,6 +170,8 @@ class BlurEncoderConfig:
         c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
         c.jitter = d["jitter"] if c.jitter is None else bool(c.jitter)
         c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        if not 0.0 <= c.lr_decay <= 1.0:
+            raise UserError(f"--lr-decay must be between 0 and 1 (got {c.lr_decay})")
         c.data, c.out, c.sharp_encoder, c.generator = str(c.data), str(c.out), str(c.sharp_encoder), str(c.generator)
         for name in ("batch", "checkpoint_every", "log_every"):
             if getattr(c, name) < 1:
@@ -201,7 +204,7 @@ class BlurEncoderStage:
     def __init__(self, config: BlurEncoderConfig):
         from deblur_rotate.models.encoders import BlurEncoder, encoder_config
         from deblur_rotate.train.gan import ema_beta_for
-        from deblur_rotate.train.loop import MixedPrecision, Trainer
+        from deblur_rotate.train.loop import MixedPrecision, Trainer, linear_decay
 
         self.config = c = config.resolved()
         self.info = info = dist_utils.setup(c.device)
@@ -249,7 +252,8 @@ class BlurEncoderStage:
             optimizers={"E": self.opt}, step_fn=self.step_fn, data=self.batches, total_steps=c.steps,
             checkpoint_every=c.checkpoint_every, log_every=c.log_every, ema={"E": self.E_ema}, ema_beta=ema_beta,
             amp=self.amp, run_config=run_config, image_fn=self.image_fn if count > 0 else None,
-            image_every=c.image_every if count > 0 else 0, progress=c.progress)
+            image_every=c.image_every if count > 0 else 0, progress=c.progress,
+            lr_factor=linear_decay(c.steps, c.lr_decay))
 
     # ------------------------------------------------------------------------------------------ setup
     def _load_generator(self):
@@ -437,6 +441,9 @@ def add_parser(stages) -> None:
     p.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=None,
                    help="colour jitter of the blurry image and its targets alike (default: paper preset only)")
     add_common_options(p, batch_help="total batch over all processes (default: micro 4, tiny 8, paper 96)")
+    p.add_argument("--lr-decay", type=float, default=0.0,
+                   help="fraction of the run at its end over which the learning rates fall linearly to 0 "
+                        "(default 0: constant, the paper's)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     p.add_argument("--latent-loss", choices=LATENT_LOSSES, default="l1",
                    help="distance between code sequences: l1 (mean absolute) or l2 (mean squared); default l1")
@@ -463,7 +470,8 @@ def run_blur_encoder(args) -> int:
     config = BlurEncoderConfig(
         preset=args.preset, data=str(args.data), sharp_encoder=str(args.sharp_encoder), generator=str(args.generator),
         out=str(args.out), kind=args.kind, split=args.split, m=args.m, mirror=args.mirror, jitter=args.jitter,
-        steps=args.steps, batch=args.batch, lr=args.lr, latent_loss=args.latent_loss, lambda_image=args.lambda_image,
+        steps=args.steps, batch=args.batch, lr=args.lr,
+        lr_decay=args.lr_decay, latent_loss=args.latent_loss, lambda_image=args.lambda_image,
         image_frames=args.image_frames, head_grid=args.head_grid, head_bottleneck=args.head_bottleneck,
         ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0, backbone_weights=args.backbone_weights,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,

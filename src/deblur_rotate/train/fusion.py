@@ -150,6 +150,7 @@ class FusionConfig:
     lambda_image: float = 0.0  # weight of the L1 image term through G (0: off)
     stats_samples: int = 64  # view pairs whose teacher codes set F's input normalisation
     ema_images: float | None = None  # EMA half-life in samples (default per preset)
+    lr_decay: float = 0.0  # last fraction of the run over which the learning rates fall linearly to 0
     checkpoint_every: int = 500
     log_every: int = 50
     image_every: int | None = None  # default: checkpoint_every
@@ -172,6 +173,8 @@ class FusionConfig:
         c.batch = d["batch"] if c.batch is None else int(c.batch)
         c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
         c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        if not 0.0 <= c.lr_decay <= 1.0:
+            raise UserError(f"--lr-decay must be between 0 and 1 (got {c.lr_decay})")
         for name in ("data", "out", "sharp_encoder", "generator", "face3d_encoder", "blur_encoder"):
             value = getattr(c, name)
             setattr(c, name, "" if value is None else str(value))
@@ -234,7 +237,7 @@ class FusionStage:
         from deblur_rotate.models.fusion import FusionNetwork, fusion_config
         from deblur_rotate.models.stylegan2 import stylegan2_config
         from deblur_rotate.train.gan import ema_beta_for
-        from deblur_rotate.train.loop import MixedPrecision, Trainer
+        from deblur_rotate.train.loop import MixedPrecision, Trainer, linear_decay
 
         self.config = c = config.resolved()
         self.info = info = dist_utils.setup(c.device)
@@ -299,7 +302,8 @@ class FusionStage:
             optimizers={_NETWORK: self.opt}, step_fn=self.step_fn, data=self.batches, total_steps=c.steps,
             checkpoint_every=c.checkpoint_every, log_every=c.log_every, ema={_NETWORK: self.F_ema},
             ema_beta=ema_beta, amp=self.amp, run_config=run_config, image_fn=self.image_fn if grid_on else None,
-            image_every=c.image_every if grid_on else 0, progress=c.progress)
+            image_every=c.image_every if grid_on else 0, progress=c.progress,
+            lr_factor=linear_decay(c.steps, c.lr_decay))
 
     # ------------------------------------------------------------------------------------------ setup
     @staticmethod
@@ -611,6 +615,9 @@ def add_parser(stages) -> None:
                         "its mirror)")
     add_common_options(p, batch_help="training samples per iteration, two (u -> v, v -> u) per view pair, so "
                                      "even (default: micro 4, tiny 16, paper 84)")
+    p.add_argument("--lr-decay", type=float, default=0.0,
+                   help="fraction of the run at its end over which the learning rates fall linearly to 0 "
+                        "(default 0: constant, the paper's)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     p.add_argument("--lambda-image", type=float, default=0.0,
                    help="weight of the L1 between G(F(z^u, Δp)) and view v's frames (default 0: off)")
@@ -632,7 +639,8 @@ def run_fusion(args) -> int:
         sharp_encoder=path(args.sharp_encoder), generator=path(args.generator),
         face3d_encoder=path(args.face3d_encoder), blur_encoder=path(args.blur_encoder), pose_source=args.pose_source,
         input_codes=args.input_codes, m=args.m, stride=args.stride, mirror=args.mirror, steps=args.steps,
-        batch=args.batch, lr=args.lr, lambda_image=args.lambda_image, stats_samples=args.stats_samples,
+        batch=args.batch, lr=args.lr,
+        lr_decay=args.lr_decay, lambda_image=args.lambda_image, stats_samples=args.stats_samples,
         ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
         grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,

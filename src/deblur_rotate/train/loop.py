@@ -71,7 +71,7 @@ from deblur_rotate.train.checkpoint import (
     write_checkpoint,
 )
 
-__all__ = ["MixedPrecision", "StepFn", "Trainer", "ema_update", "write_sample_grid"]
+__all__ = ["MixedPrecision", "StepFn", "Trainer", "ema_update", "linear_decay", "write_sample_grid"]
 
 StepFn = Callable[[Any, int], Mapping[str, "torch.Tensor | float"]]
 
@@ -90,6 +90,22 @@ def write_sample_grid(run_dir: str | Path, step: int, images: torch.Tensor, nrow
     save_png(tmp, to_uint8(grid), compress_level=6)
     os.replace(tmp, folder / f"step-{step:08d}.png")
     return grid
+
+
+def linear_decay(total_steps: int, fraction: float, final: float = 0.0) -> Callable[[int], float] | None:
+    """A learning-rate multiplier for :class:`Trainer` (``lr_factor``): 1 until the last ``fraction`` of
+    ``total_steps`` iterations, then falling linearly to ``final`` at the last one. None when
+    ``fraction`` <= 0 (a constant learning rate, the paper's)."""
+    if fraction <= 0 or total_steps <= 0:
+        return None
+    start = total_steps * (1.0 - min(float(fraction), 1.0))
+
+    def factor(step: int) -> float:
+        if step < start:
+            return 1.0
+        return 1.0 - (1.0 - final) * (step - start) / max(total_steps - start, 1e-9)
+
+    return factor
 
 
 @torch.no_grad()
@@ -217,6 +233,7 @@ class Trainer:
         image_every: int = 0,  # iterations between image grids (0: never)
         keep_checkpoints: int = 2,  # checkpoints kept on disk (latest + the one before)
         progress: bool = True,  # tqdm bar on rank 0
+        lr_factor: Callable[[int], float] | None = None,  # step -> multiplier of every optimizer's starting lr
     ):
         if total_steps < 0:
             raise ValueError("total_steps must be >= 0")
@@ -243,6 +260,9 @@ class Trainer:
         self.image_fn = image_fn
         self.image_every = int(image_every)
         self.keep_checkpoints = int(keep_checkpoints)
+        self.lr_factor = lr_factor
+        # the learning rates the optimizers were built with; lr_factor scales these (not a resumed, decayed lr)
+        self._base_lrs = {k: [g["lr"] for g in o.param_groups] for k, o in self.optimizers.items()}
         self.progress = progress
         self.step = 0  # finished iterations
         self.last_checkpoint: Path | None = None
@@ -434,6 +454,11 @@ class Trainer:
                     batch = next(batches)
                 except StopIteration:
                     raise UserError(f"the data ran out at step {step} of {self.total_steps}") from None
+                if self.lr_factor is not None:
+                    factor = float(self.lr_factor(step))
+                    for k, opt in self.optimizers.items():
+                        for group, base in zip(opt.param_groups, self._base_lrs[k]):
+                            group["lr"] = base * factor
                 losses = self.step_fn(batch, step)
                 names = list(losses)
                 values = dist_utils.all_reduce_mean(self._losses_vector(losses)).tolist()

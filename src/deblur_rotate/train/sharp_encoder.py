@@ -167,6 +167,7 @@ class SharpEncoderConfig:
     vgg16_weights: str | None = None  # torchvision VGG16 ImageNet weights for L_per (else the dlib fallback)
     ema_images: float | None = None  # EMA half-life in images (default per preset)
     backbone_weights: str | None = None  # torchvision ResNet weights to start E_s's backbone from
+    lr_decay: float = 0.0  # last fraction of the run over which the learning rates fall linearly to 0
     checkpoint_every: int = 500
     log_every: int = 50
     image_every: int | None = None  # default: checkpoint_every
@@ -190,6 +191,8 @@ class SharpEncoderConfig:
         c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
         c.g_relax_steps = c.steps // 2 if c.g_relax_steps is None else int(c.g_relax_steps)
         c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        if not 0.0 <= c.lr_decay <= 1.0:
+            raise UserError(f"--lr-decay must be between 0 and 1 (got {c.lr_decay})")
         c.data, c.out, c.generator = str(c.data), str(c.out), str(c.generator)
         if c.fresh_generator and c.generator:
             raise UserError("--fresh-generator starts G from random weights: do not also give --generator")
@@ -227,7 +230,7 @@ class SharpEncoderStage:
         from deblur_rotate.models.identity import load_dlib_face_recognition
         from deblur_rotate.skin import SkinWeights
         from deblur_rotate.train.gan import ema_beta_for
-        from deblur_rotate.train.loop import MixedPrecision, Trainer
+        from deblur_rotate.train.loop import MixedPrecision, Trainer, linear_decay
 
         self.config = c = config.resolved()
         self.info = info = dist_utils.setup(c.device)
@@ -289,7 +292,8 @@ class SharpEncoderStage:
             data=self.batches, total_steps=c.steps, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
             ema={"E": self.E_ema, "G": self.G_ema}, ema_beta=ema_beta, amp=self.amp, run_config=run_config,
             image_fn=self.image_fn if self.grid_batch is not None else None,
-            image_every=c.image_every if self.grid_batch is not None else 0, progress=c.progress)
+            image_every=c.image_every if self.grid_batch is not None else 0, progress=c.progress,
+            lr_factor=linear_decay(c.steps, c.lr_decay))
 
     # ------------------------------------------------------------------------------------------ setup
     def _load_generator(self):
@@ -440,6 +444,9 @@ def add_parser(stages) -> None:
                    help="train on the middle sharp frame only (default: all 5 targets)")
     p.add_argument("--no-mirror", dest="mirror", action="store_false", help="no x-flip augmentation")
     add_common_options(p, batch_help="total batch over all processes (default: micro 4, tiny 8, paper 72)")
+    p.add_argument("--lr-decay", type=float, default=0.0,
+                   help="fraction of the run at its end over which the learning rates fall linearly to 0 "
+                        "(default 0: constant, the paper's)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of E_s (default 1e-4)")
     p.add_argument("--lr-generator", type=float, default=1e-4,
                    help="Adam learning rate of G's synthesis network (default 1e-4; 0 keeps G frozen)")
@@ -469,6 +476,7 @@ def run_sharp_encoder(args) -> int:
         out=str(args.out),
         kind=args.kind, m=args.m,
         all_frames=args.all_frames, mirror=args.mirror, steps=args.steps, batch=args.batch, lr=args.lr,
+        lr_decay=args.lr_decay,
         lr_generator=args.lr_generator, lambda_l1=args.lambda_l1, lambda_id=args.lambda_id,
         lambda_per=args.lambda_per, lambda_edge=args.lambda_edge, lambda_g=args.lambda_g,
         g_relax_steps=args.g_relax_steps, lambda_s=args.lambda_s, skin_weight=args.skin_weight,
