@@ -67,7 +67,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             "head_grid": 2, "head_bottleneck": 192,  # E_s's lever; a rank-192 head keeps the bundle under 25 MB
             "lr": 1e-3, "lr_decay": 0.4,
             "precision": "bf16",
-            "steps": 3000,
+            "steps": 2000,
         },
         "face3d": {"precision": "bf16", "lambda_id": 0.0, "lr": 5e-4, "steps": 1500},
         "fusion": {
