@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
+from conftest import micro_networks, write_video
 from PIL import Image
 
 from deblur_rotate.demo import examples_dir
@@ -80,9 +81,9 @@ def test_upload_checks_give_readable_messages(tmp_path):
                                         f"{MAX_SIDE} x {MAX_SIDE}"):
         check_upload(wide, "wide.png")
 
-    clip = tmp_path / "clip.mp4"
+    clip = tmp_path / "x3.mp4"
     clip.write_bytes(b"\x00" * 100)
-    with pytest.raises(UserError, match="this is a video"):
+    with pytest.raises(UserError, match="^clip.mp4: not a readable video"):
         check_upload(clip, "clip.mp4")
 
     photo = check_upload(EXAMPLE, "example.png")
@@ -98,24 +99,16 @@ def _two_faces() -> np.ndarray:
 
 def _micro_pipeline(with_rotation: bool = True):
     """A random-weight micro pipeline (fast); without rotation: no E_3D, no F."""
-    import torch
-
-    from deblur_rotate.models.encoders import BlurEncoder, FaceCoefficientEncoder, encoder_config
-    from deblur_rotate.models.fusion import FusionNetwork, fusion_config
-    from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
     from deblur_rotate.pipeline import DeblurRotatePipeline
 
-    torch.manual_seed(0)
-    g = Generator(**stylegan2_config("micro"))
-    ev = BlurEncoder(num_frames=5, num_ws=g.num_ws, w_dim=g.w_dim, **encoder_config("micro", "blur"))
+    g, ev, e3, f = micro_networks()
     if not with_rotation:
         return DeblurRotatePipeline(g, ev)
-    return DeblurRotatePipeline(g, ev, FaceCoefficientEncoder(**encoder_config("micro", "face3d")),
-                                FusionNetwork(**fusion_config("micro")), config={"view_range": {"yaw_deg": [-40, 40]}})
+    return DeblurRotatePipeline(g, ev, e3, f, config={"view_range": {"yaw_deg": [-40, 40]}})
 
 
 def test_app_processes_every_face_and_view(tmp_path, monkeypatch):
-    import deblur_rotate.serve as serve
+    from deblur_rotate import serve
 
     photo = tmp_path / "two faces.png"
     Image.fromarray(_two_faces()).save(photo)
@@ -150,7 +143,7 @@ def test_app_processes_every_face_and_view(tmp_path, monkeypatch):
     monkeypatch.setattr(serve, "KEEP_RESULTS", 2)
     for _ in range(2):
         last = app.process(photo, "p.png", True, [serve.VIEW_INPUT], 0, 0)
-    assert sorted(p.name for p in (tmp_path / "root" / "results").iterdir())[-1] == Path(last.folder).name
+    assert max(p.name for p in (tmp_path / "root" / "results").iterdir()) == Path(last.folder).name
     assert len(list((tmp_path / "root" / "results").iterdir())) == 2 and not Path(result.folder).exists()
 
     plain = serve.ServeApp(_micro_pipeline(with_rotation=False), tmp_path / "plain")
@@ -159,6 +152,40 @@ def test_app_processes_every_face_and_view(tmp_path, monkeypatch):
         plain.process(photo, "p.png", True, [serve.VIEW_FRONTAL], 0, 0)
     one = plain.process(photo, "p.png", True, [serve.VIEW_INPUT], 0, 0)
     assert one.faces[0].pose_deg is None and one.faces[0].box is None and len(one.faces[0].frames) == 5
+
+
+def test_app_sends_a_video_upload_through_the_video_path(tmp_path):
+    from deblur_rotate import serve
+    from deblur_rotate.pipeline import read_image
+
+    frame = read_image(EXAMPLE)
+    clip = tmp_path / "clip.avi"
+    write_video(clip, np.stack([frame, np.roll(frame, 1, 1), np.roll(frame, 2, 1)]), fps=8)
+    app = serve.ServeApp(_micro_pipeline(), tmp_path / "root")
+    assert serve.is_video(clip) and not serve.is_video(EXAMPLE)
+    assert serve.check_upload(clip, "clip.avi").shape == frame.shape  # the preview: its first frame
+    result = app.process(clip, "clip.avi", False, [serve.VIEW_INPUT, serve.VIEW_NEW, serve.VIEW_FRONTAL,
+                                                   serve.VIEW_SWEEP], 20, 0)
+    assert result.kind == "video" and result.views == ["input_view", "yaw+20", "frontal"]
+    assert "3 frames at 8 fps -> 15 sharp frames at 40 fps" in result.notes[0]
+    assert "sweep is for photos" in result.notes[1]
+    assert len(result.faces) == 1
+    face = result.faces[0]
+    assert [v for v, _shown, _mp4 in face.videos] == result.views and face.box is not None
+    for _view, shown, mp4 in face.videos:
+        assert shown == mp4 and Path(mp4).read_bytes()[4:8] == b"ftyp"
+    assert len(face.frames) == 3 * serve.VIDEO_FRAMES_SHOWN and set(face.pose_deg) == {"pitch", "yaw", "roll"}
+    with zipfile.ZipFile(result.zip_path) as zf:
+        assert sum(n.endswith(".png") for n in zf.namelist()) == 3 * 15
+    assert any(p.endswith("track.jsonl") for p in app.downloads(result, 0))
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"no video in here")
+    with pytest.raises(UserError) as err:
+        app.process(bad, "holiday.mp4", False, [serve.VIEW_INPUT], 0, 0)
+    assert str(err.value).startswith("holiday.mp4: ") and str(tmp_path) not in str(err.value)
+    with pytest.raises(UserError, match="the sweep is for photos"):
+        app.process(clip, "clip.avi", False, [serve.VIEW_SWEEP], 0, 0)
 
 
 # ---------------------------------------------------------------------------------------------- the browser
@@ -177,6 +204,7 @@ def _no_browser_reason() -> str | None:
 
 
 def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -186,6 +214,7 @@ class _Server:
     """`deblur-rotate serve` in a subprocess, in an empty working folder and home; its output is collected."""
 
     def __init__(self, tmp_path: Path):
+        """Start the server on a free port, in ``tmp_path``/cwd with ``tmp_path``/home as HOME."""
         self.port = _free_port()
         self.cwd, self.home = tmp_path / "cwd", tmp_path / "home"
         self.cwd.mkdir()
@@ -200,6 +229,7 @@ class _Server:
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
+        """Collect the server's output lines (a thread)."""
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
             self._queue.put(line)
@@ -277,6 +307,9 @@ def test_page_in_a_real_browser(tmp_path):
     shutil.copyfile(EXAMPLE, upload / "blurry_face.png")
     two = upload / "two_faces.png"
     Image.fromarray(_two_faces()).save(two)
+    clip = upload / "clip.avi"
+    frame = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    write_video(clip, np.stack([frame, np.roll(frame, 1, 1), np.roll(frame, 2, 1)]), fps=8)
 
     server = _Server(tmp_path)
     temp_root = None
@@ -355,6 +388,17 @@ def test_page_in_a_real_browser(tmp_path):
                 page.locator("#face-choice label", has_text="face 2").click()
                 page.locator("#details", has_text="Face 2 of 2").wait_for(timeout=20_000)
 
+                # a video upload goes through the video path: an MP4 per view, its first frames
+                page.locator("#views label", has_text="frontal").click()  # back to the default views
+                page.locator("#views label", has_text="sweep").click()
+                _upload(page, clip)
+                text = _run_and_wait(page, "clip.avi")
+                assert "(video, 64 x 64 px)" in text and "3 frames at 8 fps -> 15 sharp frames at 40 fps" in text
+                page.wait_for_function("document.querySelectorAll('#videos video').length == 2", timeout=20_000)
+                srcs = page.eval_on_selector_all("#videos video", "els => els.map(e => e.src || e.currentSrc)")
+                assert [unquote(src).rsplit("/", 1)[-1] for src in srcs] == ["video_input_view.mp4", "video_yaw+30.mp4"]
+                page.wait_for_function("document.querySelectorAll('#frames img').length == 30", timeout=20_000)
+
                 # picking a built-in example by clicking it makes it the upload (as an aligned crop)
                 page.locator("#examples img").nth(1).click()
                 _shows_file(page, "example_2.png")
@@ -367,7 +411,7 @@ def test_page_in_a_real_browser(tmp_path):
         assert "request failed: broken.png" in "\n".join(server.lines)
         # nothing was written outside the server's temp folder; the requests' files are inside it
         assert not any(server.cwd.iterdir()) and not any(server.home.iterdir())
-        assert len(list((temp_root / "results").iterdir())) == 3
+        assert len(list((temp_root / "results").iterdir())) == 4
     finally:
         code = server.stop()
     assert code == 0, "\n".join(server.lines)

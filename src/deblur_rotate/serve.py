@@ -22,9 +22,10 @@ Serving rules:
 
 * the pipeline and the face finder are loaded once, before the page opens, and shared by all requests;
   requests wait in a queue (at most QUEUE_SIZE) and run one at a time, with a progress bar on the page;
-* a problem with one upload (an unreadable file, a video, a photo without a face, an image larger than
-  MAX_SIDE pixels a side or MAX_UPLOAD_MB) is written on the page as one readable sentence and the server
-  goes on; an unexpected failure is shown the same way, with its traceback in the server's log;
+* a problem with one upload (an unreadable file, a photo without a face, an image larger than MAX_SIDE
+  pixels a side or MAX_UPLOAD_MB, a video longer than MAX_VIDEO_FRAMES frames) is written on the page as one
+  readable sentence and the server goes on; an unexpected failure is shown the same way, with its traceback
+  in the server's log;
 * every file the server writes (uploads, results, Gradio's cache, Python temp files) lies in one temp folder
   of its own, made at start, printed at start and removed at exit; results of all but the last
   KEEP_RESULTS requests are removed as new ones come;
@@ -32,7 +33,9 @@ Serving rules:
 
 The photo path (reading, face finding and alignment) is :mod:`deblur_rotate.pipeline`'s and the writing
 (GIF, MP4, contact sheet, view names) is :mod:`deblur_rotate.run`'s, so the page gives what ``run`` gives.
-There is no video path in deblur-rotate yet: a video upload gets a message saying so.
+A video upload (an extension of :data:`deblur_rotate.video.VIDEO_EXTS`) goes through the video path,
+:func:`deblur_rotate.video.process_video` (``run -i clip.mp4``): one sharp MP4 per view at K x the frame rate
+(face tracks, time order, smoothing), shown on the page with its first frames; the sweep is for photos only.
 """
 from __future__ import annotations
 
@@ -67,6 +70,8 @@ __all__ = [
     "add_arguments",
     "build_page",
     "check_upload",
+    "check_video",
+    "is_video",
     "serve_command",
     "view_range",
 ]
@@ -83,7 +88,8 @@ SWEEP_STEPS = 36                # views in the orbit (as `run`'s default)
 PHOTO_DISPLAY_SIDE = 1024       # the boxed photo is shrunk to this longest side for the page ...
 PHOTO_MIN_SIDE = 256            # ... and small ones are enlarged (nearest neighbour) to at least this
 DEFAULT_VIEW_RANGE = {"yaw_deg": (-60.0, 60.0), "pitch_deg": (-20.0, 20.0)}
-VIDEO_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+MAX_VIDEO_FRAMES = 300          # longest video upload, input frames (10 s at 30 fps)
+VIDEO_FRAMES_SHOWN = 15         # output frames per view shown on the page for a video (all are in the zip)
 
 VIEW_INPUT = "input view"
 VIEW_NEW = "new view (yaw/pitch sliders)"
@@ -138,23 +144,58 @@ def view_range(config: dict | None) -> dict[str, tuple[float, float]]:
 # ---------------------------------------------------------------------------------------------------- inputs
 
 
-def check_upload(path: str | os.PathLike, name: str) -> np.ndarray:
-    """Read an uploaded photo as uint8 RGB ``[H, W, 3]`` (``name``: how messages call it, the user's file
-    name). UserError with a readable sentence for a missing, too large, video or unreadable file, or an
-    image over MAX_SIDE pixels a side (checked from the header, before decoding)."""
-    from PIL import Image
+def is_video(path: str | os.PathLike) -> bool:
+    """True for an upload that goes through the video path (by its extension, as ``deblur-rotate run``)."""
+    from deblur_rotate.video import VIDEO_EXTS
 
-    from deblur_rotate.pipeline import read_image
+    return Path(path).suffix.lower() in VIDEO_EXTS
 
-    path = Path(path)
+
+def _check_file(path: Path, name: str) -> None:
+    """UserError when the upload is missing or over MAX_UPLOAD_MB."""
     if not path.is_file():
         raise UserError(f"{name}: the upload did not arrive (no file); upload it again")
     size_mb = path.stat().st_size / 1e6
     if size_mb > MAX_UPLOAD_MB:
         raise UserError(f"{name}: the file is {size_mb:.1f} MB; this page takes files up to {MAX_UPLOAD_MB} MB")
-    if path.suffix.lower() in VIDEO_EXTS:
-        raise UserError(f"{name}: this is a video; deblur-rotate has no video path yet, so the page takes photos "
-                        "only (save one frame of the video as an image and upload that)")
+
+
+def check_video(path: str | os.PathLike, name: str):
+    """Probe an uploaded video (:func:`deblur_rotate.video.probe_video`) -> its VideoInfo. UserError with a
+    readable sentence for a missing, too large, unreadable or empty video, frames over MAX_SIDE pixels a side,
+    or more than MAX_VIDEO_FRAMES frames."""
+    from deblur_rotate.video import probe_video
+
+    path = Path(path)
+    _check_file(path, name)
+    try:
+        info = probe_video(path)
+    except UserError as err:
+        raise UserError(str(err).replace(str(path), name)) from None
+    if max(info.width, info.height) > MAX_SIDE:
+        raise UserError(f"{name}: the video's frames are {info.width} x {info.height} pixels, too large; this page "
+                        f"takes frames up to {MAX_SIDE} x {MAX_SIDE} pixels")
+    if info.num_frames is not None and info.num_frames > MAX_VIDEO_FRAMES:
+        raise UserError(f"{name}: the video has {info.num_frames} frames; this page takes up to {MAX_VIDEO_FRAMES} "
+                        "(use `deblur-rotate run -i VIDEO` for longer ones)")
+    return info
+
+
+def check_upload(path: str | os.PathLike, name: str) -> np.ndarray:
+    """Read an uploaded photo as uint8 RGB ``[H, W, 3]`` (``name``: how messages call it, the user's file
+    name); for a video, its first frame (after :func:`check_video`). UserError with a readable sentence for a
+    missing, too large or unreadable file, or an image over MAX_SIDE pixels a side (checked from the header,
+    before decoding)."""
+    from PIL import Image
+
+    from deblur_rotate.pipeline import read_image
+
+    path = Path(path)
+    if is_video(path):
+        from deblur_rotate.video import iter_frames
+
+        return next(iter(iter_frames(check_video(path, name))))
+    _check_file(path, name)
     limit = f"this page takes images up to {MAX_SIDE} x {MAX_SIDE} pixels"
     try:
         with Image.open(path) as img:
@@ -181,7 +222,7 @@ class FaceResult:
     crop: str                                   # the aligned crop the networks saw (PNG)
     box: list[float] | None                     # detector box (left, top, right, bottom), photo pixels
     pose_deg: dict[str, float] | None           # E_3D's (pitch, yaw, roll), degrees; None without E_3D
-    videos: list[tuple[str, str, str]]          # per view: (view name, GIF path, MP4 path); sweep last
+    videos: list[tuple[str, str, str]]          # per view: (view name, shown file (GIF; a video's MP4), MP4)
     frames: list[tuple[str, str]]               # (PNG path, caption "view · frame j") per view and frame
     contact_sheet: str | None                   # PNG; None when only the sweep was asked for
 
@@ -199,9 +240,13 @@ class RequestResult:
     faces_found: int = 0                        # faces the detector found (MAX_FACES of them are processed)
     zip_path: str = ""                          # every frame of every face and view
     seconds: float = 0.0                        # time the request took
+    kind: str = "photo"                         # "photo" or "video"
+    notes: list[str] = field(default_factory=list)  # said under the status line (a video's rates, skips)
+    extra_files: list[str] = field(default_factory=list)  # more downloads (a video's result.json, track.jsonl)
 
 
 def _png(path: Path, image: np.ndarray) -> str:
+    """Write uint8 ``image`` [H, W, 3] as a PNG at ``path`` (folders made); returns the path as text."""
     from deblur_rotate.run import encode_png
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +289,7 @@ class ServeApp:
                  model_label: str = "model",    # how the page names the model
                  finder=None,                   # a FaceFinder (default: one made here, models load on first use)
                  ):
+        """Keep the pipeline and a face finder for every request; make root/results."""
         from deblur_rotate.pipeline import FaceFinder
 
         self.pipe = pipe
@@ -264,7 +310,7 @@ class ServeApp:
         blank = np.zeros((64, 64, 3), np.uint8)
         self.finder.find(blank)                                   # HOG finds nothing -> the CNN loads too
         with torch.no_grad():
-            codes, pose = self.pipe.encode(torch.zeros(1, 3, self.pipe.resolution, self.pipe.resolution))
+            codes, _pose = self.pipe.encode(torch.zeros(1, 3, self.pipe.resolution, self.pipe.resolution))
             self.pipe.synthesize(codes[:, :1])
 
     # ------------------------------------------------------------------ facts for the page
@@ -327,6 +373,7 @@ class ServeApp:
         from deblur_rotate.run import contact_sheet, encode_gif, encode_mp4, view_name
 
         def step(fraction: float, desc: str) -> None:
+            """Report progress to the page (when there is one)."""
             if progress is not None:
                 progress(fraction, desc=desc)
 
@@ -335,6 +382,8 @@ class ServeApp:
             raise UserError("no photo yet: upload one (or click a built-in example) first")
         name = name or Path(path).name
         relative, frontal, sweep = self._views(list(chosen or []), yaw, pitch)
+        if is_video(path):
+            return self._process_video(Path(path), name, aligned, relative, frontal, sweep, started, step)
         step(0.05, "reading the photo")
         photo = check_upload(path, name)
         step(0.15, "finding faces")
@@ -373,7 +422,7 @@ class ServeApp:
 
         step(0.8, "writing the videos")
         folder = self._new_folder()
-        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:60] or "photo"
+        stem = _safe_stem(name)
         result = RequestResult(name=name, folder=str(folder), photo="", views=names + (["sweep"] if sweep else []),
                                image_size=(int(photo.shape[1]), int(photo.shape[0])), faces_found=found)
         result.photo = _png(folder / "photo.png", _boxed_photo(photo, [f.box for f in faces]))
@@ -410,6 +459,75 @@ class ServeApp:
         result.seconds = round(time.perf_counter() - started, 2)
         return result
 
+    def _process_video(self, path: Path, name: str, aligned: bool, relative: list[tuple[float, float]],
+                       frontal: bool, sweep: bool, started: float, step) -> RequestResult:
+        """A video upload through :func:`deblur_rotate.video.process_video`: one run for the views relative to
+        the input, one for the frontal view; the page shows the MP4s and the first output frames."""
+        import json
+
+        from deblur_rotate.run import view_name
+        from deblur_rotate.video import VideoOptions, iter_frames, process_video
+
+        step(0.05, "reading the video")
+        info = check_video(path, name)
+        first = next(iter(iter_frames(info)))
+        folder = self._new_folder()
+        stem = _safe_stem(name)
+        runs = ([("views", relative, False)] if relative else []) + ([("frontal", [(0.0, 0.0)], True)] if frontal else [])
+        if not runs:
+            raise UserError("the sweep is for photos; for a video choose the input view, a new view or frontal")
+        records = []
+        for k, (sub, views, to_frontal) in enumerate(runs):
+            step(0.1 + 0.8 * k / len(runs), f"video: {', '.join(view_name(v, to_frontal) for v in views)}")
+            options = VideoOptions(views=views, to_frontal=to_frontal, aligned=aligned, save_frames=True,
+                                   progress=True)
+            try:
+                records.append((folder / sub, process_video(info, folder / sub, self.pipe, options, self.finder)))
+            except UserError as err:
+                raise UserError(str(err).replace(str(path), name)) from None
+        first_record = records[0][1]
+        result = RequestResult(name=name, folder=str(folder), photo="", image_size=(info.width, info.height),
+                               views=[v["name"] for _d, r in records for v in r["views"]], kind="video",
+                               faces_found=len(first_record["faces"]))
+        result.notes.append(f"video: {first_record['frames_in']} frames at {first_record['fps_in']:.4g} fps -> "
+                            f"{first_record['frames_out']} sharp frames at {first_record['fps_out']:.4g} fps per view")
+        if sweep:
+            result.notes.append("the sweep is for photos: left out for this video")
+        track = [json.loads(line) for line in (records[0][0] / "track.jsonl").read_text().splitlines() if line]
+        first_faces = track[0]["faces"] if track else []
+        boxes = [f.get("box") for f in first_faces]
+        result.photo = _png(folder / "photo.png", _boxed_photo(first, boxes))
+        for k in range(result.faces_found):
+            fr = FaceResult(crop="", box=boxes[k] if k < len(boxes) else None, videos=[], frames=[],
+                            pose_deg=first_faces[k].get("pose_deg") if k < len(first_faces) else None,
+                            contact_sheet=None)
+            if fr.box is not None:
+                x0, y0, x1, y1 = (round(v) for v in fr.box)
+                crop = first[max(0, y0):max(y0 + 1, y1), max(0, x0):max(x0 + 1, x1)]
+            else:
+                crop = first
+            fr.crop = _png(folder / f"face_{k + 1}_first_frame.png", np.ascontiguousarray(crop))
+            for dest, record in records:
+                base = dest / record["faces"][k]["folder"]
+                for view in (v["name"] for v in record["views"]):
+                    mp4 = str(base / f"video_{view}.mp4")
+                    fr.videos.append((view, mp4, mp4))
+                    for j, png in enumerate(sorted((base / "frames" / view).glob("frame_*.png"))[:VIDEO_FRAMES_SHOWN]):
+                        fr.frames.append((png.as_posix(), f"{view} · frame {j + 1}"))
+            if fr.pose_deg is not None:
+                fr.pose_deg = {a: round(float(fr.pose_deg[a]), 1) for a in ("pitch", "yaw", "roll")}
+            result.faces.append(fr)
+        step(0.95, "packing the downloads")
+        result.zip_path = str(folder / f"{stem}_frames.zip")
+        with zipfile.ZipFile(result.zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+            for dest, _record in records:
+                for p in sorted(dest.rglob("*.png")):
+                    zf.write(p, f"{stem}/{p.relative_to(folder)}")
+        for dest, _record in records:
+            result.extra_files += [str(dest / "result.json"), str(dest / "track.jsonl")]
+        result.seconds = round(time.perf_counter() - started, 2)
+        return result
+
     # ------------------------------------------------------------------ what the page shows
 
     def status_text(self, result: RequestResult) -> str:
@@ -417,8 +535,9 @@ class ServeApp:
         faces = f"{len(result.faces)} face" + ("s" if len(result.faces) != 1 else "")
         if result.faces_found > len(result.faces):
             faces += f" (of {result.faces_found} found: the largest {len(result.faces)})"
-        return (f"**Done** in {result.seconds:.2f} s: `{result.name}` ({result.image_size[0]} x "
-                f"{result.image_size[1]} px), {faces}, views: {', '.join(result.views)}.")
+        notes = "".join(f"  \n{note}" for note in result.notes)
+        return (f"**Done** in {result.seconds:.2f} s: `{result.name}` ({result.kind}, {result.image_size[0]} x "
+                f"{result.image_size[1]} px), {faces}, views: {', '.join(result.views)}.{notes}")
 
     def details_text(self, result: RequestResult, k: int) -> str:
         """Pose, box and timing of face ``k`` as Markdown."""
@@ -426,7 +545,8 @@ class ServeApp:
         lines = [f"**Face {k + 1}** of {len(result.faces)}"]
         if face.pose_deg is not None:
             p = face.pose_deg
-            lines.append(f"Estimated head pose (E_3D): pitch {p['pitch']:+.1f}°, yaw {p['yaw']:+.1f}°, "
+            when = " in the first frame (smoothed over the track)" if result.kind == "video" else ""
+            lines.append(f"Estimated head pose (E_3D){when}: pitch {p['pitch']:+.1f}°, yaw {p['yaw']:+.1f}°, "
                          f"roll {p['roll']:+.1f}°")
         else:
             lines.append("Estimated head pose: not available (this model has no E_3D)")
@@ -442,11 +562,11 @@ class ServeApp:
         MP4s and GIFs and its contact sheet."""
         face = result.faces[k]
         files = [result.zip_path]
-        for _view, gif, mp4 in face.videos:
-            files += [mp4, gif]
+        for _view, shown, mp4 in face.videos:
+            files += [mp4] + ([shown] if shown != mp4 else [])
         if face.contact_sheet:
             files.append(face.contact_sheet)
-        return files
+        return files + result.extra_files
 
 
 # -------------------------------------------------------------------------------------------------------- page
@@ -508,7 +628,7 @@ def build_page(app: ServeApp):
         """Status text and cleared outputs for a failed request."""
         return (f"❌ **Could not process the photo:** {_escape(message)}", None) + empty
 
-    def run(path, aligned, chosen, yaw, pitch, progress=gr.Progress()):
+    def run(path, aligned, chosen, yaw, pitch, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - Gradio injects it
         """The button: one request through the pipeline."""
         name = Path(path).name if path else None
         try:
@@ -550,12 +670,13 @@ def build_page(app: ServeApp):
             + ("" if pipe.can_rotate else "; this model has no fusion network, so only the input view") + ".")
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label=f"Blurry face photo (up to {MAX_UPLOAD_MB} MB, {MAX_SIDE} px a side)",
+                upload = gr.File(label=f"Blurry face photo or video (≤ {MAX_UPLOAD_MB} MB, ≤ {MAX_SIDE} px a side; "
+                                       f"videos ≤ {MAX_VIDEO_FRAMES} frames)",
                                  type="filepath", elem_id="photo-upload")
                 gr.Markdown("Or click a built-in example (held-out synthetic faces; the bundled model knows "
                             "only synthetic faces):")
-                example_gallery = gr.Gallery(value=examples, label="Built-in examples", columns=4,
-                                             allow_preview=False, elem_id="examples", show_label=False, height="auto",
+                example_gallery = gr.Gallery(value=examples, label="Built-in examples", columns=2, height=280,
+                                             allow_preview=False, elem_id="examples", show_label=False,
                                              object_fit="contain", fit_columns=False)
                 aligned = gr.Checkbox(label="The photo is an aligned face crop (skip face finding)", value=False,
                                       elem_id="aligned")
@@ -579,11 +700,11 @@ def build_page(app: ServeApp):
                                        allow_preview=False, elem_id="faces", object_fit="contain",
                                        fit_columns=False)
                 face_choice = gr.Radio(label="Show face", type="value", visible=False, elem_id="face-choice")
-                videos = gr.Gallery(label="Sharp frames per view (looping GIF; MP4s among the downloads)",
+                videos = gr.Gallery(label="Sharp frames per view (looping GIF; a video upload: its MP4s)",
                                     columns=4, elem_id="videos", object_fit="contain", fit_columns=False,
-                                    height="auto")
+                                    height=210)
                 frames = gr.Gallery(label="Frames, per view", columns=5, elem_id="frames", object_fit="contain",
-                                    fit_columns=False, height="auto")
+                                    fit_columns=False, height=420)
                 sheet = gr.Image(label="Contact sheet (input, then frames 1..T, per view)", type="filepath",
                                  interactive=False, elem_id="contact-sheet")
                 details = gr.Markdown(elem_id="details")
@@ -601,6 +722,11 @@ def build_page(app: ServeApp):
     return page
 
 
+def _safe_stem(name: str) -> str:
+    """A file-name-safe stem of the upload's name (for the zip)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:60] or "upload"
+
+
 def _escape(text: str) -> str:
     """Text safe to put in the page's Markdown/HTML."""
     import html
@@ -612,6 +738,7 @@ def _escape(text: str) -> str:
 
 
 def _is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable from this machine only (localhost, 127.x.x.x, ::1)."""
     import ipaddress
 
     if host == "localhost":
