@@ -264,8 +264,8 @@ def _detection(lm: np.ndarray):
 def test_tracks_keep_identity_fill_misses_and_smooth_jitter():
     rng = np.random.default_rng(3)
     n = 24
-    truth_a = [_template(40 + 4 * k, 60, 60) for k in range(n)]      # large face moving right
-    truth_b = [_template(260 - 4 * k, 70, 40) for k in range(n)]     # smaller face moving left, passing A
+    truth_a = [_template(40 + 6 * k, 60, 60) for k in range(n)]      # large face moving right
+    truth_b = [_template(200 - 6 * k, 70, 40) for k in range(n)]     # smaller face moving left, crossing A
     tracker = FaceTracker()
     raw_a = {}
     for k in range(n):
@@ -494,3 +494,24 @@ def test_interrupted_run_leaves_no_partial_video(tmp_path, model_dir, monkeypatc
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # the earlier complete result untouched, nothing of the interrupted runs left
     assert sorted(p.name for p in out.iterdir()) == ["clip"]
+
+
+def test_to_frontal_turns_by_the_pose_smoothed_over_the_track(tmp_path, model_dir):
+    from deblur_rotate.files import from_uint8
+    from deblur_rotate.pipeline import _square_resize
+
+    frames = _smooth_frames(7, 36, 36, seed=4)
+    clip = tmp_path / "clip.avi"
+    write_video(clip, frames, fps=4)
+    pipe = DeblurRotatePipeline.from_pretrained(model_dir)
+    options = VideoOptions(views=[(0.0, 0.0), (20.0, 0.0)], to_frontal=True, aligned=True, pose_smoothing=1.0,
+                           progress=False)
+    record = process_video(clip, tmp_path / "out", pipe, options)
+    assert [v["name"] for v in record["views"]] == ["frontal", "frontal_yaw+20"]
+    assert _video_facts(tmp_path / "out" / "video_frontal.mp4")["frames"] == 35
+    crops = torch.stack([from_uint8(_square_resize(f, pipe.resolution)) for f in frames])
+    raw = np.degrees(pipe.encode(crops)[1].numpy())                              # [7, 3] E_3D pose per frame
+    logged = np.array([[e["faces"][0]["pose_deg"][k] for k in ("pitch", "yaw", "roll")] for e in
+                       map(json.loads, (tmp_path / "out" / "track.jsonl").read_text().splitlines())])
+    np.testing.assert_allclose(logged, local_linear_smooth(raw, 1.0), atol=2e-3)  # the whole track's smoothing
+    assert np.abs(logged - raw).max() > 1e-2                                      # ... which changed it
