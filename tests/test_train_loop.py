@@ -388,3 +388,44 @@ def test_linear_lr_decay_is_applied_per_step_and_resumes_from_the_built_lr(tmp_p
     lrs = dict(seen)
     assert lrs[0] == 0.1 and lrs[5] == 0.1
     assert abs(lrs[6] - 0.1 * 0.8) < 1e-12 and abs(lrs[9] - 0.1 * 0.2) < 1e-12
+
+
+@pytest.mark.parametrize("damage", ["state", "weights"])
+def test_resume_falls_back_to_the_previous_checkpoint_when_the_latest_is_damaged(tmp_path, capsys, damage):
+    """A corrupt latest checkpoint (truncated training state, or damaged weights) is skipped with a warning: the
+    run resumes from the one before it (the loop keeps two) and ends bit-identical to an uninterrupted run."""
+    straight = Stage(tmp_path / "straight", total=12)
+    straight.trainer.train()
+
+    first = Stage(tmp_path / "run", total=9)  # checkpoints at 6 and 9 are kept
+    first.trainer.train()
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in list_checkpoints(root)] == ["step-00000006", "step-00000009"]
+    target = root / "step-00000009" / (STATE_NAME if damage == "state" else "net/model.safetensors")
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])  # a kill mid-copy, a bad disk
+    capsys.readouterr()
+
+    resumed = Stage(tmp_path / "run", total=12, seed=3)
+    assert resumed.trainer.resume() == 6
+    err = capsys.readouterr().err
+    assert "step-00000009 cannot be loaded" in err and "resumed from the previous complete checkpoint" in err
+    assert "step-00000006" in err and "(step 6)" in err
+    resumed.trainer.train()
+    assert _same(straight.net.state_dict(), resumed.net.state_dict())
+    assert _same(straight.opt.state_dict(), resumed.opt.state_dict())
+    assert load_training_state(latest_checkpoint(root) / STATE_NAME)["step"] == 12
+
+
+def test_resume_without_a_loadable_checkpoint_names_every_failure(tmp_path):
+    Stage(tmp_path / "run", total=6).trainer.train()  # checkpoints at 3 and 6
+    root = tmp_path / "run" / "checkpoints"
+    for step in (3, 6):
+        (root / f"step-{step:08d}" / STATE_NAME).write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError) as err:
+        Stage(tmp_path / "run", total=9).trainer.resume()
+    msg = str(err.value)
+    assert msg.startswith("cannot resume: ") and "step-00000006" in msg and "older checkpoints failed too" in msg
+    assert "step-00000003" in msg
+    # a step folder named directly has no fallback
+    with pytest.raises(UserError, match="unreadable training state"):
+        Stage(tmp_path / "other", total=9).trainer.resume(root / "step-00000006")

@@ -61,7 +61,9 @@ from deblur_rotate.train.checkpoint import (
     STATE_NAME,
     check_name,
     check_state_dict,
+    checkpoint_step,
     latest_checkpoint,
+    list_checkpoints,
     load_training_state,
     load_weights,
     rng_state,
@@ -280,14 +282,41 @@ class Trainer:
         """Load the newest checkpoint of ``source`` (a run folder, its ``checkpoints`` folder, or one
         ``step-*`` folder; default: this run's folder) into the networks, optimizers, EMA, scaler and
         extra state; the RNG states are restored when :meth:`train` starts. Returns the step.
-        Raises UserError when there is nothing to resume from or the checkpoint does not fit."""
+
+        When the newest checkpoint of a run cannot be loaded (a damaged file: truncated, corrupt weights), the
+        previous complete one (the loop keeps two) is loaded instead, with a warning naming both; a ``step-*``
+        folder given directly has no fallback. Raises UserError when there is nothing to resume from or no
+        checkpoint loads (the newest one's reason first)."""
         src = Path(source) if source is not None else self.run_dir
         if (src / STATE_NAME).is_file():
-            folder = src
-        else:
-            folder = latest_checkpoint(src / "checkpoints") or latest_checkpoint(src)
-        if folder is None:
+            return self._resume_from(src)
+        latest = latest_checkpoint(src / "checkpoints") or latest_checkpoint(src)
+        if latest is None:
             raise UserError(f"nothing to resume: no checkpoint in {src}")
+        try:
+            newest = checkpoint_step(latest)
+        except UserError:  # latest.json names a folder that is no step-* folder: nothing to fall back along
+            newest = -1
+        older = [p for p in reversed(list_checkpoints(latest.parent))
+                 if (p / STATE_NAME).is_file() and checkpoint_step(p) < newest]
+        failures: list[str] = []
+        for folder in [latest, *older]:
+            try:
+                step = self._resume_from(folder)
+            except (UserError, KeyError, TypeError, ValueError, RuntimeError) as err:
+                failures.append(f"{err}" if isinstance(err, UserError) else f"{folder}: {type(err).__name__}: {err}")
+                continue
+            if failures and self.info.rank == 0:
+                print(f"warning: the latest checkpoint {latest} cannot be loaded ({failures[0]}); resumed from the "
+                      f"previous complete checkpoint {folder} (step {step}) instead: the iterations after it are "
+                      "trained again", file=sys.stderr)
+            return step
+        more = f" (older checkpoints failed too: {'; '.join(failures[1:])})" if failures[1:] else \
+            " (and there is no older complete checkpoint to fall back on)"
+        raise UserError(f"cannot resume: {failures[0]}{more}")
+
+    def _resume_from(self, folder: Path) -> int:
+        """Load checkpoint ``folder`` (``step-*``) into everything :meth:`resume` names; returns its step."""
         state = load_training_state(folder / STATE_NAME)
 
         def same(kind: str, saved, have) -> None:
