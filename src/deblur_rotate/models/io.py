@@ -34,6 +34,7 @@ from deblur_rotate.files import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+MAX_CONFIG_BYTES = 1 << 20  # config.json files larger than this are refused unread
 
 # kind name -> class; filled by @register. A kind "a.b" not yet registered is looked up by importing
 # deblur_rotate.models.a (so load_pretrained("stylegan2.generator", ...) works without an import first).
@@ -130,9 +131,12 @@ def read_config(folder: str | os.PathLike) -> dict:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise UserError(f"{folder}: no {CONFIG_NAME} (a saved network is a folder with {CONFIG_NAME} + {WEIGHTS_NAME})")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:  # a network's constructor arguments are a few hundred bytes
+        raise UserError(f"{path}: {size} bytes, too large for a network config (at most {MAX_CONFIG_BYTES})")
     try:
         config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise UserError(f"{path}: expected a JSON object of constructor arguments")
@@ -185,6 +189,11 @@ def load_pretrained(cls_or_kind: type | str | nn.Module, folder: str | os.PathLi
         raise UserError(f"{folder}: checkpoint holds a {ckpt_kind!r}, expected a {want_kind!r}")
 
     if module is None:
+        from deblur_rotate.models.schema import check_weights_file, validate_config
+
+        # every field checked (types, ranges, implied size) before anything is built: the folder is untrusted
+        validate_config(want_kind or ckpt_kind or "", meta, where=str(folder / CONFIG_NAME))
+        check_weights_file(folder / WEIGHTS_NAME, want_kind or ckpt_kind or "", config)
         try:
             module = cls(**config)
         except TypeError as e:

@@ -99,8 +99,13 @@ def load_network(folder: str | os.PathLike, build: Callable[..., nn.Module],
     Returns the module in eval mode (call ``.train()`` to fine-tune it). Raises UserError when the
     folder is incomplete, the config does not fit ``build`` or keys/shapes differ (naming them).
     """
+    from deblur_rotate.models.schema import validate_config
+
     folder = Path(folder)
-    config = {k: v for k, v in read_config(folder).items() if not k.startswith("_")}
+    meta = read_config(folder)
+    kind = meta.get("_kind") or getattr(build, "_kind", None) or ""
+    # the same field checks as load_pretrained (a kind without a schema only gets the metadata checks)
+    config = validate_config(str(kind), meta, where=str(folder / CONFIG_NAME))
     try:
         module = build(**config)
     except TypeError as e:
