@@ -26,8 +26,16 @@ Model folder (format version 1)::
                       "face3d_encoder": "face3d_encoder", "fusion": "fusion"},   # role -> sub-folder
          "crop": {"method": "ffhq", "face_side": 1.0, "face_center": [0.5, 0.5], "source": "..."},
          "storage_dtype": "float32",       # or "float16": how the weights are stored (they load as fp32)
+         "trained_on_synthetic_only": true,                          # optional: only synthetic faces seen
+         "view_range_deg": {"yaw": [-60, 60], "pitch": [-20, 20]},   # optional: the views F was trained on
          "extra": {}}                      # free-form (training runs, notes)
     MODEL/<sub-folder>/config.json + model.safetensors     (models/io.py save_pretrained / load_pretrained)
+
+A model folder is untrusted input: :func:`deblur_rotate.model_folder.validate_model_folder` checks every
+file and field of it (containment, JSON/safetensors only, each ``config.json`` against its kind's schema) before
+:meth:`DeblurRotatePipeline.from_pretrained` builds anything. The two optional fields drive the warnings of
+``run`` and ``serve`` (:func:`deblur_rotate.model_folder.model_warnings`, ``view_warnings``); folders without
+them fall back as :func:`deblur_rotate.model_folder.training_facts` says.
 
 ``face3d_encoder`` and ``fusion`` may be missing (or null): such a model only reconstructs the input view
 (``views=[(0, 0)]``, no ``to_frontal``); a fusion network without E_3D can still turn by relative angles.
@@ -63,6 +71,7 @@ import torch
 from torch import nn
 
 from deblur_rotate.errors import UserError
+from deblur_rotate.model_folder import FORMAT_VERSION, NETWORK_KINDS, PIPELINE_FILE, REQUIRED_ROLES, TrainingFacts
 
 __all__ = [
     "DEFAULT_CROP",
@@ -72,14 +81,18 @@ __all__ = [
     "PIPELINE_FILE",
     "AlignedFace",
     "DeblurRotatePipeline",
+    "Detection",
     "FaceFinder",
     "PipelineOutput",
     "alignment_matrix",
+    "as_rgb8",
     "assemble_model",
     "bundled_model_dir",
     "crop_from_landmarks",
     "face_mask",
     "face_outside_share",
+    "grey_like",
+    "is_grey",
     "paste_back",
     "prepare_image",
     "read_image",
@@ -87,16 +100,8 @@ __all__ = [
     "sweep_views",
 ]
 
-PIPELINE_FILE = "pipeline.json"
-FORMAT_VERSION = 1
-# role in pipeline.json "networks" -> registered kind (models/io.py)
-NETWORK_KINDS: dict[str, str] = {
-    "generator": "stylegan2.generator",
-    "blur_encoder": "encoders.blur",
-    "face3d_encoder": "encoders.face3d",
-    "fusion": "fusion",
-}
-REQUIRED_ROLES = ("generator", "blur_encoder")
+# PIPELINE_FILE, FORMAT_VERSION, NETWORK_KINDS (role -> registered kind), REQUIRED_ROLES: the model-folder format
+# and its validation live in deblur_rotate.model_folder (imported above; no torch there)
 # FFHQ framing: the face's oriented square fills the crop.
 DEFAULT_CROP: dict = {"method": "ffhq", "face_side": 1.0, "face_center": [0.5, 0.5], "source": "FFHQ alignment"}
 MIN_IMAGE_SIDE = 16  # pixels; smaller images cannot hold a usable face
@@ -225,8 +230,15 @@ def assemble_model(out: str | os.PathLike, *,
                    dtype: torch.dtype | None = None,                     # torch.float16: half-size storage
                    extra: dict | None = None,                            # free-form JSON (runs, notes)
                    overwrite: bool = False,                              # replace an existing model folder
+                   trained_on_synthetic_only: bool | None = None,        # None: inferred from the runs' data
+                   view_range_deg: dict | None = None,                   # {"yaw": [lo, hi], "pitch": [lo, hi]}
                    ) -> Path:
     """Write a model folder (format in the module docstring) and return its path.
+
+    ``trained_on_synthetic_only`` and ``view_range_deg`` (the absolute views F was trained on, degrees) go to
+    pipeline.json for ``run`` and ``serve`` to warn with; when not given they are inferred from the training
+    runs the network folders come from (:func:`deblur_rotate.model_folder.infer_training_facts`) and left out
+    when unknown.
 
     The folder is built in a temporary sibling and renamed into place, so ``out`` is either the complete
     new model or untouched. With ``dtype=torch.float16`` the floating-point weights are stored in half
@@ -248,6 +260,15 @@ def assemble_model(out: str | os.PathLike, *,
              "face3d_encoder": None if face3d_encoder is None else _as_module(face3d_encoder, "face3d_encoder"),
              "fusion": None if fusion is None else _as_module(fusion, "fusion")}
     _check_parts(*parts.values(), where=f"model {out}")
+    from deblur_rotate.model_folder import _valid_view_range, infer_training_facts
+
+    inferred = infer_training_facts(blur_encoder, fusion)
+    if trained_on_synthetic_only is None:
+        trained_on_synthetic_only = inferred.synthetic_only
+    if view_range_deg is None:
+        view_range_deg = inferred.view_range_deg
+    if view_range_deg is not None and not _valid_view_range(view_range_deg):
+        raise ValueError(f"view_range_deg must be {{'yaw': [lo, hi], 'pitch': [lo, hi]}} in degrees, got {view_range_deg}")
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": "deblur-rotate",
@@ -259,6 +280,10 @@ def assemble_model(out: str | os.PathLike, *,
         "storage_dtype": str(dtype or torch.float32).replace("torch.", ""),
         "extra": dict(extra or {}),
     }
+    if trained_on_synthetic_only is not None:
+        meta["trained_on_synthetic_only"] = bool(trained_on_synthetic_only)
+    if view_range_deg is not None:
+        meta["view_range_deg"] = {k: [float(v) for v in pair] for k, pair in view_range_deg.items()}
     json.dumps(meta)  # fail on non-JSON extras before writing anything
     from deblur_rotate.files import apply_umask_mode, atomic_write_json
     from deblur_rotate.models.io import save_pretrained
@@ -300,38 +325,10 @@ def _replace_dir(new: Path, dest: Path) -> None:
 
 
 def _read_pipeline_json(folder: Path) -> dict:
-    if not folder.exists():
-        raise UserError(f"model folder {folder} does not exist")
-    if not folder.is_dir():
-        raise UserError(f"model path {folder} is a file; give the model folder (the one holding {PIPELINE_FILE})")
-    path = folder / PIPELINE_FILE
-    if not path.is_file():
-        hint = (" (it looks like a single network folder; a model folder holds pipeline.json and one sub-folder "
-                "per network: build one with deblur_rotate.pipeline.assemble_model)"
-                if (folder / "config.json").exists() else
-                " (not a deblur-rotate model folder; build one with deblur_rotate.pipeline.assemble_model)")
-        raise UserError(f"model folder {folder} has no {PIPELINE_FILE}{hint}")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
-        raise UserError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("kind") != "deblur-rotate":
-        raise UserError(f"{path}: not a deblur-rotate pipeline description (\"kind\" must be \"deblur-rotate\")")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise UserError(f"{path}: format_version {version!r} is not supported (this version reads up to "
-                        f"{FORMAT_VERSION}); update deblur-rotate")
-    networks = meta.get("networks")
-    if not isinstance(networks, dict):
-        raise UserError(f"{path}: \"networks\" must map roles ({', '.join(NETWORK_KINDS)}) to sub-folders")
-    unknown = sorted(set(networks) - set(NETWORK_KINDS))
-    if unknown:
-        raise UserError(f"{path}: unknown network role(s) {', '.join(unknown)}; known: {', '.join(NETWORK_KINDS)}")
-    for role in REQUIRED_ROLES:
-        if not networks.get(role):
-            raise UserError(f"{path}: no {role} listed under \"networks\"; a model needs at least "
-                            f"{' and '.join(REQUIRED_ROLES)}")
-    return meta
+    """The checked pipeline.json of ``folder`` (:func:`deblur_rotate.model_folder.read_pipeline_json`)."""
+    from deblur_rotate.model_folder import read_pipeline_json
+
+    return read_pipeline_json(folder)
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -406,6 +403,10 @@ class DeblurRotatePipeline:
             raise UserError(f"{name}: {PIPELINE_FILE} says num_frames {self.config['num_frames']} but the blur "
                             f"encoder predicts {blur_encoder.num_frames}")
         _crop_values(self.config["crop"])
+        from deblur_rotate.model_folder import training_facts
+
+        self.facts: TrainingFacts = training_facts(self.config)  # from_pretrained adds the folder's fallbacks
+        self.folder: Path | None = None                           # the model folder (from_pretrained)
 
     # ---------------------------------------------------------------- loading
 
@@ -413,8 +414,11 @@ class DeblurRotatePipeline:
     def from_pretrained(cls, folder: str | os.PathLike | None = None,
                         device: str | torch.device | None = "cpu") -> DeblurRotatePipeline:
         """Load a model folder (``None``: the model bundled with the package). UserError naming the folder
-        and the problem when it is missing, unreadable or its networks do not fit."""
+        and the problem when it is missing, unreadable or its networks do not fit: the whole folder is checked by
+        :func:`deblur_rotate.model_folder.validate_model_folder` before any network is built."""
+        from deblur_rotate.model_folder import validate_model_folder
         from deblur_rotate.models.io import load_pretrained
+        from deblur_rotate.models.schema import ConfigError
 
         if folder is None:
             folder = bundled_model_dir()
@@ -424,26 +428,26 @@ class DeblurRotatePipeline:
                     "missing); train one (`deblur-rotate train --help`: generator, then the encoders and fusion), "
                     "assemble it with deblur_rotate.pipeline.assemble_model, and pass --model FOLDER")
         folder = Path(folder)
-        meta = _read_pipeline_json(folder)
+        info = validate_model_folder(folder)  # every file and field, before anything is built
+        meta = info.meta
         device = resolve_device(device)
         modules: dict[str, nn.Module | None] = {}
-        root = folder.resolve()
         for role, kind in NETWORK_KINDS.items():
-            sub = meta["networks"].get(role)
-            if not sub:
+            path = info.networks.get(role)
+            if path is None:
                 modules[role] = None
                 continue
-            path = (folder / str(sub)).resolve()
-            if root != path and root not in path.parents:
-                raise UserError(f"model folder {folder}: network {role!r} points outside the folder ({sub!r})")
-            if not path.is_dir():
-                raise UserError(f"model folder {folder}: the {role} sub-folder {sub!r} is missing")
             try:
                 modules[role] = load_pretrained(kind, path, device)
+            except ConfigError:
+                raise  # already worded <folder>/<net>/config.json: <field>: <what is wrong>
             except UserError as err:
                 raise UserError(f"model folder {folder}: {role}: {err}") from None
-        return cls(modules["generator"], modules["blur_encoder"], modules["face3d_encoder"], modules["fusion"],
+        pipe = cls(modules["generator"], modules["blur_encoder"], modules["face3d_encoder"], modules["fusion"],
                    config=meta, name=f"model folder {folder}")
+        pipe.facts = info.facts
+        pipe.folder = folder
+        return pipe
 
     # ---------------------------------------------------------------- facts
 
@@ -632,6 +636,46 @@ def _to_rgb8(img) -> np.ndarray:
     return out if out.ndim == 3 else np.repeat(out[..., None], 3, axis=2)
 
 
+def is_grey(rgb: np.ndarray, tolerance: int = 3) -> bool:
+    """Whether uint8 RGB ``rgb`` [H, W, 3] is a grey-scale picture: R, G and B within ``tolerance`` levels of each
+    other in 99.5 % of the pixels (a grey JPEG stored as colour carries a little chroma noise)."""
+    a = np.asarray(rgb)
+    if a.ndim != 3 or a.shape[2] != 3 or a.size == 0:
+        return a.ndim == 2
+    step = max(1, int(math.sqrt(a.shape[0] * a.shape[1] / 250_000)))  # about 250k pixels suffice
+    x = a[::step, ::step].astype(np.int16)
+    spread = np.maximum(np.abs(x[..., 0] - x[..., 1]), np.abs(x[..., 1] - x[..., 2]))
+    return bool((spread <= tolerance).mean() >= 0.995)
+
+
+def grey_like(frames: np.ndarray) -> np.ndarray:
+    """uint8 ``[..., 3]`` colour -> the same shape in grey (ITU-R 601 luma in all three channels)."""
+    a = np.asarray(frames, dtype=np.float32)
+    luma = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
+    return np.repeat(np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def as_rgb8(image: np.ndarray) -> np.ndarray:
+    """An image array as uint8 RGB ``[H, W, 3]``: grey ``[H, W]`` / ``[H, W, 1]``, grey + alpha ``[H, W, 2]`` and
+    RGBA ``[H, W, 4]`` (alpha over black, the training background) are converted; float arrays in [0, 1] and
+    16-bit arrays are scaled to 8 bits. For arrays that did not come through :func:`read_image` (web uploads)."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+        raise UserError(f"expected an image array [H, W] or [H, W, 1..4], got shape {tuple(a.shape)}")
+    if a.dtype == np.uint16:
+        a = a.astype(np.float32) / 257.0
+    elif a.dtype.kind == "f":
+        a = np.nan_to_num(a.astype(np.float32)) * (255.0 if np.nanmax(a, initial=0.0) <= 1.0 else 1.0)
+    a = np.clip(a.astype(np.float32), 0, 255)
+    if a.shape[2] in (2, 4):
+        a = a[..., :-1] * (a[..., -1:] / 255.0)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return np.ascontiguousarray(np.round(a).astype(np.uint8))
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a photo (jpg, png, webp, bmp, tiff, ...; grey, palette, RGBA, 16-bit) as uint8 RGB ``[H, W, 3]``,
     turned upright by its EXIF orientation. UserError naming the file when it is corrupt, truncated, or
@@ -668,6 +712,7 @@ class AlignedFace:
     landmarks: np.ndarray | None         # [68, 2] (u, v) photo pixels, iBUG 300-W order; None for --aligned
     outside: float = 0.0                 # share of the face (its landmark outline) outside the photo, filled
                                          # in by mirroring the image at its edge (0 for --aligned inputs)
+    detection: dict | None = None        # how it was found: detector, score, landmark_disagreement (Detection)
 
     def tensor(self) -> torch.Tensor:
         """The crop as ``[3, R, R]`` float in [-1, 1]."""
@@ -676,20 +721,72 @@ class AlignedFace:
         return from_uint8(self.image)
 
 
+@dataclass
+class Detection:
+    """One detector hit: the face (or non-face) found, how sure the detector was, how well landmarks fit it."""
+
+    box: tuple[float, float, float, float]  # (left, top, right, bottom), photo pixels
+    landmarks: np.ndarray                   # [68, 2] (u, v) photo pixels, iBUG 300-W order
+    detector: str                           # "hog" or "cnn"
+    score: float                            # HOG adjusted score (>= 0) or CNN confidence
+    landmark_disagreement: float            # FaceAligner.mirror_disagreement: ~0.01 for a face
+    reason: str | None = None               # why it was dropped; None: kept as a face
+
+    @property
+    def side(self) -> float:
+        """The box's mean side, pixels."""
+        return ((self.box[2] - self.box[0]) + (self.box[3] - self.box[1])) / 2.0
+
+    def record(self) -> dict:
+        """JSON for result.json / summary.json."""
+        out = {"box": [round(float(b), 1) for b in self.box], "detector": self.detector,
+               "score": round(self.score, 3), "landmark_disagreement": round(self.landmark_disagreement, 4)}
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 class FaceFinder:
     """dlib's HOG face detector, with the (slower) CNN detector as a fallback for faces HOG misses (blurry
-    or turned faces); 68 landmarks for each face found. Models load on first use."""
+    or turned faces); 68 landmarks for each face found. Models load on first use.
+
+    Detections that are not faces are dropped (:meth:`detect` says which and why), by three tests in turn:
+
+    * landmark fit: the 68 landmarks of a face agree with those predicted on the mirror image (disagreement
+      about 0.01 of the box width, also on motion-blurred faces); above ``max_disagreement`` it is no face, and a
+      weak detection (score below ``weak_score``) must stay below ``weak_max_disagreement``. On scikit-image's
+      astronaut the mission patch on the suit scores 0.12 (HOG) with a disagreement of 0.11 and is dropped;
+    * size: smaller than ``min_relative_size`` of the largest face kept (a background pattern, a far-off face);
+    * duplicates: a box overlapping a face already kept (intersection over union above 0.5).
+    """
 
     def __init__(self,
                  upsample: int = 1,        # HOG upsampling (finds faces ~2x smaller per step)
-                 cnn_fallback: bool = True,  # try the CNN (MMOD) detector when HOG finds nothing
+                 cnn_fallback: bool = True,  # try the CNN (MMOD) detector when HOG finds no face
                  max_side: int = 640,      # images are shrunk to this longest side for detection (speed)
+                 max_disagreement: float = 0.04,       # landmark disagreement above which a detection is no face
+                 weak_score: float = 0.5,               # detections scoring below this are weak ...
+                 weak_max_disagreement: float = 0.025,  # ... and must have landmarks fitting better than this
+                 min_relative_size: float = 0.3,        # faces smaller than this share of the largest are dropped
                  ):
         from deblur_rotate.data.align import FaceAligner
 
         self.hog = FaceAligner("hog", upsample=upsample, max_side=max_side)
         self.cnn_fallback = bool(cnn_fallback)
         self.max_side = int(max_side)
+        self.max_disagreement = float(max_disagreement)
+        self.weak_score = float(weak_score)
+        self.weak_max_disagreement = float(weak_max_disagreement)
+        self.min_relative_size = float(min_relative_size)
         self._cnn: dict[int, FaceAligner] = {}
 
     def _cnn_for(self, image: np.ndarray):
@@ -701,14 +798,52 @@ class FaceFinder:
             self._cnn[up] = FaceAligner("cnn", upsample=up, max_side=self.max_side)
         return self._cnn[up]
 
+    def _judge(self, image: np.ndarray, aligner, kind: str) -> list[Detection]:
+        """Every hit of one detector on ``image``, with ``reason`` set on those that are no face."""
+        hits = aligner.detect_scored(image)
+        if not hits:
+            return []
+        mirrored = np.ascontiguousarray(image[:, ::-1])
+        found = []
+        for box, score in hits:
+            lm = aligner.landmarks(image, box)
+            d = Detection(tuple(float(v) for v in box), lm, kind, score,
+                          aligner.mirror_disagreement(image, box, lm, mirrored))
+            if d.landmark_disagreement > self.max_disagreement:
+                d.reason = (f"landmarks do not fit a face (mirror disagreement {d.landmark_disagreement:.3f} of the "
+                            f"box width; faces stay below {self.max_disagreement:g})")
+            elif d.score < self.weak_score and d.landmark_disagreement > self.weak_max_disagreement:
+                d.reason = (f"weak detection ({kind} score {d.score:.2f} < {self.weak_score:g}) whose landmarks fit "
+                            f"poorly (mirror disagreement {d.landmark_disagreement:.3f} > {self.weak_max_disagreement:g})")
+            found.append(d)
+        kept = [d for d in found if d.reason is None]
+        if kept:
+            largest = max(d.side for d in kept)
+            for d in sorted(kept, key=lambda d: -d.score):
+                if d.side < self.min_relative_size * largest:
+                    d.reason = (f"{d.side:.0f} px, smaller than {self.min_relative_size:.0%} of the largest face "
+                                f"({largest:.0f} px)")
+                    continue
+                twin = next((k for k in found if k is not d and k.reason is None and k.score >= d.score
+                             and _iou(k.box, d.box) > 0.5), None)
+                if twin is not None:
+                    d.reason = f"the same face as the {twin.detector} box at {[round(v) for v in twin.box[:2]]}"
+        return found
+
+    def detect(self, image: np.ndarray) -> tuple[list[Detection], list[Detection]]:
+        """(faces kept, detections dropped with their ``reason``) in uint8 ``image`` [H, W, 3], largest first.
+        The CNN detector is tried when HOG keeps no face."""
+        found = self._judge(image, self.hog, "hog")
+        if not any(d.reason is None for d in found) and self.cnn_fallback:
+            found += self._judge(image, self._cnn_for(image), "cnn")
+        kept = sorted((d for d in found if d.reason is None), key=lambda d: -d.side)
+        return kept, [d for d in found if d.reason is not None]
+
     def find(self, image: np.ndarray) -> list[tuple[tuple[float, float, float, float], np.ndarray]]:
-        """[(box, landmarks [68, 2]), ...] of the faces in uint8 ``image`` [H, W, 3], largest first."""
-        boxes = self.hog.detect(image)
-        aligner = self.hog
-        if not boxes and self.cnn_fallback:
-            aligner = self._cnn_for(image)
-            boxes = aligner.detect(image)
-        return [(box, aligner.landmarks(image, box)) for box in boxes]
+        """[(box, landmarks [68, 2]), ...] of the faces in uint8 ``image`` [H, W, 3], largest first (non-faces
+        dropped, see :meth:`detect`)."""
+        kept, _ = self.detect(image)
+        return [(d.box, d.landmarks) for d in kept]
 
 
 def _square_resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -726,20 +861,32 @@ def _square_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 def prepare_image(image: np.ndarray, size: int, *, crop: dict | None = None, aligned: bool = False,
                   only_center_face: bool = False, finder: FaceFinder | None = None,
-                  name: str = "image") -> list[AlignedFace]:
+                  name: str = "image", dropped: list | None = None) -> list[AlignedFace]:
     """Cut the faces of a photo (uint8 ``[H, W, 3]``) into ``size`` px crops framed like the training faces.
 
     aligned:          the photo already is such a crop: centre-crop to a square if needed and resize.
     only_center_face: keep only the detected face nearest the image centre; otherwise all faces, largest first.
+    dropped:          a list that receives the records (:meth:`Detection.record`, with ``reason``) of the
+                      detections rejected as non-faces (a finder without ``detect`` reports none).
     UserError (naming ``name``) when no face is found.
     """
     if aligned:
         return [AlignedFace(_square_resize(image, size), None, None, None)]
     finder = finder or FaceFinder()
-    found = finder.find(image)
+    rejected: list[Detection] = []
+    if hasattr(finder, "detect"):
+        kept, rejected = finder.detect(image)
+        found = [(d.box, d.landmarks, d.record()) for d in kept]
+    else:  # any object with find() (tests, other detectors)
+        found = [(box, lm, None) for box, lm in finder.find(image)]
+    if dropped is not None:
+        dropped.extend(d.record() for d in rejected)
     if not found:
-        raise UserError(f"{name}: no face found (dlib HOG and CNN detectors); if the image already is an aligned "
-                        "face crop, pass --aligned")
+        why = ""
+        if rejected:
+            why = f"; {len(rejected)} detection(s) rejected as non-faces: " + "; ".join(d.reason for d in rejected[:3])
+        raise UserError(f"{name}: no face found (dlib HOG and CNN detectors{why}); if the image already is an "
+                        "aligned face crop, pass --aligned")
     if only_center_face:
         h, w = image.shape[:2]
         found = [min(found, key=lambda f: math.hypot((f[0][0] + f[0][2]) / 2 - (w - 1) / 2,
@@ -747,10 +894,10 @@ def prepare_image(image: np.ndarray, size: int, *, crop: dict | None = None, ali
     from deblur_rotate.data.align import warp_image
 
     faces = []
-    for box, lm in found:
+    for box, lm, record in found:
         a = alignment_matrix(lm, size, crop)
         faces.append(AlignedFace(warp_image(image, a, size), a, tuple(float(v) for v in box), lm,
-                                 outside=face_outside_share(image.shape, a, lm, size)))
+                                 outside=face_outside_share(image.shape, a, lm, size), detection=record))
     return faces
 
 
