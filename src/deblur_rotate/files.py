@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "save_png", "load_png", "to_uint8", "from_uint8",
-           "current_umask", "apply_umask_mode"]
+           "current_umask", "apply_umask_mode", "disk_full"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -31,6 +31,13 @@ def current_umask() -> int:
         mask = os.umask(0o022)
         os.umask(mask)
     return mask
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is an OSError saying the disk (or the user's quota) is full (ENOSPC, EDQUOT)."""
+    import errno
+
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def apply_umask_mode(path: str | os.PathLike, folder: bool = False) -> None:

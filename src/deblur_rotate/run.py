@@ -7,20 +7,23 @@ renamed into place when complete, so a folder is never half-written)::
     frames/<view>/frame_1..T.png    the sharp frames of each view
     <view>.gif, <view>.mp4          each view as a video (--fps)
     sweep.gif, sweep.mp4            --sweep: an orbit of views, time running back and forth
-    contact_sheet.png               rows: views; columns: the input, then frames 1..T (the paper's Figure 5)
+    contact_sheet.png               rows: views by increasing yaw, the input view's row framed in yellow;
+                                    columns: the input, then frames 1..T (the paper's Figure 5)
     pose.json                       --save-pose: E_3D's head pose (degrees and radians)
     latents.npz                     --save-latents: codes [T, num_ws, w_dim], view_codes [V, T, num_ws, w_dim],
                                     views [V, 2] (dyaw, dpitch degrees), pose [3] radians
     pasted/frame_1..T.png, pasted.gif, pasted.mp4   --paste-back: the same-view frames in the photo
-    result.json                     what was done: faces (boxes, poses), views, files
+    result.json                     what was done: faces (boxes, detector scores, poses), views, files, the
+                                    detections dropped as non-faces (``dropped_detections``, with the reason)
 
 A photo with several faces (and no --only-center-face) gets one sub-folder per face, ``face_1`` (the
 largest), ``face_2``, ... each holding the per-face files above; ``pasted/`` and ``result.json`` stay at
 ``OUT/<stem>/``. View folders are named ``input_view`` (0, 0), ``yaw+30``, ``pitch-10``, ``yaw+30_pitch-10``;
 with --to-frontal the angles are relative to the frontal view and the names start with ``frontal``.
 
-``OUT/summary.json`` lists the inputs done and the ones that failed with the reason, and ``warnings``: faces
-cut by the image edge (the crop fills the missing part in by mirroring the photo, so that part of the
+``OUT/summary.json`` lists the inputs done (with the detections dropped as non-faces) and the ones that failed
+with the reason, ``model_warnings`` (said once per run, also on stderr: a model trained on synthetic faces only,
+views outside those it was trained on) and ``warnings``: faces cut by the image edge (the crop fills the missing part in by mirroring the photo, so that part of the
 result is made up) and animated images (only the first frame is used). It is rewritten when a run starts
 (``"complete": false``), after each input, and at the end (``"complete": true``), so it always describes the
 latest run. A damaged image, an image without a face, a too-small image or an ``OUT/<stem>`` that is a file
@@ -29,6 +32,11 @@ fail that input only: the run goes on and exits with status 1. Problems with the
 with status 2. A run that starts removes the hidden ``.NAME.partial-<pid>`` folders left in ``OUT`` by
 killed runs (their process no longer exists). Names that are not valid UTF-8 are printed with the
 undecodable bytes shown as U+FFFD (summary.json keeps them as surrogate escapes).
+
+Inputs are resolved and deduplicated (a file reached twice, by a symlink, a folder and a glob, is done once;
+``**`` globs walk each real folder once, so symlink loops are not followed). A full disk stops the run at the
+first input it hits with ``error: no space left on OUT`` (status 2): that input's staging folder is removed, the
+later inputs are not started. A grey-scale photo is fed as RGB and its results are written in grey.
 """
 from __future__ import annotations
 
@@ -80,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``deblur-rotate run``."""
     p.add_argument("-i", "--input", nargs="+", required=True, metavar="PATH",
                    help="image file(s), folder(s) of images, or glob pattern(s) such as 'photos/*.jpg'")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
+    p.add_argument("-o", "--out", "--output", dest="output", required=True, type=Path, metavar="OUT",
                    help="output folder; results go to OUT/<image stem>/")
     p.add_argument("--model", type=Path, default=None, metavar="FOLDER",
                    help="model folder (pipeline.json + one sub-folder per network); default: the bundled model")
@@ -207,11 +215,86 @@ def _natural_key(path: Path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
 
 
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A glob pattern with ``**`` (any number of folders) as a regex over ``/``-separated paths; ``*``, ``?`` and
+    ``[...]`` do not cross a ``/``, and, as in :mod:`glob`, do not match a leading dot."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append(r"(?:[^/.][^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(r"(?:[^/.][^/]*(?:/[^/.][^/]*)*)?")
+            i += 2
+        elif pattern[i] == "*":
+            start = i == 0 or pattern[i - 1] == "/"
+            out.append(r"(?:[^/.][^/]*)?" if start else r"[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append(r"[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
+            j = pattern.index("]", i + 2)
+            body = pattern[i + 1:j]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _walk_glob(spec: str) -> list[Path]:
+    """The files a recursive (``**``) glob pattern matches, walking each real folder once: a symlink loop
+    (a folder linking to itself or a parent) is not followed round and round as :func:`glob.glob` does."""
+    parts = spec.replace(os.sep, "/").split("/")
+    fixed = []
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    base = "/".join(fixed) or "."
+    if spec.startswith("/") and not fixed[1:]:
+        base = "/"
+    if not os.path.isdir(base):
+        return []
+    regex = _glob_regex(spec.replace(os.sep, "/"))
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for folder, dirs, files in os.walk(base, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # this real folder was listed already (a symlink loop or a twin)
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for name in files:
+            path = os.path.join(folder, name)
+            rel = path[2:] if base == "." and path.startswith("./") and not spec.startswith("./") else path
+            if regex.match(rel.replace(os.sep, "/")):
+                found.append(Path(rel))
+    return found
+
+
+def _real(path: Path) -> str:
+    """The path with every symlink resolved (what tells two spellings of one file apart)."""
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):
+        return str(path)
+
+
 def list_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand ``-i`` arguments (files, folders, globs) -> (image paths in order, [(spec, why it gave nothing)]).
 
     Folders are listed without recursion; folders and globs keep files with an image extension; a file named
-    explicitly is kept whatever its extension (reading it decides)."""
+    explicitly is kept whatever its extension (reading it decides). Recursive globs (``**``) walk every real
+    folder once (symlink loops are not followed round), and a file reached twice (the same file through a
+    symlink, a folder and a glob, ``a.png`` and ``./a.png``) is kept once, under the first name it came by."""
     paths: list[Path] = []
     problems: list[tuple[str, str]] = []
     for spec in specs:
@@ -223,16 +306,18 @@ def list_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
         elif p.is_file():
             found = [p]
         elif any(ch in spec for ch in "*?["):
-            found = sorted((Path(f) for f in glob.glob(spec, recursive=True)
-                            if Path(f).is_file() and Path(f).suffix.lower() in IMAGE_EXTS), key=_natural_key)
+            matches = _walk_glob(spec) if "**" in spec else (Path(f) for f in glob.glob(spec))
+            found = sorted((f for f in matches if f.is_file() and f.suffix.lower() in IMAGE_EXTS), key=_natural_key)
             if not found:
                 problems.append((spec, "the pattern matches no image files"))
         else:
             found = []
             problems.append((spec, "no such file or folder"))
         paths.extend(found)
-    unique = list(dict.fromkeys(paths))
-    return unique, problems
+    unique: dict[str, Path] = {}
+    for path in paths:
+        unique.setdefault(_real(path), path)
+    return list(unique.values()), problems
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -295,12 +380,65 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
     return buffer.getvalue()
 
 
-def contact_sheet(input_image: np.ndarray, frames: np.ndarray, view_labels: list[str]) -> bytes:
+_NAME_PART = re.compile(r"(yaw|pitch)([+-][0-9.e+-]+)")
+
+
+def view_from_name(name: str) -> tuple[float, float, bool] | None:
+    """(dyaw, dpitch, to_frontal) of a :func:`view_name`; None for a label that is not one."""
+    frontal = name == "frontal" or name.startswith("frontal_")
+    rest = name[len("frontal"):].lstrip("_") if frontal else ("" if name == "input_view" else name)
+    angles = {"yaw": 0.0, "pitch": 0.0}
+    for part in filter(None, rest.split("_")):
+        match = _NAME_PART.fullmatch(part)
+        if match is None:
+            return None
+        try:
+            angles[match[1]] = float(match[2])
+        except ValueError:
+            return None
+    return angles["yaw"], angles["pitch"], frontal
+
+
+def sheet_order(view_labels: list[str], input_yaw_deg: float | None = None) -> tuple[list[int], int | None]:
+    """The contact sheets' one row order: views by increasing yaw (then pitch), relative to the input view;
+    views relative to the frontal view (``frontal...``) are placed by ``input_yaw_deg`` (the input's estimated
+    yaw; taken as 0 when unknown). Returns (row order as indices into ``view_labels``, the index of the row that
+    shows the input view, or None). Labels that are no view names keep their place after the others."""
+    keys = []
+    for i, label in enumerate(view_labels):
+        parsed = view_from_name(label)
+        if parsed is None:
+            keys.append((1, 0.0, 0.0, i))
+            continue
+        yaw, pitch, frontal = parsed
+        if frontal:
+            yaw -= input_yaw_deg or 0.0
+        keys.append((0, yaw, pitch, i))
+    order = [k[-1] for k in sorted(keys)]
+    exact = [i for i, k in enumerate(keys) if k[0] == 0 and k[1] == 0 and k[2] == 0]
+    if exact:
+        return order, exact[0]
+    if input_yaw_deg is not None:  # frontal-relative views only: mark the one nearest the input's own view
+        near = [i for i, k in enumerate(keys) if k[0] == 0 and abs(k[1]) <= 5 and k[2] == 0]
+        if near:
+            return order, min(near, key=lambda i: abs(keys[i][1]))
+    return order, None
+
+
+def contact_sheet(input_image: np.ndarray, frames: np.ndarray, view_labels: list[str],
+                  input_yaw_deg: float | None = None) -> bytes:
     """PNG bytes of a grid like the paper's Figure 5: one row per view, the input then frames 1..T.
 
-    input_image: uint8 [R, R, 3]; frames: uint8 [V, T, R, R, 3]; view_labels: V row labels."""
+    input_image: uint8 [R, R, 3]; frames: uint8 [V, T, R, R, 3]; view_labels: V row labels (:func:`view_name`s).
+    Rows run by increasing yaw and the input view's row is marked (:func:`sheet_order`; ``input_yaw_deg``: the
+    input's estimated yaw, which places ``frontal`` views), the same order everywhere."""
     from PIL import Image, ImageDraw
 
+    order, marked = sheet_order(list(view_labels), input_yaw_deg)
+    marked_row = None if marked is None else order.index(marked)
+    view_labels = [view_labels[i] + (" = input view" if i == marked and view_labels[i] != "input_view" else "")
+                   for i in order]
+    frames = np.asarray(frames)[order]
     v, t, r = frames.shape[:3]
     scale = max(1, math.ceil(SHEET_MIN_CELL / r))
     cell, pad, top = r * scale, 4, 16
@@ -316,10 +454,14 @@ def contact_sheet(input_image: np.ndarray, frames: np.ndarray, view_labels: list
 
     for row in range(v):
         y = top + row * (cell + pad)
-        draw.text((4, y + cell // 2 - 6), view_labels[row], fill=(230, 230, 230))
+        marked_here = row == marked_row
+        draw.text((4, y + cell // 2 - 6), view_labels[row], fill=(255, 210, 60) if marked_here else (230, 230, 230))
         sheet.paste(big(input_image), (left, y))
         for j in range(t):
             sheet.paste(big(frames[row, j]), (left + (j + 1) * (cell + pad), y))
+        if marked_here:  # the input view's row: a yellow frame around its cells
+            draw.rectangle([left - 2, y - 2, left + (t + 1) * (cell + pad) - pad + 1, y + cell + 1],
+                           outline=(255, 210, 60), width=2)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -352,7 +494,8 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
     import torch
 
     from deblur_rotate.files import to_uint8
-    from deblur_rotate.pipeline import _replace_dir, paste_back, prepare_image, read_image, sweep_views
+    from deblur_rotate.pipeline import (_replace_dir, grey_like, is_grey, paste_back, prepare_image, read_image,
+                                        sweep_views)
 
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{path}: its output path {dest} is a file; move it away or choose another -o")
@@ -361,17 +504,23 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
     frames_in_file = _frame_count(path)
     if frames_in_file > 1:
         warnings.append({"warning": f"animated image of {frames_in_file} frames: only the first frame was used"})
+    dropped: list[dict] = []
     faces = prepare_image(photo, pipe.resolution, crop=pipe.crop, aligned=options.aligned,
-                          only_center_face=options.only_center_face, finder=finder, name=str(path))
+                          only_center_face=options.only_center_face, finder=finder, name=str(path), dropped=dropped)
+    # a grey photo is fed as RGB (R = G = B); the model, which only saw colour faces, invents colours (a blue or
+    # purple cast), so what it makes of a grey photo is written in grey too
+    grey = is_grey(photo)
     batch = torch.stack([f.tensor() for f in faces])                                  # [F, 3, R, R]
     result = pipe(batch, views=options.views, num_frames=options.num_frames, to_frontal=options.to_frontal)
     frames = to_uint8(result.frames.flatten(0, 2)).reshape(*result.frames.shape[:3], *faces[0].image.shape)
+    frames = grey_like(frames) if grey else frames
     names = [view_name(v, options.to_frontal) for v in result.views]
     sweep = None
     if options.sweep is not None:
         orbit = sweep_views(options.sweep_steps, options.sweep)
         sweep = to_uint8(pipe.sweep(result.codes, result.pose, orbit, options.to_frontal).flatten(0, 1))
         sweep = sweep.reshape(len(faces), len(orbit), *faces[0].image.shape)         # [F, K, R, R, 3]
+        sweep = grey_like(sweep) if grey else sweep
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
@@ -380,7 +529,10 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
     written: list[str] = []
     record: dict = {"input": str(path), "image_size": [int(photo.shape[1]), int(photo.shape[0])],
                     "views": [{"name": n, "dyaw_deg": v[0], "dpitch_deg": v[1]} for n, v in zip(names, result.views)],
-                    "to_frontal": options.to_frontal, "num_frames": int(result.frames.shape[2]), "faces": []}
+                    "to_frontal": options.to_frontal, "num_frames": int(result.frames.shape[2]), "faces": [],
+                    "dropped_detections": dropped}
+    if grey:
+        record["grey_input"] = True  # the frames were written in grey, as the photo is
     try:
         for k, face in enumerate(faces):
             sub = "" if len(faces) == 1 else f"face_{k + 1}/"
@@ -390,9 +542,12 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
             if sweep is not None:
                 _write(stage, f"{sub}sweep.gif", encode_gif(sweep[k], options.fps), written)
                 _write(stage, f"{sub}sweep.mp4", encode_mp4(sweep[k], options.fps), written)
-            _write(stage, f"{sub}contact_sheet.png", contact_sheet(face.image, frames[k], names), written)
+            input_yaw = None if result.pose is None else math.degrees(float(result.pose[k, 1]))
+            _write(stage, f"{sub}contact_sheet.png", contact_sheet(face.image, frames[k], names, input_yaw), written)
             info: dict = {"folder": sub.rstrip("/") or ".",
                           "box": None if face.box is None else [round(b, 1) for b in face.box]}
+            if face.detection is not None:  # detector, score, landmark_disagreement
+                info["detection"] = {k2: v2 for k2, v2 in face.detection.items() if k2 != "box"}
             if face.outside > EDGE_WARNING:
                 info["outside_share"] = round(face.outside, 3)
                 warnings.append({"face": k + 1, "warning": f"the face is cut by the image edge ({face.outside:.0%} "
@@ -423,6 +578,7 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
             else:
                 own = to_uint8(pipe.synthesize(result.codes).flatten(0, 1))
                 own = own.reshape(len(faces), -1, *faces[0].image.shape)
+                own = grey_like(own) if grey else own
             pasted = np.stack([paste_back(photo, [(f, own[k, j]) for k, f in enumerate(faces)])
                                for j in range(own.shape[1])])
             _write_frames(stage, "pasted", "pasted", pasted, options.fps, written)
@@ -493,6 +649,22 @@ def _check_output(out: Path) -> None:
         raise UserError(f"cannot create the output folder {out} ({err.strerror or err})") from None
 
 
+def _stop_disk_full(out: Path, path: Path, done: list[dict], created: bool, write_summary, failed: list[dict]) -> None:
+    """The disk filled up while ``path`` was written: its staging folder is gone already (process_input removes
+    it), so no partial result stays; record why in summary.json if it still fits (an ``OUT`` this run created
+    and nothing was finished in is removed), then stop with one line."""
+    failed.append({"input": str(path), "reason": f"no space left on {out}"})
+    try:
+        write_summary(False)
+    except (UserError, OSError):
+        pass
+    if created and not done:
+        shutil.rmtree(out, ignore_errors=True)
+    raise UserError(f"no space left on {out}: stopped at {shown(str(path))} (the inputs after it were not started); "
+                    f"{len(done)} input(s) were "
+                    "finished before. Free some space and rerun the same command")
+
+
 def run_command(args) -> int:
     """``deblur-rotate run``: returns 0 when every input was done, 1 when some failed."""
     from tqdm import tqdm
@@ -519,10 +691,16 @@ def run_command(args) -> int:
         raise UserError(f"{pipe.name} has no fusion network (F): it cannot render --sweep")
     if options.save_pose and not pipe.has_pose:
         raise UserError(f"{pipe.name} has no face3d_encoder (E_3D): there is no pose for --save-pose")
+    from deblur_rotate.model_folder import model_warnings, view_warnings
+
+    # said once per run, plainly: what the model cannot do (synthetic faces only, views it never saw)
+    model_notes = model_warnings(pipe.facts) + view_warnings(pipe.facts, options.views, options.to_frontal,
+                                                             options.sweep)
+    created = not out.exists()
     _check_output(out)
     clean_stale_partials(out)
 
-    from deblur_rotate.files import atomic_write_json
+    from deblur_rotate.files import atomic_write_json, disk_full
     from deblur_rotate.pipeline import bundled_model_dir
 
     finder = None if options.aligned else FaceFinder()
@@ -532,20 +710,30 @@ def run_command(args) -> int:
     model = args.model if args.model is not None else bundled_model_dir()
 
     def write_summary(complete: bool) -> None:
-        atomic_write_json(out / SUMMARY, {"complete": complete, "model": str(model), "device": str(pipe.device),
-                                          "views": [view_name(v, options.to_frontal) for v in options.views],
-                                          "inputs": len(paths) + len(problems), "done": done, "failed": failed,
-                                          "warnings": warnings})
+        try:
+            atomic_write_json(out / SUMMARY, {"complete": complete, "model": str(model), "device": str(pipe.device),
+                                              "views": [view_name(v, options.to_frontal) for v in options.views],
+                                              "inputs": len(paths) + len(problems), "model_warnings": model_notes,
+                                              "done": done, "failed": failed, "warnings": warnings})
+        except OSError as err:
+            if disk_full(err):
+                raise UserError(f"no space left on {out} (writing {SUMMARY}); free some space and rerun") from None
+            raise
 
     write_summary(False)  # a summary of an earlier run must not stand for this one, even if it is killed
+    for note in model_notes:
+        _say(f"warning: {note}", file=sys.stderr)
     for spec, why in problems:
         _say(f"skipped {spec}: {why}", file=sys.stderr)
+    full: tuple[Path, OSError] | None = None
     bar = tqdm(list(zip(paths, output_names(paths))), unit="image", disable=not args.progress, file=sys.stderr)
     for path, name in bar:
         bar.set_postfix_str(shown(path.name[-30:]), refresh=False)
         try:
             record = process_input(path, out / name, pipe, options, finder)
             done.append({"input": str(path), "output": str(out / name), "faces": len(record["faces"])})
+            if record.get("dropped_detections"):  # detections rejected as non-faces, with the reason
+                done[-1]["dropped_detections"] = record["dropped_detections"]
             for warning in record.get("warnings", []):
                 warnings.append({"input": str(path), **warning})
                 face = f" (face {warning['face']})" if "face" in warning else ""
@@ -558,10 +746,15 @@ def run_command(args) -> int:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - one bad input must not stop the others; the trace is shown
+            if disk_full(err):  # every later input would fail the same way: stop at the first
+                full = (path, err)
+                break
             traceback.print_exc(file=sys.stderr)
             failed.append({"input": str(path), "reason": f"unexpected {type(err).__name__}: {err}"})
         write_summary(False)
     bar.close()
+    if full is not None:
+        _stop_disk_full(out, full[0], done, created, write_summary, failed)
 
     write_summary(True)
     total = len(paths) + len(problems)
