@@ -3,11 +3,17 @@
 Every command prints a one-line ``error: ...`` and exits with status 2 for problems the user can fix
 (bad options, unusable folders, damaged files); unexpected failures exit with status 1 after the
 traceback, with a last line saying what was being done.
+
+Start-up stays fast: this module and what it imports at the top import neither torch nor dlib nor the
+networks. The options of ``run``, ``evaluate``, ``serve``, ``prepare`` and ``train`` are added only when that
+command is chosen (:class:`_LazySubcommands`), so ``deblur-rotate --help`` and argument errors of the light
+commands answer at once. Every command with an output folder takes ``-o/--out`` (``run`` also ``--output``).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from deblur_rotate.errors import UserError
@@ -15,11 +21,53 @@ from deblur_rotate.errors import UserError
 __all__ = ["main", "build_parser"]
 
 
+class _LazySubcommands(argparse._SubParsersAction):
+    """Sub-commands whose options are filled in only when the command is chosen on the command line: the
+    modules that define them (and import torch) are imported then, not to list the commands in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fillers: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+    def add_lazy(self, name: str, fill: Callable[[argparse.ArgumentParser], None], **kwargs) -> argparse.ArgumentParser:
+        """A sub-command ``name`` (``help=`` shows in the command list) whose options ``fill(parser)`` adds later."""
+        parser = self.add_parser(name, **kwargs)
+        self._fillers[name] = fill
+        return parser
+
+    def fill(self, name: str) -> argparse.ArgumentParser:
+        """Add the options of sub-command ``name`` now (once); returns its parser."""
+        parser = self._name_parser_map[name]
+        filler = self._fillers.pop(name, None)
+        if filler is not None:
+            filler(parser)
+            _accept_short_out(parser)
+        return parser
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values and values[0] in self._fillers:
+            self.fill(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _accept_short_out(parser: argparse.ArgumentParser) -> None:
+    """Give every ``--out`` option of ``parser`` and of its sub-commands the short spelling ``-o`` where it has
+    none (the stages defined in modules of their own), so ``-o/--out`` works everywhere."""
+    action = parser._option_string_actions.get("--out")
+    if action is not None and "-o" not in parser._option_string_actions:
+        action.option_strings.insert(0, "-o")
+        parser._option_string_actions["-o"] = action
+    for sub in parser._actions:
+        if isinstance(sub, argparse._SubParsersAction):
+            for child in set(sub.choices.values()):
+                _accept_short_out(child)
+
+
 def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="generate a SynthBMFD dataset (multi-view 112 fps face video)",
                        description="Render SynthBMFD: subjects x performances x 8 views of the procedural face model. "
                                    "Resumable: rerun the same command after an interruption.")
-    p.add_argument("--out", required=True, type=Path, help="output folder (new, empty, or an unfinished run)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder (new, empty, or an unfinished run)")
     p.add_argument("--subjects", type=int, default=52, help="number of identities (default 52, as in BMFD)")
     p.add_argument("--test-subjects", type=int, default=None,
                    help="subjects held out for testing (default 12/52 of --subjects: the paper's 40/12 split)")
@@ -64,7 +112,8 @@ def _add_demo(sub) -> None:
                                    "(held-out SynthBMFD subjects): 5 sharp frames at yaw -30, the input view and "
                                    "+30, as PNG frames, GIFs, MP4s and contact sheets, with PSNR against the "
                                    "ground truth. Without any model, renders a SynthBMFD sample instead.")
-    p.add_argument("-o", "--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    p.add_argument("-o", "--out", "--output", dest="out", type=Path, default=Path("demo_out"),
+                   help="output folder (default demo_out)")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
     p.add_argument("--examples", type=Path, default=None, help="folder of examples (default: the built-in ones)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -85,13 +134,17 @@ def _run_demo(args) -> int:
 
 
 def _add_run(sub) -> None:
+    sub.add_lazy("run", _fill_run, help="deblur and rotate the faces of photos with a trained model")
+
+
+def _fill_run(p: argparse.ArgumentParser) -> None:
+    """The options of ``run`` (deblur_rotate.run; video input adds its own)."""
     from deblur_rotate.run import add_arguments
 
-    p = sub.add_parser("run", help="deblur and rotate the faces of photos with a trained model",
-                       description="From each motion-blurred face photo, render sharp frames (the moment the shutter "
-                                   "was open) from the original and new viewpoints; writes OUT/<stem>/ per input "
-                                   "(frames, GIF/MP4 per view, contact sheet) and OUT/summary.json. Exit status 1 "
-                                   "when some inputs failed (each is listed with the reason).")
+    p.description = ("From each motion-blurred face photo, render sharp frames (the moment the shutter was open) "
+                     "from the original and new viewpoints; writes OUT/<stem>/ per input (frames, GIF/MP4 per view, "
+                     "contact sheet) and OUT/summary.json. Exit status 1 when some inputs failed (each is listed "
+                     "with the reason). Without --model it uses the model bundled with the package.")
     add_arguments(p)
     p.set_defaults(func=_run_run)
 
@@ -103,13 +156,17 @@ def _run_run(args) -> int:
 
 
 def _add_evaluate(sub) -> None:
+    sub.add_lazy("evaluate", _fill_evaluate, help="the paper's tables on a SynthBMFD split, with baselines")
+
+
+def _fill_evaluate(p: argparse.ArgumentParser) -> None:
+    """The options of ``evaluate`` (deblur_rotate.evaluate.command)."""
     from deblur_rotate.evaluate.command import add_arguments
 
-    p = sub.add_parser("evaluate", help="the paper's tables on a SynthBMFD split, with baselines",
-                       description="Landmark, identity, pose, PSNR and SSIM tables (paper §4, Tables 1-5) of a model "
-                                   "folder on a SynthBMFD split, with the texture-warp, cascade and blurry-input "
-                                   "baselines; writes REPORT/report.md, table<k>.csv, report.json, figure5.png and "
-                                   "error_vs_angle.png. Tables the model cannot produce are skipped with a note.")
+    p.description = ("Landmark, identity, pose, PSNR and SSIM tables (paper §4, Tables 1-5) of a model folder on a "
+                     "SynthBMFD split, with the texture-warp, cascade and blurry-input baselines; writes "
+                     "REPORT/report.md, table<k>.csv, report.json, figure5.png and error_vs_angle.png. Tables the "
+                     "model cannot produce are skipped with a note. --quick renders a small held-out set itself.")
     add_arguments(p)
     p.set_defaults(func=_run_evaluate)
 
@@ -124,13 +181,17 @@ def _run_evaluate(args) -> int:
 
 
 def _add_serve(sub) -> None:
+    sub.add_lazy("serve", _fill_serve,
+                 help="the main job as a local web page (Gradio): upload a photo, get the videos")
+
+
+def _fill_serve(p: argparse.ArgumentParser) -> None:
+    """The options of ``serve`` (deblur_rotate.serve)."""
     from deblur_rotate.serve import add_arguments
 
-    p = sub.add_parser("serve", help="the main job as a local web page (Gradio): upload a photo, get the videos",
-                       description="Serve a web page on which a blurry face photo (or a built-in example) is "
-                                   "deblurred and rotated by one model loaded once: views, GIF/MP4 per view, frames, "
-                                   "contact sheet, detected faces, pose, downloads. Binds to 127.0.0.1 (this machine "
-                                   "only) unless --host says otherwise.")
+    p.description = ("Serve a web page on which a blurry face photo (or a built-in example) is deblurred and "
+                     "rotated by one model loaded once: views, GIF/MP4 per view, frames, contact sheet, detected "
+                     "faces, pose, downloads. Binds to 127.0.0.1 (this machine only) unless --host says otherwise.")
     add_arguments(p)
     p.set_defaults(func=_run_serve)
 
@@ -149,18 +210,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="deblur-rotate", description="Deblur and rotate motion-blurred faces.")
     parser.add_argument("--version", action="version", version=f"deblur-rotate {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.register("action", "lazy_parsers", _LazySubcommands)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", action="lazy_parsers")
     _add_synth(sub)
     _add_demo(sub)
     _add_run(sub)
     _add_evaluate(sub)
     _add_serve(sub)
-    from deblur_rotate.data.prepare import add_prepare_parser
-    from deblur_rotate.train.commands import add_train_parser
-
-    add_prepare_parser(sub)
-    add_train_parser(sub)
+    sub.add_lazy("prepare", _fill_prepare,
+                 help="detect, align and crop the faces of a dataset; cache landmarks; write an index")
+    sub.add_lazy("train", _fill_train, help="train one stage of the model")
+    _accept_short_out(parser)
     return parser
+
+
+def _fill_prepare(p: argparse.ArgumentParser) -> None:
+    """The options of ``prepare`` (deblur_rotate.data.prepare)."""
+    from deblur_rotate.data.prepare import configure_prepare_parser
+
+    configure_prepare_parser(p)
+
+
+def _fill_train(p: argparse.ArgumentParser) -> None:
+    """The stages of ``train`` (deblur_rotate.train.commands and one module per stage)."""
+    from deblur_rotate.train.commands import configure_train_parser
+
+    configure_train_parser(p)
 
 
 def _interrupted_advice(args, argv: list[str]) -> str:

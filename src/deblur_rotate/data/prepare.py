@@ -52,7 +52,7 @@ from deblur_rotate.data.readers import (IMAGE_EXTS, INDEX, LANDMARKS, Clip, Fram
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import atomic_write_bytes, atomic_write_json, save_png
 
-__all__ = ["prepare", "add_prepare_parser", "run_prepare", "EXPECTED", "segment_bounds", "clip_landmarks"]
+__all__ = ["prepare", "add_prepare_parser", "configure_prepare_parser", "run_prepare", "EXPECTED", "segment_bounds", "clip_landmarks"]
 
 FORMAT_VERSION = 1
 _STATE, _PARTIAL, _OPTIONS = ".state", ".partial", "prepare.json"
@@ -617,16 +617,23 @@ def _write_index(out: Path, kind: str, size: int, src: Path, records: list, skip
 
 # ------------------------------------------------------------------------------------------------------ CLI
 
+PREPARE_HELP = "detect, align and crop the faces of a dataset; cache landmarks; write an index"
+
+
 def add_prepare_parser(subparsers) -> None:
     """Register ``deblur-rotate prepare`` on an argparse subparsers object (sets ``func``)."""
-    p = subparsers.add_parser(
-        "prepare", help="detect, align and crop the faces of a dataset; cache landmarks; write an index",
-        description="Prepare FFHQ-like images, 300VW-like video, BMFD-layout multi-view video or VIDTIMIT for "
-                    "training/evaluation: faces are detected and aligned with dlib (FFHQ-style crop), landmarks "
-                    "cached, an index written. Resumable: rerun the same command after an interruption.")
+    configure_prepare_parser(subparsers.add_parser("prepare", help=PREPARE_HELP))
+
+
+def configure_prepare_parser(p) -> None:
+    """The description, options and ``func`` of the ``prepare`` parser ``p`` (the CLI adds them only when the
+    command is chosen)."""
+    p.description = ("Prepare FFHQ-like images, 300VW-like video, BMFD-layout multi-view video or VIDTIMIT for "
+                     "training/evaluation: faces are detected and aligned with dlib (FFHQ-style crop), landmarks "
+                     "cached, an index written. Resumable: rerun the same command after an interruption.")
     p.add_argument("--kind", required=True, choices=list(EXPECTED), help="layout of --src")
     p.add_argument("--src", required=True, type=Path, help="the dataset folder")
-    p.add_argument("--out", required=True, type=Path, help="output folder (new, empty, or an unfinished run)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder (new, empty, or an unfinished run)")
     p.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256, the paper's)")
     p.add_argument("--detector", choices=["hog", "cnn"], default="hog",
                    help="dlib face detector: hog (fast, default) or cnn (slower, finds more poses)")

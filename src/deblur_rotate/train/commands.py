@@ -11,12 +11,14 @@ import argparse
 import importlib
 from pathlib import Path
 
-__all__ = ["STAGES", "STAGE_MODULES", "add_common_options", "add_train_parser", "run_generator"]
+__all__ = ["STAGES", "STAGE_MODULES", "add_common_options", "add_train_parser", "configure_train_parser",
+           "run_generator"]
 
 
 def add_common_options(p: argparse.ArgumentParser, *, batch_help: str) -> None:
     """Options every stage shares (run folder, steps, checkpoints, logging, device, resume)."""
-    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints/, tb/, samples/, config.json)")
+    p.add_argument("-o", "--out", required=True, type=Path,
+                   help="run folder (checkpoints/, tb/, samples/, config.json)")
     p.add_argument("--steps", type=int, default=1000, help="total iterations of the run (default 1000)")
     p.add_argument("--batch", type=int, default=None, help=batch_help)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -79,10 +81,20 @@ def _stage_adders():
         yield module.add_parser
 
 
+TRAIN_HELP = "train one stage of the model"
+
+
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``train`` and its stages on the CLI's subparsers; returns the ``train`` parser."""
-    p = subparsers.add_parser("train", help="train one stage of the model",
-                              description="Train one stage of the model (each stage has its own sub-command).")
+    p = subparsers.add_parser("train", help=TRAIN_HELP)
+    configure_train_parser(p)
+    return p
+
+
+def configure_train_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The description, stage sub-commands and ``func`` of the ``train`` parser ``p`` (the CLI adds them only
+    when ``train`` is chosen: the stage modules import torch); returns ``p``."""
+    p.description = "Train one stage of the model (each stage has its own sub-command)."
     stages = p.add_subparsers(dest="stage", metavar="STAGE")
     for add in _stage_adders():
         add(stages)
