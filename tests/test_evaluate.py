@@ -395,3 +395,47 @@ def test_quality_targets_equal_a_direct_computation(full_run, synth_root):
     assert quality["novel_view_landmark_error_pct_30deg"]["goal"] == 4.0
     assert f"same_view_psnr_db: {same['value']!r}" in full_run["stdout"]
     assert "## Quality targets" in (full_run["out"] / "report.md").read_text()
+
+
+def test_quick_renders_its_own_held_out_set_and_runs_every_table(parts, tmp_path, capsys, monkeypatch):
+    """`evaluate --quick`: no SynthBMFD folder needed; a small held-out set is rendered (here shrunk further:
+    4 views, the coarse test model) into a temporary folder that is removed after, and every table runs."""
+    import tempfile
+
+    import deblur_rotate.evaluate.command as command
+    from deblur_rotate.data.synthbmfd import SynthConfig
+
+    real_quick_config = command.quick_config
+    full = real_quick_config(64, 32)  # what the bundled model gets: 3 held-out subjects, 81 frames, 8 views
+    assert (full.subjects, full.num_test, full.views, full.size, full.num_frames) == (3, 3, 8, 64, 81)
+    assert full.seed == command.QUICK_SEED != SynthConfig().seed  # identities no training set of ours has
+
+    def small(resolution, m):
+        base = real_quick_config(resolution, m)
+        return SynthConfig(subjects=2, test_subjects=2, performances=1, size=base.size, fps=base.fps,
+                           seconds=(2 * m + 3) / base.fps, views=4, supersample=1, model=dict(SMALL_MODEL),
+                           seed=base.seed)
+
+    monkeypatch.setattr(command, "quick_config", small)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    model = _model(parts, tmp_path / "model", face3d=True, fusion=True)
+    out = tmp_path / "report"
+    code, stdout, _ = _cli(["--quick", "--model", model, "--out", out, "--fc3", parts["fc3"],
+                            "--baseline", parts["baseline"], "--limit", "2"], capsys)
+    assert code == 0
+    assert "--quick: rendering 2 held-out SynthBMFD subjects" in stdout
+    data = json.loads((out / "report.json").read_text())
+    assert list(data["tables"]) == [f"table{k}" for k in range(1, 6)] and not data["skipped"]
+    assert data["settings"]["quick"]["seed"] == command.QUICK_SEED
+    assert list((tmp_path / "tmp").iterdir()) == []  # the rendered set is gone
+    # with --data the set is kept (and reused by the next run)
+    keep = tmp_path / "kept"
+    code, _, _ = _cli(["--quick", "--model", model, "--data", keep, "--out", tmp_path / "report2", "--limit", "1",
+                       "--tables", "1"], capsys)
+    assert code == 0
+    index = json.loads((keep / "index.json").read_text())
+    assert [s["split"] for s in index["subjects"]] == ["test", "test"]
+    # without either, a clear error
+    code, _, err = _cli(["--model", model, "--out", tmp_path / "report3"], capsys)
+    assert code == 2 and "--data is required" in err and "--quick" in err
