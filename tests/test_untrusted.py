@@ -345,6 +345,8 @@ def test_assemble_model_records_what_the_model_was_trained_on(nets, tmp_path):
     assert validate_model_folder(real).facts.view_range_deg == {"yaw": [-45.0, 45.0], "pitch": [-10.0, 10.0]}
     assert validate_model_folder(bundled_model_dir()).facts == BUNDLED_FACTS  # its pipeline.json predates the fields
     assert training_facts({"extra": {"trained_on": "SynthBMFD (synth64)"}}).synthetic_only is True
+    # serve.py's spelling of the range is read too
+    assert training_facts({"extra": {"view_range": {"yaw_deg": [-45, 40]}}}).view_range_deg == {"yaw": [-45, 40]}
 
 
 def test_run_says_once_that_the_model_knows_only_synthetic_faces(nets, tmp_path, capsys):

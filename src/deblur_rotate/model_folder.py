@@ -115,6 +115,11 @@ def training_facts(meta: dict, folder: str | os.PathLike | None = None) -> Train
     module docstring for folders written before the fields existed."""
     synthetic = meta.get("trained_on_synthetic_only")
     views = meta.get("view_range_deg")
+    if views is None:  # serve.py's spelling, top level or under extra: {"yaw_deg": [lo, hi], "pitch_deg": [lo, hi]}
+        other = meta.get("view_range") or (meta.get("extra") or {}).get("view_range")
+        if isinstance(other, dict):
+            converted = {k[:-4]: v for k, v in other.items() if k in ("yaw_deg", "pitch_deg")}
+            views = converted if converted and _valid_view_range(converted) else None
     if synthetic is not None or views is not None:
         return TrainingFacts(synthetic, views, f"{PIPELINE_FILE}")
     if folder is not None and _same_folder(Path(folder), Path(__file__).resolve().parent / "assets" / "model"):
