@@ -571,3 +571,16 @@ def test_help_and_argument_errors_import_neither_torch_nor_dlib(argv):
             "print('HEAVY', heavy)\n" % argv)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+def test_evaluate_fc3_model_folder_is_validated_too(copy_of, tmp_path):
+    """`evaluate --fc3 MODEL_FOLDER` reads that folder's fusion network through the same validation."""
+    from deblur_rotate.evaluate.tables import _load_fusion
+
+    assert _load_fusion(copy_of, torch.device("cpu")).arch_name == "FC3R"
+    outside = tmp_path / "outside_fusion"
+    shutil.copytree(copy_of / "fusion", outside)
+    _edit_json(copy_of / "pipeline.json", {"networks": {"generator": "generator", "blur_encoder": "blur_encoder",
+                                                        "fusion": "../outside_fusion"}})
+    with pytest.raises(UserError, match="network 'fusion' points outside the folder"):
+        _load_fusion(copy_of, torch.device("cpu"))

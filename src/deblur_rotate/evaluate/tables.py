@@ -263,10 +263,12 @@ def _load_fusion(path: Path, device: torch.device):
         raise UserError(f"--fc3 {path}: no such folder; give a fusion network folder (config.json + "
                         "model.safetensors), a fusion run folder or a model folder")
     if (path / "pipeline.json").is_file():
-        sub = json.loads((path / "pipeline.json").read_text()).get("networks", {}).get("fusion")
-        if not sub:
+        from deblur_rotate.model_folder import validate_model_folder
+
+        info = validate_model_folder(path)  # the same checks as --model: its files stay inside it
+        if "fusion" not in info.networks:
             raise UserError(f"--fc3 {path}: this model folder has no fusion network")
-        path = path / sub
+        path = info.networks["fusion"]
     elif not (path / "config.json").is_file() and (path / "fusion" / "config.json").is_file():
         path = path / "fusion"
     return load_pretrained("fusion", path, device)
