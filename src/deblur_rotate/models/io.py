@@ -10,8 +10,9 @@ A network class that wants to be saved this way
     folder/config.json        {"_kind": "stylegan2.generator", "_class_name": "Generator", <constructor args>}
     folder/model.safetensors  the module's state_dict (parameters + persistent buffers)
 
-``load_pretrained(cls_or_kind, folder, device)`` builds the module from ``config.json`` and loads the
-weights; ``cls_or_kind`` may also be an already built module, whose weights are then replaced (this is
+``load_pretrained(cls_or_kind, folder, device)`` checks ``config.json`` against its kind's schema
+(:func:`deblur_rotate.models.schema.validate_config`: a folder is untrusted input), builds the module and loads
+the weights; ``cls_or_kind`` may also be an already built module, whose weights are then replaced (this is
 where a checkpoint of another configuration is caught). Every key or shape mismatch raises
 :class:`deblur_rotate.errors.UserError` naming the missing / unexpected keys and the differing shapes, and
 so do damaged values (:func:`check_weight_values`: NaN or Inf in a tensor, an integer tensor where the
