@@ -494,7 +494,7 @@ def test_readme_examples_run_with_the_bundled_model(astronaut, finder, tmp_path,
     Image.fromarray(photo).save("shots/one.png")
     example = pipeline_module.bundled_model_dir().parent / "examples" / "example_1" / "blurry.png"
     shutil.copy(example, "face.png")  # an aligned 64 px face crop
-    commands = ["run -i photo.jpg -o out",
+    commands = ["run -i photo.jpg -o out --yaw 0",
                 "run -i photos/ -o out --yaw -30 0 30",
                 "run -i shots/*.png -o out --to-frontal --paste-back",
                 "run -i face.png -o out --aligned --sweep"]
@@ -502,7 +502,8 @@ def test_readme_examples_run_with_the_bundled_model(astronaut, finder, tmp_path,
         code, _, err = _run_cli(command.split() + ["--no-progress"], capsys)
         assert code == 0, (command, err)
         assert sum("trained on synthetic faces only" in ln for ln in err.splitlines()) == 1, err
-    assert (tmp_path / "out" / "photo" / "input_view.mp4").is_file()
+    photo_out = tmp_path / "out" / "photo"
+    assert (photo_out / "input_view.mp4").is_file() and not (photo_out / "yaw+30.mp4").exists()
     assert (tmp_path / "out" / "one" / "pasted.gif").is_file() and (tmp_path / "out" / "face" / "sweep.mp4").is_file()
 
 
