@@ -86,11 +86,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from deblur_rotate.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `run --help` stays light
+    import torch
 
 __all__ = [
     "VIDEO_EXTS",
@@ -585,6 +588,7 @@ def crop_to_crop(image: torch.Tensor, source: np.ndarray | None, target: np.ndar
     """Resample ``image`` [C, R, R] (a crop cut from one frame with the similarity ``source`` [2, 3], photo ->
     crop pixels) into the crop of another frame cut with ``target``, so both show the same photo pixels.
     Pixels that fall outside ``image`` are NaN. Without affines (aligned input) the image is returned as is."""
+    import torch
     if source is None or target is None:
         return image
     from deblur_rotate.data.align import invert_affine
@@ -603,6 +607,7 @@ def crop_to_crop(image: torch.Tensor, source: np.ndarray | None, target: np.ndar
 
 def _distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean absolute difference of two images over the pixels where both are defined (not NaN); inf if none."""
+    import torch
     diff = (a.float() - b.float()).abs()
     return float(torch.nanmean(diff)) if bool(torch.isfinite(diff).any()) else math.inf
 
@@ -846,6 +851,7 @@ class _Renderer:
 
     def push(self, index: int, image: np.ndarray) -> None:
         """Encode input frame ``index`` (uint8 [H, W, 3]) and write the frames that are now ready."""
+        import torch
         from deblur_rotate.data.align import warp_image
         from deblur_rotate.pipeline import AlignedFace, _square_resize, alignment_matrix
 
@@ -879,6 +885,7 @@ class _Renderer:
 
     def _smoothed_pose(self, index: int) -> torch.Tensor | None:
         """The pose of frame ``index`` smoothed over the held window (local linear fit), [F, 3] radians."""
+        import torch
         if not self.raw_poses:
             return None
         while self.raw_poses and self.raw_poses[0][0] < index - self.lag:
@@ -895,6 +902,7 @@ class _Renderer:
         return self.tracks is None or self.tracks[face].first <= index <= self.tracks[face].last
 
     def _emit(self) -> None:
+        import torch
         from deblur_rotate.files import save_png, to_uint8
         from deblur_rotate.pipeline import paste_back
 
