@@ -71,7 +71,7 @@ import torch
 from torch import nn
 
 from deblur_rotate.errors import UserError
-from deblur_rotate.model_folder import FORMAT_VERSION, NETWORK_KINDS, PIPELINE_FILE, REQUIRED_ROLES, TrainingFacts
+from deblur_rotate.model_folder import FORMAT_VERSION, NETWORK_KINDS, PIPELINE_FILE, TrainingFacts
 
 __all__ = [
     "DEFAULT_CROP",
@@ -268,7 +268,8 @@ def assemble_model(out: str | os.PathLike, *,
     if view_range_deg is None:
         view_range_deg = inferred.view_range_deg
     if view_range_deg is not None and not _valid_view_range(view_range_deg):
-        raise ValueError(f"view_range_deg must be {{'yaw': [lo, hi], 'pitch': [lo, hi]}} in degrees, got {view_range_deg}")
+        raise ValueError("view_range_deg must be {'yaw': [lo, hi], 'pitch': [lo, hi]} in degrees, "
+                         f"got {view_range_deg}")
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": "deblur-rotate",
@@ -814,7 +815,8 @@ class FaceFinder:
                             f"box width; faces stay below {self.max_disagreement:g})")
             elif d.score < self.weak_score and d.landmark_disagreement > self.weak_max_disagreement:
                 d.reason = (f"weak detection ({kind} score {d.score:.2f} < {self.weak_score:g}) whose landmarks fit "
-                            f"poorly (mirror disagreement {d.landmark_disagreement:.3f} > {self.weak_max_disagreement:g})")
+                            f"poorly (mirror disagreement {d.landmark_disagreement:.3f} > "
+                            f"{self.weak_max_disagreement:g})")
             found.append(d)
         kept = [d for d in found if d.reason is None]
         if kept:

@@ -23,8 +23,9 @@ with --to-frontal the angles are relative to the frontal view and the names star
 
 ``OUT/summary.json`` lists the inputs done (with the detections dropped as non-faces) and the ones that failed
 with the reason, ``model_warnings`` (said once per run, also on stderr: a model trained on synthetic faces only,
-views outside those it was trained on) and ``warnings``: faces cut by the image edge (the crop fills the missing part in by mirroring the photo, so that part of the
-result is made up) and animated images (only the first frame is used). It is rewritten when a run starts
+views outside those it was trained on) and ``warnings``: faces cut by the image edge (the crop fills the missing
+part in by mirroring the photo, so that part of the result is made up) and animated images (only the first
+frame is used). It is rewritten when a run starts
 (``"complete": false``), after each input, and at the end (``"complete": true``), so it always describes the
 latest run. A damaged image, an image without a face, a too-small image or an ``OUT/<stem>`` that is a file
 fail that input only: the run goes on and exits with status 1. Problems with the whole run (no inputs,

@@ -473,7 +473,8 @@ class ServeApp:
         first = next(iter(iter_frames(info)))
         folder = self._new_folder()
         stem = _safe_stem(name)
-        runs = ([("views", relative, False)] if relative else []) + ([("frontal", [(0.0, 0.0)], True)] if frontal else [])
+        runs = (([("views", relative, False)] if relative else [])
+                + ([("frontal", [(0.0, 0.0)], True)] if frontal else []))
         if not runs:
             raise UserError("the sweep is for photos; for a video choose the input view, a new view or frontal")
         records = []
@@ -682,7 +683,8 @@ def build_page(app: ServeApp):
                                       elem_id="aligned")
                 views = gr.CheckboxGroup(choices=choices, value=[c for c in (VIEW_INPUT, VIEW_NEW) if c in choices],
                                          label="Views", elem_id="views",
-                                         info=f"new view and sweep: within the trained range, yaw {yaw_lo:g}..{yaw_hi:g}°, "
+                                         info="new view and sweep: within the trained range, "
+                                              f"yaw {yaw_lo:g}..{yaw_hi:g}°, "
                                               f"pitch {pitch_lo:g}..{pitch_hi:g}°; frontal: the face turned to the "
                                               "camera")
                 yaw = gr.Slider(yaw_lo, yaw_hi, value=min(30.0, yaw_hi), step=1, label="new view: yaw (degrees)",

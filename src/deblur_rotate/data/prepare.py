@@ -52,7 +52,8 @@ from deblur_rotate.data.readers import (IMAGE_EXTS, INDEX, LANDMARKS, Clip, Fram
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import atomic_write_bytes, atomic_write_json, save_png
 
-__all__ = ["prepare", "add_prepare_parser", "configure_prepare_parser", "run_prepare", "EXPECTED", "segment_bounds", "clip_landmarks"]
+__all__ = ["prepare", "add_prepare_parser", "configure_prepare_parser", "run_prepare", "EXPECTED", "segment_bounds",
+           "clip_landmarks"]
 
 FORMAT_VERSION = 1
 _STATE, _PARTIAL, _OPTIONS = ".state", ".partial", "prepare.json"

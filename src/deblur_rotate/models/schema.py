@@ -310,7 +310,8 @@ def _discriminator_size(c: dict, resolution: int | None) -> tuple[int, int]:
     return params, acts
 
 
-_TV = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]), "resnet50": ("bottleneck", [3, 4, 6, 3])}
+_TV = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]),
+       "resnet50": ("bottleneck", [3, 4, 6, 3])}
 
 
 def _backbone_size(c: dict, resolution: int) -> tuple[int, int, int]:
@@ -408,7 +409,8 @@ def implied_size(kind: str, config: dict, resolution: int | None = None) -> tupl
     return int(params), int(_BYTES * (params + acts))
 
 
-def check_weights_file(path: str | os.PathLike, kind: str, config: dict, shown: str | os.PathLike | None = None) -> None:
+def check_weights_file(path: str | os.PathLike, kind: str, config: dict,
+                       shown: str | os.PathLike | None = None) -> None:
     """UserError when the weights file ``path`` is larger than any float64 copy of the network that the
     (validated) ``config`` of ``kind`` describes could be, so that reading it cannot claim more memory than the
     network itself. ``shown``: how the message names the file (default ``path``). Kinds without a schema and
@@ -457,6 +459,7 @@ def validate_config(kind: str, config: dict, where: str, resolution: int | None 
     params, memory = implied_size(kind, args, resolution)
     if params > MAX_PARAMETERS or memory > MAX_MEMORY_BYTES:
         raise ConfigError(f"{where}: {_SIZE_FIELDS[kind]}: the config implies a network of {params:.3g} parameters "
-                          f"and {memory / 1024 ** 3:.3g} GiB at batch 1; the limits are {MAX_PARAMETERS:.3g} parameters "
+                          f"and {memory / 1024 ** 3:.3g} GiB at batch 1; "
+                          f"the limits are {MAX_PARAMETERS:.3g} parameters "
                           f"and {MAX_MEMORY_BYTES / 1024 ** 3:g} GiB (a damaged or hostile config.json?)")
     return args
