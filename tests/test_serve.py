@@ -62,6 +62,8 @@ def test_view_range_from_pipeline_json():
     got = view_range({"extra": {"view_range": {"yaw_deg": [-45, 40]}}})
     assert got == {"yaw_deg": (-45.0, 40.0), "pitch_deg": DEFAULT_VIEW_RANGE["pitch_deg"]}
     assert view_range({"view_range": {"pitch_deg": [-10, 15]}})["pitch_deg"] == (-10.0, 15.0)
+    written = view_range({"view_range_deg": {"yaw": [-50, 55], "pitch": [-12, 12]}})  # assemble_model's field
+    assert written == {"yaw_deg": (-50.0, 55.0), "pitch_deg": (-12.0, 12.0)}
     for bad in ({"yaw_deg": [10, 40]}, {"yaw_deg": "wide"}, [1, 2], {"pitch_deg": [-200, 20]}):
         with pytest.raises(UserError, match="view_range"):
             view_range({"view_range": bad})

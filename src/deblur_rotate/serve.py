@@ -113,7 +113,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def view_range(config: dict | None) -> dict[str, tuple[float, float]]:
     """The yaw/pitch range (degrees, relative to the input view) the sliders allow: pipeline.json's
-    ``view_range`` (top level or under ``extra``) when present and valid, else DEFAULT_VIEW_RANGE.
+    ``view_range`` (top level or under ``extra``) or ``view_range_deg`` (``{"yaw": [lo, hi], "pitch": [lo,
+    hi]}``, written by :func:`deblur_rotate.pipeline.assemble_model`) when present and valid, else
+    DEFAULT_VIEW_RANGE.
 
     ``view_range`` is ``{"yaw_deg": [lo, hi], "pitch_deg": [lo, hi]}`` with lo < 0 < hi, |angles| <= 180;
     a missing key keeps its default; an unusable entry is a UserError naming it."""
@@ -121,6 +123,9 @@ def view_range(config: dict | None) -> dict[str, tuple[float, float]]:
     spec = config.get("view_range")
     if spec is None and isinstance(config.get("extra"), dict):
         spec = config["extra"].get("view_range")
+    written = config.get("view_range_deg")  # what assemble_model writes: {"yaw": [lo, hi], "pitch": [lo, hi]}
+    if spec is None and isinstance(written, dict):
+        spec = {f"{k}_deg": v for k, v in written.items() if k in ("yaw", "pitch")}
     out = dict(DEFAULT_VIEW_RANGE)
     if spec is None:
         return out
