@@ -13,7 +13,7 @@ from deblur_rotate.data.synthbmfd import SynthConfig, generate
 from deblur_rotate.demo import load_examples, run_model_demo, verify_checksums, write_examples
 from deblur_rotate.errors import UserError
 from deblur_rotate.pipeline import assemble_model
-from test_pipeline import micro_networks
+from conftest import micro_networks
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import micro_networks
 from PIL import Image
 
 from deblur_rotate.data.align import ffhq_transform, transform_points
 from deblur_rotate.errors import UserError
-from deblur_rotate.models.encoders import BlurEncoder, FaceCoefficientEncoder, encoder_config
-from deblur_rotate.models.fusion import FusionNetwork, fusion_config
+from deblur_rotate.models.fusion import FusionNetwork
 from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
 from deblur_rotate.pipeline import (
     PIPELINE_FILE,
@@ -24,21 +24,6 @@ from deblur_rotate.pipeline import (
     read_image,
     sweep_views,
 )
-
-
-def micro_networks(seed: int = 0):
-    """Random micro G, E_v, E_3D, F. The heads start at zero (an untrained encoder returns one constant), so
-    they get random weights here: codes and poses then depend on the input."""
-    torch.manual_seed(seed)
-    g = Generator(**stylegan2_config("micro"))
-    ev = BlurEncoder(num_frames=5, num_ws=g.num_ws, w_dim=g.w_dim, **encoder_config("micro", "blur"))
-    e3 = FaceCoefficientEncoder(**encoder_config("micro", "face3d"))
-    f = FusionNetwork(**fusion_config("micro"))
-    with torch.no_grad():
-        ev.head.weight.normal_(0, 0.5)
-        e3.head.weight.normal_(0, 0.5)
-        f.mlp[-1].weight.normal_(0, 0.3)
-    return g, ev, e3, f
 
 
 @pytest.fixture(scope="module")

@@ -5,42 +5,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import micro_networks
 from PIL import Image
 
 from deblur_rotate.cli import main
 from deblur_rotate.files import from_uint8, to_uint8
-from deblur_rotate.models.encoders import BlurEncoder, FaceCoefficientEncoder, encoder_config
-from deblur_rotate.models.fusion import FusionNetwork, fusion_config
-from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
 from deblur_rotate.pipeline import DeblurRotatePipeline, assemble_model
 from deblur_rotate.run import list_inputs, output_names, view_name, views_from_angles
 
 
-def _micro_networks(seed: int = 0):
-    """Random micro networks; the zero-initialised heads get random weights so outputs depend on the input."""
-    torch.manual_seed(seed)
-    g = Generator(**stylegan2_config("micro"))
-    ev = BlurEncoder(num_frames=5, num_ws=g.num_ws, w_dim=g.w_dim, **encoder_config("micro", "blur"))
-    e3 = FaceCoefficientEncoder(**encoder_config("micro", "face3d"))
-    f = FusionNetwork(**fusion_config("micro"))
-    with torch.no_grad():
-        ev.head.weight.normal_(0, 0.5)
-        e3.head.weight.normal_(0, 0.5)
-        f.mlp[-1].weight.normal_(0, 0.3)
-    return g, ev, e3, f
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    g, ev, e3, f = _micro_networks()
+    g, ev, e3, f = micro_networks()
     return assemble_model(tmp_path_factory.mktemp("model") / "micro", generator=g, blur_encoder=ev,
                           face3d_encoder=e3, fusion=f, preset="micro")
 
 
 @pytest.fixture(scope="module")
 def plain_model_dir(tmp_path_factory):
-    g, ev, _, _ = _micro_networks()
+    g, ev, _, _ = micro_networks()
     return assemble_model(tmp_path_factory.mktemp("model") / "plain", generator=g, blur_encoder=ev, preset="micro")
 
 

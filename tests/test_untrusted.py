@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import micro_networks
 from PIL import Image
 
 from deblur_rotate.cli import main
@@ -27,27 +28,9 @@ torch.set_num_threads(1)
 # ------------------------------------------------------------------------------------------------- fixtures
 
 
-def _micro_networks(seed: int = 0):
-    """Random micro G, E_v, E_3D, F whose outputs depend on the input (the heads start at zero otherwise)."""
-    from deblur_rotate.models.encoders import BlurEncoder, FaceCoefficientEncoder, encoder_config
-    from deblur_rotate.models.fusion import FusionNetwork, fusion_config
-    from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
-
-    torch.manual_seed(seed)
-    g = Generator(**stylegan2_config("micro"))
-    ev = BlurEncoder(num_frames=5, num_ws=g.num_ws, w_dim=g.w_dim, **encoder_config("micro", "blur"))
-    e3 = FaceCoefficientEncoder(**encoder_config("micro", "face3d"))
-    f = FusionNetwork(**fusion_config("micro"))
-    with torch.no_grad():
-        ev.head.weight.normal_(0, 0.5)
-        e3.head.weight.normal_(0, 0.5)
-        f.mlp[-1].weight.normal_(0, 0.3)
-    return g, ev, e3, f
-
-
 @pytest.fixture(scope="module")
 def nets():
-    return _micro_networks()
+    return micro_networks()
 
 
 @pytest.fixture(scope="module")
