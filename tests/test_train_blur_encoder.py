@@ -143,6 +143,24 @@ def test_micro_run_writes_blur_encoder_and_resumes_exactly(tmp_path, synth_root,
     assert all(torch.equal(trained[k], resumed[k]) for k in trained)
 
 
+def test_init_from_starts_from_a_trained_encoder_and_refuses_another_architecture(tmp_path, synth_root, teachers):
+    first = BlurEncoderStage(_config(tmp_path, synth_root, teachers, out="first", steps=2, grid=0))
+    first.run()
+    trained = read_weights(tmp_path / "first" / "blur_encoder")
+    warm = BlurEncoderStage(_config(tmp_path, synth_root, teachers, out="warm", steps=0, grid=0,
+                                    init_from=str(tmp_path / "first" / "blur_encoder")))
+    start = {k: v for k, v in warm.E.state_dict().items() if k in trained}
+    assert all(torch.equal(start[k], trained[k]) for k in trained)  # E_v and its EMA copy start there
+    assert all(torch.equal(warm.E_ema.state_dict()[k], trained[k]) for k in trained)
+    cold = BlurEncoderStage(_config(tmp_path, synth_root, teachers, out="cold", steps=0, grid=0))
+    assert not torch.equal(cold.E.state_dict()["head.weight"], trained["head.weight"])
+    with pytest.raises(UserError, match="head"):  # another head: a clear mismatch, not a silent partial load
+        BlurEncoderStage(_config(tmp_path, synth_root, teachers, out="other", steps=0, grid=0, head_grid=2,
+                                 init_from=str(tmp_path / "first" / "blur_encoder")))
+    with pytest.raises(UserError, match="--init-from .* not found"):
+        BlurEncoderStage(_config(tmp_path, synth_root, teachers, out="none", init_from=str(tmp_path / "nope")))
+
+
 def test_overfitting_one_batch_lowers_the_latent_loss(tmp_path, synth_root, teachers):
     torch.manual_seed(0)
     stage = BlurEncoderStage(_config(tmp_path, synth_root, teachers, grid=0, lr=3e-3, batch=4, mirror=False))

@@ -129,6 +129,22 @@ def test_frozen_generator_stays_put(tmp_path, synth_root, micro_generator):
     assert all(torch.equal(g0[k], g1[k]) for k in g0 if k.startswith("synthesis"))
 
 
+def test_init_from_continues_a_decoder_pair(tmp_path, synth_root, micro_generator):
+    """Phase 1 trains E_s against a frozen G; phase 2 starts from its E_s and its G (the recipe's warm start)."""
+    first = SharpEncoderStage(_config(tmp_path, synth_root, micro_generator, out=str(tmp_path / "first"), steps=2,
+                                      lr_generator=0.0, lambda_id=0.0, grid=0))
+    first.run()
+    trained = read_weights(tmp_path / "first" / "sharp_encoder")
+    warm = SharpEncoderStage(_config(tmp_path, synth_root, tmp_path / "first" / "generator",
+                                     out=str(tmp_path / "warm"), steps=0, lambda_id=0.0, grid=0,
+                                     init_from=str(tmp_path / "first" / "sharp_encoder")))
+    assert all(torch.equal(warm.E.state_dict()[k], trained[k]) for k in trained)
+    assert all(torch.equal(warm.E_ema.state_dict()[k], trained[k]) for k in trained)
+    with pytest.raises(UserError, match="--init-from .* not found"):
+        SharpEncoderStage(_config(tmp_path, synth_root, micro_generator, out=str(tmp_path / "x"),
+                                  lambda_id=0.0, init_from=str(tmp_path / "nope")))
+
+
 def test_overfitting_one_batch_improves_reconstruction(tmp_path, synth_root, micro_generator):
     torch.manual_seed(0)
     stage = SharpEncoderStage(_config(tmp_path, synth_root, micro_generator, lambda_id=0.0, grid=0, lr=3e-3,

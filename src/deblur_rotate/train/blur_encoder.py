@@ -148,6 +148,7 @@ class BlurEncoderConfig:
     head_bottleneck: int = 0  # 0: one Linear head; b: a rank-b head (keeps the bundled size with head_grid)
     ema_images: float | None = None  # EMA half-life in images (default per preset)
     backbone_weights: str | None = None  # torchvision ResNet weights to start E_v's backbone from
+    init_from: str = ""  # E_v folder (config.json + model.safetensors, same architecture) to fine-tune from
     lr_decay: float = 0.0  # last fraction of the run over which the learning rates fall linearly to 0
     checkpoint_every: int = 500
     log_every: int = 50
@@ -227,6 +228,8 @@ class BlurEncoderStage:
                 self.e_config[name] = int(getattr(c, name))
         self.E = BlurEncoder(**self.e_config, pretrained_backbone=c.backbone_weights).to(dev).train()
         self.E.set_latent_offset(self.E_s.latent_offset)
+        if c.init_from:
+            self._start_from(Path(c.init_from))
         self.E_ema = copy.deepcopy(self.E).eval().requires_grad_(False)
         self.E_ddp = dist_utils.wrap_ddp(self.E)
         self.opt = torch.optim.Adam(self.E.parameters(), lr=c.lr, betas=(0.9, 0.999))
@@ -270,6 +273,16 @@ class BlurEncoderStage:
                             "`deblur-rotate train sharp-encoder` (config.json + model.safetensors)")
         G = preset_generator(c.preset, folder)
         return load_pretrained(G, folder)  # UserError naming keys/shapes (and the presets) on another preset
+
+    def _start_from(self, folder: Path) -> None:
+        """Replace E_v's initial weights by a trained E_v's (fine-tuning); a resumed run overrides them."""
+        from deblur_rotate.models.io import load_pretrained
+
+        if not folder.is_dir():
+            raise UserError(f"--init-from {folder}: folder not found; give a blur encoder folder "
+                            "(RUN/blur_encoder, or MODEL/blur_encoder of a model folder)")
+        load_pretrained(self.E, folder)  # UserError naming keys/shapes if its architecture differs
+        self.E.train()
 
     def _load_sharp_encoder(self):
         """The teacher E_s (any backbone) whose codes fit G (num_ws, w_dim); UserError otherwise."""
@@ -458,6 +471,9 @@ def add_parser(stages) -> None:
                    help="frames per sample decoded for the image term, drawn anew each step (default 5: all)")
     p.add_argument("--backbone-weights", type=str, default=None,
                    help="torchvision ResNet state dict to start E_v's backbone from")
+    p.add_argument("--init-from", type=str, default="",
+                   help="start E_v from a trained E_v folder of the same architecture (fine-tuning, e.g. "
+                        "MODEL/blur_encoder of a model folder); ignored by --resume")
     p.add_argument("--ema-kimg", type=float, default=None,
                    help="EMA half-life in thousands of images (default: micro 0.1, tiny 2, paper 10)")
     p.add_argument("--image-every", type=int, default=None,
@@ -474,7 +490,8 @@ def run_blur_encoder(args) -> int:
         lr_decay=args.lr_decay, latent_loss=args.latent_loss, lambda_image=args.lambda_image,
         image_frames=args.image_frames, head_grid=args.head_grid, head_bottleneck=args.head_bottleneck,
         ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0, backbone_weights=args.backbone_weights,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
+        init_from=str(args.init_from), checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+        image_every=args.image_every,
         grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
         resume=args.resume, progress=args.progress)
     try:

@@ -167,6 +167,7 @@ class SharpEncoderConfig:
     vgg16_weights: str | None = None  # torchvision VGG16 ImageNet weights for L_per (else the dlib fallback)
     ema_images: float | None = None  # EMA half-life in images (default per preset)
     backbone_weights: str | None = None  # torchvision ResNet weights to start E_s's backbone from
+    init_from: str = ""  # E_s folder (config.json + model.safetensors, same architecture) to fine-tune from
     lr_decay: float = 0.0  # last fraction of the run over which the learning rates fall linearly to 0
     checkpoint_every: int = 500
     log_every: int = 50
@@ -250,6 +251,8 @@ class SharpEncoderStage:
             self.e_config["head_grid"] = int(c.head_grid)
         self.E = SharpEncoder(**self.e_config, pretrained_backbone=c.backbone_weights).to(dev).train()
         self.E.set_latent_offset(self.G.mapping.w_avg)
+        if c.init_from:
+            self._start_from(Path(c.init_from))
         self.w_norm_ref = mean_w_norm(self.G)
         self.G.train()
         self.G.mapping.requires_grad_(False)  # E_s replaces the mapping network
@@ -313,6 +316,16 @@ class SharpEncoderStage:
                             "or give the folder that holds its config.json + model.safetensors")
         G = preset_generator(c.preset, folder)
         return load_pretrained(G, folder)  # UserError naming keys/shapes on another preset
+
+    def _start_from(self, folder: Path) -> None:
+        """Replace E_s's initial weights by a trained E_s's (fine-tuning); a resumed run overrides them."""
+        from deblur_rotate.models.io import load_pretrained
+
+        if not folder.is_dir():
+            raise UserError(f"--init-from {folder}: folder not found; give a sharp encoder folder "
+                            "(RUN/sharp_encoder of `deblur-rotate train sharp-encoder`)")
+        load_pretrained(self.E, folder)  # UserError naming keys/shapes if its architecture differs
+        self.E.train()
 
     def _open_data(self) -> SharpFaces:
         from deblur_rotate.data.readers import open_training_dataset
@@ -461,6 +474,10 @@ def add_parser(stages) -> None:
     p.add_argument("--skin-weight", type=float, default=2.0, help="weight of skin pixels (default 2; 1: off)")
     p.add_argument("--vgg16-weights", type=str, default=None,
                    help="torchvision VGG16 ImageNet weights for the perceptual loss (default: face-net fallback)")
+    p.add_argument("--init-from", type=str, default="",
+                   help="start E_s from a trained E_s folder of the same architecture (fine-tuning, e.g. "
+                        "RUN/sharp_encoder of an earlier run; pair it with that run's --generator); "
+                        "ignored by --resume")
     p.add_argument("--backbone-weights", type=str, default=None,
                    help="torchvision ResNet state dict to start E_s's backbone from")
     p.add_argument("--ema-kimg", type=float, default=None, help="EMA half-life in thousands of images")
@@ -480,7 +497,7 @@ def run_sharp_encoder(args) -> int:
         lr_generator=args.lr_generator, lambda_l1=args.lambda_l1, lambda_id=args.lambda_id,
         lambda_per=args.lambda_per, lambda_edge=args.lambda_edge, lambda_g=args.lambda_g,
         g_relax_steps=args.g_relax_steps, lambda_s=args.lambda_s, skin_weight=args.skin_weight,
-        vgg16_weights=args.vgg16_weights, backbone_weights=args.backbone_weights,
+        vgg16_weights=args.vgg16_weights, backbone_weights=args.backbone_weights, init_from=str(args.init_from),
         ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
         grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
