@@ -22,7 +22,9 @@ and ``face_detection_rate_generated`` / ``face_detection_rate_true`` (dlib's HOG
 frames / on view k's sharp frames, upscaled to 256 px; skipped with ``--no-face-detection``).
 
 The data may be any SynthBMFD-layout folder at any stored size (frames are resized to G's resolution);
-``--model`` takes a whole model folder instead of the network folders.
+``--model`` takes a whole model folder instead of the network folders. The input view's codes are refined as
+``run`` refines them (``deblur_rotate.refine``; default: the model folder's pipeline.json ``refine``, 0 without
+``--model``; ``--refine-steps 0`` is the paper's pipeline); ``refine_steps`` is printed.
 
 Aggregates: over all other views, over the views within ±35° of the input on the rig (``_within_35deg``;
 rotations of up to ~30°), and per target view (``_view_<k>``). Prints ``name: value`` lines::
@@ -107,8 +109,13 @@ def evaluate(args) -> dict[str, float]:
         ssim,
         video_metric,
     )
+    from deblur_rotate.refine import refine_codes
     from deblur_rotate.train.fusion import wrap_angle
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from same_view_quality import model_refine
+
+    refine = model_refine(args.model, args.refine_steps)
     pipe, data, yaws = _load(args)
     device = pipe.device
     instants = data.instants
@@ -127,7 +134,9 @@ def evaluate(args) -> dict[str, float]:
         blurry = s["blurry"].to(device).float()                      # [V, 3, R, R]
         sharp = s["targets"].to(device).float()                     # [V, 5, 3, R, R]
         pose_gt = s["pose"].to(device).float()                      # [V, 3]
-        codes, pose = pipe.encode(blurry)                           # [V, 5, num_ws, w_dim], [V, 3] or None
+        codes, pose = pipe.encode(blurry, refine=0)                 # [V, 5, num_ws, w_dim], [V, 3] or None
+        codes = codes.clone()
+        codes[src:src + 1] = refine_codes(pipe.generator, codes[src:src + 1], blurry[src:src + 1], refine)
         pose = pose_gt if pose is None else pose
         idx = [views.index(k) for k in others]
         dp = wrap_angle(pose[idx] - pose[src])                      # [V-1, 3] input -> view k
@@ -171,7 +180,7 @@ def evaluate(args) -> dict[str, float]:
     seconds = time.perf_counter() - start
 
     out: dict[str, float] = {"instants": len(instants), "input_view": args.input_view,
-                             "pose_source": args.pose_source}
+                             "pose_source": args.pose_source, "refine_steps": refine.steps}
     names = ["novel_view_psnr_db", "novel_view_ssim", "unrotated_psnr_db", "unrotated_ssim", "blurry_psnr_db",
              "blurry_ssim", "novel_view_psnr_gain_db", "novel_view_ssim_gain", "novel_view_motion_ratio"]
     if args.detect_faces:
@@ -209,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32, help="images per G.synthesis call (default 32)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--refine-steps", type=int, default=None,
+                    help="blur-consistency refinement steps (default: the model folder's pipeline.json, else 0)")
     ap.add_argument("--no-face-detection", dest="detect_faces", action="store_false",
                     help="skip the dlib face-detection rates (the slowest part on a CPU)")
     args = ap.parse_args(argv)
@@ -216,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         figures = evaluate(args)
-    except UserError as err:
+    except (UserError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name, value in figures.items():

@@ -25,7 +25,11 @@ repeated 5 times, is scored against the same targets (no order question there). 
                           share of decoded frames / of true sharp frames in which dlib's HOG frontal detector
                           finds a face (frames upscaled bicubically to 256 px first, as the evaluation does)
   reversed_fraction       share of sequences where the reversed order scored the better PSNR
-  ms_per_sample           E_v + G time per blurry image (batch --batch, --device)
+  ms_per_sample           E_v (+ refinement) + G time per blurry image (batch --batch, --device)
+  refine_steps            blur-consistency refinement steps used (deblur_rotate.refine; 0: the paper's pipeline)
+
+``--refine-steps N`` refines E_v's codes as ``run`` does (default: the model folder's pipeline.json
+``refine``, 0 without ``--model``); ``--refine-steps 0`` gives the plain E_v + G figures.
 
 The data may be any SynthBMFD-layout folder at any stored size (``--data``, e.g. new subjects from
 ``deblur-rotate synth --seed 99``): frames are resized to G's resolution on reading. ``--model`` takes a
@@ -51,6 +55,21 @@ def _network_folder(folder: Path, name: str) -> Path:
     return folder / name if (folder / name / "config.json").is_file() else folder
 
 
+def model_refine(model: Path | None, steps: int | None):
+    """The refinement ``run`` would use: the model folder's pipeline.json ``refine`` (0 steps without one, or
+    without a model folder), with ``steps`` instead of its step count when given."""
+    import json
+
+    from deblur_rotate.refine import RefineSettings
+
+    settings = RefineSettings()
+    if model is not None and (model / "pipeline.json").is_file():
+        settings = RefineSettings.from_json(json.loads((model / "pipeline.json").read_text()).get("refine"))
+    if steps is not None:
+        settings = RefineSettings(steps=steps, lr=settings.lr, per_frame=settings.per_frame)
+    return settings
+
+
 def model_parts(model: Path | None, blur_encoder: Path | None, generator: Path | None) -> tuple[Path, Path]:
     """(E_v folder, G folder) from a model folder or the two folders given; UserError when neither is."""
     from deblur_rotate.errors import UserError
@@ -68,13 +87,16 @@ def model_parts(model: Path | None, blur_encoder: Path | None, generator: Path |
 @torch.no_grad()
 def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test", limit: int | None = 256,
              m: int | None = 32, kind: str = "auto", batch: int = 16, device: str = "cpu",
-             detect_faces: bool = True) -> dict[str, float]:
-    """The figures listed in the module docstring, as a dict."""
+             detect_faces: bool = True, refine=None) -> dict[str, float]:
+    """The figures listed in the module docstring, as a dict. ``refine``: RefineSettings (None: off)."""
     from deblur_rotate.errors import UserError
     from deblur_rotate.evaluate.metrics import detect_landmarks, motion_ratio, psnr, ssim, video_metric
     from deblur_rotate.files import from_uint8, to_uint8
     from deblur_rotate.models.io import load_pretrained
+    from deblur_rotate.refine import RefineSettings, refine_codes
     from deblur_rotate.train.blur_encoder import BlurSequences, open_blur_dataset
+
+    refine = refine or RefineSettings()
 
     dev = torch.device(device)
     E_v = load_pretrained("encoders.blur", _network_folder(blur_encoder, "blur_encoder"), dev)
@@ -94,7 +116,7 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
         blurry = torch.stack([it["blurry"] for it in items]).to(dev)  # [B, 3, R, R]
         targets = torch.stack([it["targets"] for it in items]).to(dev)  # [B, 5, 3, R, R]
         t0 = time.perf_counter()
-        codes = E_v(blurry)  # [B, 5, num_ws, w_dim]
+        codes = refine_codes(G, E_v(blurry), blurry, refine, max_batch=batch)  # [B, 5, num_ws, w_dim]
         frames = G.synthesis(codes.flatten(0, 1), noise_mode="const")  # [B * 5, 3, R, R]
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -128,6 +150,7 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
             "face_detection_rate_true": mean["found_true"]} if detect_faces else {}),
         "reversed_fraction": mean["reversed"],
         "ms_per_sample": 1000.0 * seconds / count,
+        "refine_steps": refine.steps,
     }
 
 
@@ -150,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-face-detection", dest="detect_faces", action="store_false",
                         help="skip the dlib face-detection rates (the slowest part on a CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="blur-consistency refinement steps (default: the model folder's pipeline.json, else 0)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,9 +183,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         blur_encoder, generator = model_parts(args.model, args.blur_encoder, args.generator)
+        refine = model_refine(args.model, args.refine_steps)
         figures = evaluate(blur_encoder, generator, args.data, split=args.split, limit=args.limit,
                            m=args.m, kind=args.kind, batch=max(1, args.batch), device=args.device,
-                           detect_faces=args.detect_faces)
+                           detect_faces=args.detect_faces, refine=refine)
+    except ValueError as err:  # a bad --refine-steps
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

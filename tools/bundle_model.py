@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--figures", type=Path, default=None, help="JSON {name: value} of measured quality figures")
     ap.add_argument("--examples", type=int, default=4)
     ap.add_argument("--commands", type=Path, default=None, help="text file with the exact training commands")
+    ap.add_argument("--refine-steps", type=int, default=0,
+                    help="the model's default blur-consistency refinement steps (pipeline.json refine; 0: none)")
+    ap.add_argument("--refine-lr", type=float, default=0.02, help="its Adam learning rate (default 0.02)")
     ap.add_argument("--notes", type=Path, default=None,
                     help="markdown inserted after the stage table (the recipe: what was tried, what each gave)")
     args = ap.parse_args()
@@ -70,13 +73,22 @@ def main() -> None:
     run = args.run
     model_dir, examples_dir = ASSETS / "model", ASSETS / "examples"
     crop = training_crop(str(args.data), 64 if args.preset == "tiny" else 256, None)
+    from deblur_rotate.refine import RefineSettings
+
+    refine = RefineSettings(steps=args.refine_steps, lr=args.refine_lr) if args.refine_steps else None
+    # the training facts from --data itself (the runs' config.json hold their data path relative to where they
+    # were started, which need not be this tool's working folder)
+    data_index = json.loads((args.data / "index.json").read_text())
+    yaws = data_index.get("view_yaws_deg") or [-60.0, 60.0]
+    view_range = {"yaw": [float(min(yaws)), float(max(yaws))], "pitch": [-20.0, 20.0]}
     tmp = ASSETS / ".model.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     assemble_model(tmp, generator=run / "sharp_encoder" / "generator",
                    blur_encoder=run / "blur_encoder" / "blur_encoder",
                    face3d_encoder=run / "face3d" / "face3d_encoder", fusion=run / "fusion" / "fusion",
-                   preset=args.preset, crop=crop, dtype=torch.float16,
+                   preset=args.preset, crop=crop, dtype=torch.float16, refine=refine,
+                   trained_on_synthetic_only=data_index.get("kind") == "synthbmfd", view_range_deg=view_range,
                    extra={"trained_on": f"SynthBMFD ({args.data.name})", "card": "MODEL_CARD.md"})
     if examples_dir.exists():
         shutil.rmtree(examples_dir)

@@ -117,6 +117,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
     p.add_argument("--examples", type=Path, default=None, help="folder of examples (default: the built-in ones)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    from deblur_rotate.refine import add_refine_argument
+
+    add_refine_argument(p)
     p.add_argument("--subjects", type=int, default=3, help="model-free fallback: subjects to render (default 3)")
     p.add_argument("--size", type=int, default=96, help="model-free fallback: image side (default 96)")
     p.add_argument("--seed", type=int, default=0)
@@ -127,7 +130,7 @@ def _run_demo(args) -> int:
     from deblur_rotate.demo import run_demo
 
     written = run_demo(args.out, model=args.model, examples=args.examples, device=args.device,
-                       subjects=args.subjects, size=args.size, seed=args.seed)
+                       refine_steps=args.refine_steps, subjects=args.subjects, size=args.size, seed=args.seed)
     for path in written:
         print(f"wrote {path}")
     return 0

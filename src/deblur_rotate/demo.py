@@ -216,8 +216,9 @@ def verify_checksums(folder: str | Path) -> None:
 
 
 def run_model_demo(out: str | Path, model: str | Path | None = None, examples: str | Path | None = None,
-                   device: str | None = "cpu", fps: float = 8.0) -> dict:
-    """The demo on a trained model (default: the bundled one); returns the summary written to demo.json."""
+                   device: str | None = "cpu", fps: float = 8.0, refine_steps: int | None = None) -> dict:
+    """The demo on a trained model (default: the bundled one); returns the summary written to demo.json.
+    ``refine_steps``: blur-consistency refinement steps (None: the model's default, 0: off)."""
     import torch
 
     from deblur_rotate.evaluate.metrics import psnr, video_metric
@@ -231,6 +232,8 @@ def run_model_demo(out: str | Path, model: str | Path | None = None, examples: s
     if model is None:
         verify_checksums(bundled_model_dir())
     pipe = DeblurRotatePipeline.from_pretrained(model, device=device)
+    if refine_steps is not None:
+        pipe.refine = pipe.refine_settings(refine_steps)
     items = load_examples(examples or examples_dir())
     views = list(DEMO_VIEWS) if pipe.can_rotate else [(0.0, 0.0)]
     names = [view_name(v) for v in views]
@@ -250,7 +253,8 @@ def run_model_demo(out: str | Path, model: str | Path | None = None, examples: s
     ours = video_metric(psnr, same_8bit.reshape_as(same), sharp).per_frame.mean(1)         # [N]
     base = psnr(blurry[:, None].expand_as(sharp), sharp).mean(1)                           # [N]
     r = pipe.resolution
-    summary = {"model": str(model or bundled_model_dir()), "views": names, "examples": []}
+    summary = {"model": str(model or bundled_model_dir()), "views": names, "refine": pipe.refine.to_json(),
+               "examples": []}
     rows = []
     for n, it in enumerate(items):
         folder = out / it["name"]
@@ -283,7 +287,7 @@ def run_model_demo(out: str | Path, model: str | Path | None = None, examples: s
 
 
 def run_demo(out: str | Path, model: str | Path | None = None, examples: str | Path | None = None,
-             device: str | None = "cpu", **render_kwargs) -> list[Path]:
+             device: str | None = "cpu", refine_steps: int | None = None, **render_kwargs) -> list[Path]:
     """The demo: on the given or bundled model; without any model, the render-only fallback."""
     from deblur_rotate.pipeline import PIPELINE_FILE, bundled_model_dir
 
@@ -291,5 +295,5 @@ def run_demo(out: str | Path, model: str | Path | None = None, examples: str | P
         print("no trained model is bundled with this install: showing the training data instead "
               "(give --model FOLDER to run a model you trained)")
         return run_render_demo(out, **render_kwargs)
-    run_model_demo(out, model=model, examples=examples, device=device)
+    run_model_demo(out, model=model, examples=examples, device=device, refine_steps=refine_steps)
     return [Path(out) / "contact_sheet.png", Path(out) / _MARKER]

@@ -23,7 +23,7 @@ from deblur_rotate.errors import UserError
 
 __all__ = [
     "SHARP_ENCODER_WEIGHTS", "l1_loss", "edge_loss", "identity_loss", "perceptual_loss", "latent_norm_loss",
-    "parameter_drift_loss", "PerceptualFeatures", "ordered_latent_loss", "LATENT_LOSSES",
+    "parameter_drift_loss", "PerceptualFeatures", "ordered_latent_loss", "LATENT_LOSSES", "blur_consistency_loss",
 ]
 
 LATENT_LOSSES = ("l1", "l2")
@@ -125,6 +125,21 @@ def ordered_latent_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l
     forward, backward = distance(target), distance(target.flip(1))
     reversed_ = backward < forward
     return torch.where(reversed_, backward, forward), reversed_
+
+
+def blur_consistency_loss(frames: torch.Tensor, blurry: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``| mean_t frames_t - blurry |_1`` (mean over pixels and channels): how far the mean of the
+    decoded sharp frames is from the blurry image they should average to (the blur model of
+    :mod:`deblur_rotate.data.blur`). Not a training loss of the paper; :mod:`deblur_rotate.refine` minimises it
+    over the codes at inference.
+
+    frames: ``[N, T, 3, H, W]``, blurry: ``[N, 3, H, W]``, both in [-1, 1]. Returns ``[N]``.
+    """
+    if frames.dim() != 5 or blurry.dim() != 4 or frames.shape[0] != blurry.shape[0] \
+            or frames.shape[2:] != blurry.shape[1:]:
+        raise ValueError(f"expected frames [N, T, 3, H, W] and blurry [N, 3, H, W], got {tuple(frames.shape)} and "
+                         f"{tuple(blurry.shape)}")
+    return (frames.mean(1) - blurry).abs().flatten(1).mean(1)
 
 
 class PerceptualFeatures(nn.Module):

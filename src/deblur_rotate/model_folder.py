@@ -24,6 +24,7 @@ Training facts (``pipeline.json``, written by :func:`deblur_rotate.pipeline.asse
 
     "trained_on_synthetic_only": true,                       # only synthetic faces (SynthBMFD) were seen
     "view_range_deg": {"yaw": [-60, 60], "pitch": [-20, 20]}  # views (absolute, degrees) the model saw
+    "refine": {"steps": 20, "lr": 0.02, "per_frame": false}  # default blur-consistency refinement (refine.py)
 
 Folders without them fall back (:func:`training_facts`): the bundled model is synthetic-only with the rig's
 yaw of +-60 degrees; a folder whose ``extra.trained_on`` names SynthBMFD likewise; anything else is unknown
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deblur_rotate.errors import UserError
+from deblur_rotate.refine import RefineSettings
 
 __all__ = [
     "BUNDLED_FACTS",
@@ -245,6 +247,10 @@ def validate_pipeline_fields(meta: object, where: str) -> dict:
     for name, (ok, what) in checks.items():
         if meta.get(name) is not None and not ok(meta[name]):
             raise UserError(f"{where}: {name}: {what}; got {json.dumps(meta[name])[:60]}")
+    try:
+        RefineSettings.from_json(meta.get("refine"))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{where}: refine: {err}") from None
     crop = meta.get("crop")
     if crop is not None:
         if not isinstance(crop, dict) or crop.get("method", "ffhq") != "ffhq":

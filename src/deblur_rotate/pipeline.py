@@ -4,6 +4,7 @@ Data flow (all under ``torch.no_grad``)::
 
     images [N, 3, R, R] in [-1, 1] (aligned faces)
       --E_v-->   codes [N, T, num_ws, w_dim]          one W+ code per sharp frame
+      (refine)   codes += d, d minimising |mean_t G(codes_t + d) - image|_1  (refine.py; off unless asked)
       --E_3D-->  pose  [N, 3]                          (pitch, yaw, roll), radians
     per view (dyaw, dpitch) in degrees:
       Δp = (dpitch, dyaw, 0) in radians               (to_frontal: Δp = (dpitch, dyaw, 0) - pose)
@@ -28,6 +29,7 @@ Model folder (format version 1)::
          "storage_dtype": "float32",       # or "float16": how the weights are stored (they load as fp32)
          "trained_on_synthetic_only": true,                          # optional: only synthetic faces seen
          "view_range_deg": {"yaw": [-60, 60], "pitch": [-20, 20]},   # optional: the views F was trained on
+         "refine": {"steps": 20, "lr": 0.02, "per_frame": false},   # optional: default refinement (refine.py)
          "extra": {}}                      # free-form (training runs, notes)
     MODEL/<sub-folder>/config.json + model.safetensors     (models/io.py save_pretrained / load_pretrained)
 
@@ -72,6 +74,7 @@ from torch import nn
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.model_folder import FORMAT_VERSION, NETWORK_KINDS, PIPELINE_FILE, TrainingFacts
+from deblur_rotate.refine import RefineSettings, refine_codes
 
 __all__ = [
     "DEFAULT_CROP",
@@ -232,6 +235,7 @@ def assemble_model(out: str | os.PathLike, *,
                    overwrite: bool = False,                              # replace an existing model folder
                    trained_on_synthetic_only: bool | None = None,        # None: inferred from the runs' data
                    view_range_deg: dict | None = None,                   # {"yaw": [lo, hi], "pitch": [lo, hi]}
+                   refine: RefineSettings | None = None,                 # default refinement; None: off (none written)
                    ) -> Path:
     """Write a model folder (format in the module docstring) and return its path.
 
@@ -285,6 +289,8 @@ def assemble_model(out: str | os.PathLike, *,
         meta["trained_on_synthetic_only"] = bool(trained_on_synthetic_only)
     if view_range_deg is not None:
         meta["view_range_deg"] = {k: [float(v) for v in pair] for k, pair in view_range_deg.items()}
+    if refine is not None:
+        meta["refine"] = RefineSettings.from_json(refine.to_json()).to_json()
     json.dumps(meta)  # fail on non-JSON extras before writing anything
     from deblur_rotate.files import apply_umask_mode, atomic_write_json
     from deblur_rotate.models.io import save_pretrained
@@ -404,6 +410,10 @@ class DeblurRotatePipeline:
             raise UserError(f"{name}: {PIPELINE_FILE} says num_frames {self.config['num_frames']} but the blur "
                             f"encoder predicts {blur_encoder.num_frames}")
         _crop_values(self.config["crop"])
+        try:  # the default blur-consistency refinement of E_v's codes (off when pipeline.json has none)
+            self.refine: RefineSettings = RefineSettings.from_json(self.config.get("refine"))
+        except (TypeError, ValueError) as err:
+            raise UserError(f"{name}: {PIPELINE_FILE}: refine: {err}") from None
         from deblur_rotate.model_folder import training_facts
 
         self.facts: TrainingFacts = training_facts(self.config)  # from_pretrained adds the folder's fallbacks
@@ -509,11 +519,28 @@ class DeblurRotatePipeline:
                                                      mode="bilinear", antialias=True, align_corners=False)
         return images
 
+    def refine_settings(self, refine: RefineSettings | int | None = None) -> RefineSettings:
+        """What :meth:`encode` does for ``refine``: None -> the model's default (``pipeline.json``), an int -> that
+        many steps with the model's other settings, a RefineSettings -> itself."""
+        if refine is None:
+            return self.refine
+        if isinstance(refine, RefineSettings):
+            return refine
+        try:
+            return RefineSettings(steps=refine, lr=self.refine.lr, per_frame=self.refine.per_frame)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+
     @torch.no_grad()
-    def encode(self, images: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Aligned faces -> (codes ``[N, T, num_ws, w_dim]``, pose ``[N, 3]`` radians or None without E_3D)."""
+    def encode(self, images: torch.Tensor | Sequence[torch.Tensor], refine: RefineSettings | int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Aligned faces -> (codes ``[N, T, num_ws, w_dim]``, pose ``[N, 3]`` radians or None without E_3D).
+        ``refine``: the blur-consistency refinement of the codes (:mod:`deblur_rotate.refine`; None: the model's
+        default, an int: that many steps, 0: off)."""
         x = self._images(images)
         codes = self.blur_encoder(x)
+        codes = refine_codes(self.generator, codes, x, self.refine_settings(refine),
+                             max_batch=max(1, self.max_batch // codes.shape[1]))
         pose = None if self.face3d_encoder is None else self.face3d_encoder.pose(x)
         return codes, pose
 
@@ -578,13 +605,15 @@ class DeblurRotatePipeline:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor | Sequence[torch.Tensor],
                  views: Sequence[Sequence[float]] | None = ((0.0, 0.0),),
-                 num_frames: int | None = None, to_frontal: bool = False) -> PipelineOutput:
+                 num_frames: int | None = None, to_frontal: bool = False,
+                 refine: RefineSettings | int | None = None) -> PipelineOutput:
         """Aligned blurry faces ``[N, 3, R, R]`` in [-1, 1] (or a list of them; other square sizes are resized)
         -> sharp frames for every view (``views``: (dyaw_deg, dpitch_deg) pairs, relative to the input view,
-        or to the frontal view with ``to_frontal``). ``num_frames`` (default T) resamples the codes in time."""
+        or to the frontal view with ``to_frontal``). ``num_frames`` (default T) resamples the codes in time;
+        ``refine`` as in :meth:`encode`."""
         views = _view_list(views)
         self.check_request(views, to_frontal)
-        codes, pose = self.encode(images)
+        codes, pose = self.encode(images, refine)
         codes = self.resample_frames(codes, num_frames or self.num_frames)
         view_codes = self.rotate(codes, pose, views, to_frontal)
         frames = self.synthesize(view_codes)

@@ -116,6 +116,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-pose", action="store_true", help="write pose.json (E_3D's head pose)")
     p.add_argument("--save-latents", action="store_true", help="write latents.npz (the W+ codes)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    from deblur_rotate.refine import add_refine_argument
+
+    add_refine_argument(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     from deblur_rotate.video import add_video_arguments  # video input (issue 14): --factor, --save-frames, ...
 
@@ -530,8 +533,8 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
     written: list[str] = []
     record: dict = {"input": str(path), "image_size": [int(photo.shape[1]), int(photo.shape[0])],
                     "views": [{"name": n, "dyaw_deg": v[0], "dpitch_deg": v[1]} for n, v in zip(names, result.views)],
-                    "to_frontal": options.to_frontal, "num_frames": int(result.frames.shape[2]), "faces": [],
-                    "dropped_detections": dropped}
+                    "to_frontal": options.to_frontal, "num_frames": int(result.frames.shape[2]),
+                    "refine": pipe.refine.to_json(), "faces": [], "dropped_detections": dropped}
     if grey:
         record["grey_input"] = True  # the frames were written in grey, as the photo is
     try:
@@ -687,6 +690,8 @@ def run_command(args) -> int:
         reasons = "; ".join(f"{spec}: {why}" for spec, why in problems)
         raise UserError(f"no input images found ({reasons})")
     pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
+    if args.refine_steps is not None:
+        pipe.refine = pipe.refine_settings(args.refine_steps)
     pipe.check_request(options.views, options.to_frontal)
     if options.sweep is not None and not pipe.can_rotate:
         raise UserError(f"{pipe.name} has no fusion network (F): it cannot render --sweep")

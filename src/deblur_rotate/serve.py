@@ -109,6 +109,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, metavar="FOLDER",
                    help="model folder (pipeline.json + one sub-folder per network); default: the bundled model")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    from deblur_rotate.refine import add_refine_argument
+
+    add_refine_argument(p)
 
 
 def view_range(config: dict | None) -> dict[str, tuple[float, float]]:
@@ -315,7 +318,7 @@ class ServeApp:
         blank = np.zeros((64, 64, 3), np.uint8)
         self.finder.find(blank)                                   # HOG finds nothing -> the CNN loads too
         with torch.no_grad():
-            codes, _pose = self.pipe.encode(torch.zeros(1, 3, self.pipe.resolution, self.pipe.resolution))
+            codes, _pose = self.pipe.encode(torch.zeros(1, 3, self.pipe.resolution, self.pipe.resolution), refine=0)
             self.pipe.synthesize(codes[:, :1])
 
     # ------------------------------------------------------------------ facts for the page
@@ -774,6 +777,8 @@ def serve_command(args) -> int:
 
         print(f"loading the model {args.model or bundled_model_dir()} ...", flush=True)
         pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
+        if getattr(args, "refine_steps", None) is not None:
+            pipe.refine = pipe.refine_settings(args.refine_steps)
         label = "the bundled tiny model" if args.model is None else f"model {args.model}"
         app = ServeApp(pipe, root, model_label=label)
         app.warm_up()

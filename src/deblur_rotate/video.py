@@ -1132,6 +1132,9 @@ def run_video_command(args, run_options) -> int:
         raise UserError(f"output path {out} is a file; give a folder for -o")
     infos = [probe_video(p, options.fps) for p in paths]  # every input checked before anything is written
     pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
+    # video input refines only when asked (--refine-steps N): the refinement costs N passes of G per input frame
+    # (seconds per frame on a CPU), while photos use the model's default
+    pipe.refine = pipe.refine_settings(getattr(args, "refine_steps", None) or 0)
     pipe.check_request(options.views, options.to_frontal)
     _check_factor(options.factor, pipe.num_frames)
     if run_options.save_pose and not pipe.has_pose:

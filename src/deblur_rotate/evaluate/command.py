@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tables", type=int, nargs="+", default=[1, 2, 3, 4, 5], metavar="K",
                    help="tables to compute (default 1 2 3 4 5)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    from deblur_rotate.refine import add_refine_argument
+
+    add_refine_argument(p)
 
 
 def quick_config(resolution: int, m: int):
@@ -114,7 +117,8 @@ def run_command(args: argparse.Namespace) -> int:
         limit = args.limit if args.limit is not None or not args.quick else QUICK_LIMIT
         options = EvaluateOptions(data=data, model=args.model, split=args.split, fc3=args.fc3,
                                   baseline=args.baseline, limit=limit, m=args.m, device=args.device,
-                                  tables=tuple(args.tables), progress=args.progress)
+                                  tables=tuple(args.tables), progress=args.progress,
+                                  refine_steps=args.refine_steps)
         result = evaluate(options)
         if quick is not None:  # the report says what the (maybe temporary) data was
             result.settings["quick"] = quick

@@ -129,7 +129,8 @@ def report_markdown(result) -> str:
     s = result.settings
     lines = ["# deblur-rotate evaluation on SynthBMFD", "",
              (f"Model `{s['model']}` (preset {s.get('preset')}, {s['resolution']} px, F: {s.get('fusion') or 'none'}, "
-             f"E_3D: {'yes' if s.get('face3d_encoder') else 'no'}); data `{s['data']}` split {s['split']}; "
+             f"E_3D: {'yes' if s.get('face3d_encoder') else 'no'}; blur-consistency refinement: "
+             f"{(s.get('refine') or {}).get('steps', 0)} steps); data `{s['data']}` split {s['split']}; "
              f"{s['instants']} instants of {s['instants_in_split']}; device {s['device']}; "
              f"wall time {result.wall_s:.1f} s."), "", "## Protocol", ""]
     lines += [f"- {p}" for p in result.protocol]

@@ -145,6 +145,7 @@ class EvaluateOptions:
     tables: Sequence[int] = ALL_TABLES             # which tables to compute
     progress: bool = True                          # tqdm bar over the instants
     figure_instants: int = 3                       # instants shown in figure5.png
+    refine_steps: int | None = None                # blur-consistency refinement (None: the model's default, 0: off)
 
 
 @dataclass
@@ -348,6 +349,8 @@ def load_resources(options: EvaluateOptions) -> Resources:
     if not root.is_dir():
         raise UserError(f"--data {root}: no such folder; generate a SynthBMFD with `deblur-rotate synth --out {root}`")
     pipe = DeblurRotatePipeline.from_pretrained(options.model, device=device)
+    if options.refine_steps is not None:
+        pipe.refine = pipe.refine_settings(options.refine_steps)
     model_dir = Path(options.model) if options.model is not None else bundled_model_dir()
     dataset = SynthBMFD(root, split=options.split, m=int(options.m), size=pipe.resolution)
     views = check_dataset(root, options.split, dataset.index)
@@ -950,6 +953,7 @@ def evaluate(options: EvaluateOptions) -> EvaluationResult:
     tables = build_tables(store, res, run, partial)
     settings = {
         "model": str(res.model_dir), "preset": res.pipe.config.get("preset"), "data": str(options.data),
+        "refine": res.pipe.refine.to_json(),
         "split": options.split, "m": res.dataset.m, "resolution": res.resolution,
         "dataset_size": res.dataset.stored_size, "instants": len(res.instants),
         "instants_in_split": res.total_instants, "subjects": sorted({s for s, _, _ in res.instants}),
