@@ -120,3 +120,24 @@ def test_ctrl_c_advice_names_the_command_that_resumes(tmp_path, capsys, monkeypa
     assert "already holds checkpoints" in capsys.readouterr().err
     assert main(command[1:]) == 0  # the advised command finishes the run
     assert "trained 8 steps" in capsys.readouterr().out
+
+
+def test_train_option_choices_match_the_stage_tables():
+    """train/options.py holds the CLI's choice tuples without torch; they must agree with the tables they mirror."""
+    from deblur_rotate.losses import LATENT_LOSSES
+    from deblur_rotate.models.stylegan2 import PRESETS
+    from deblur_rotate.train import face3d, fusion, options
+
+    assert tuple(options.LATENT_LOSSES) == tuple(LATENT_LOSSES)
+    assert set(options.PRESET_NAMES) == set(PRESETS) == set(face3d.PRESET_DEFAULTS) == set(fusion.PRESET_DEFAULTS)
+    assert face3d.DATA_KINDS is options.DATA_KINDS
+
+
+def test_train_stage_runs_through_its_module(tmp_path, capsys):
+    """The lazily bound `func` of a stage imports the stage module and runs it: a missing dataset is a clear error."""
+    from deblur_rotate.cli import main
+
+    rc = main(["train", "blur-encoder", "--data", str(tmp_path / "nowhere"), "--sharp-encoder", str(tmp_path / "e"),
+               "--generator", str(tmp_path / "g"), "-o", str(tmp_path / "run"), "--preset", "micro"])
+    assert rc == 2
+    assert "generator folder" in capsys.readouterr().err  # the stage module checked its inputs

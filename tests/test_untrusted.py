@@ -549,7 +549,10 @@ def test_grey_and_palette_photos_become_rgb_and_grey_stays_grey(model_dir, tmp_p
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["synth", "--frobnicate"], ["evaluate", "--help"], ["demo", "--help"],
-                                  ["bogus"]])
+                                  ["bogus"], ["train", "--help"], ["train", "blur-encoder", "--help"],
+                                  ["train", "generator", "--help"], ["train", "face3d", "--kind", "bogus"],
+                                  ["train", "fusion", "--help"], ["train", "all", "--help"], ["prepare", "--help"],
+                                  ["prepare", "--kind", "bogus"], ["run", "--help"], ["serve", "--help"]])
 def test_help_and_argument_errors_import_neither_torch_nor_dlib(argv):
     """What makes `--help` and argument errors answer in well under a second."""
     code = ("import sys\nfrom deblur_rotate.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"

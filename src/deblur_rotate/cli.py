@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fill_prepare(p: argparse.ArgumentParser) -> None:
     """The options of ``prepare`` (deblur_rotate.data.prepare)."""
-    from deblur_rotate.data.prepare import configure_prepare_parser
+    from deblur_rotate.data.prepare_options import configure_prepare_parser
 
     configure_prepare_parser(p)
 

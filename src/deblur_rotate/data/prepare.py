@@ -47,8 +47,17 @@ from pathlib import Path
 import numpy as np
 
 from deblur_rotate.data.align import FaceAligner, ffhq_transform, transform_points, warp_image
-from deblur_rotate.data.readers import (IMAGE_EXTS, INDEX, LANDMARKS, Clip, FrameFolder, _natural_key,
-                                        find_clips, pts_landmarks)
+from deblur_rotate.data.prepare_options import EXPECTED, add_prepare_parser, configure_prepare_parser  # noqa: F401
+from deblur_rotate.data.readers import (
+    IMAGE_EXTS,
+    INDEX,
+    LANDMARKS,
+    Clip,
+    FrameFolder,
+    _natural_key,
+    find_clips,
+    pts_landmarks,
+)
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import atomic_write_bytes, atomic_write_json, save_png
 
@@ -57,12 +66,6 @@ __all__ = ["prepare", "add_prepare_parser", "configure_prepare_parser", "run_pre
 
 FORMAT_VERSION = 1
 _STATE, _PARTIAL, _OPTIONS = ".state", ".partial", "prepare.json"
-EXPECTED = {
-    "images": "image files (.png, .jpg, ...) at any depth",
-    "300vw": "300VW clips NNN/vid.avi with NNN/annot/000001.pts ..., other video files, or folders of frames",
-    "multiview": "the BMFD layout SUBJECT/PERFORMANCE/view_K/frame_XXXXX.png",
-    "vidtimit": "VIDTIMIT sequences SUBJECT/video/head*/001 002 ...",
-}
 _DEFAULT_SEGMENT = {"images": 1, "300vw": 90, "multiview": 224, "vidtimit": 1_000_000}
 
 
@@ -617,33 +620,6 @@ def _write_index(out: Path, kind: str, size: int, src: Path, records: list, skip
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-
-PREPARE_HELP = "detect, align and crop the faces of a dataset; cache landmarks; write an index"
-
-
-def add_prepare_parser(subparsers) -> None:
-    """Register ``deblur-rotate prepare`` on an argparse subparsers object (sets ``func``)."""
-    configure_prepare_parser(subparsers.add_parser("prepare", help=PREPARE_HELP))
-
-
-def configure_prepare_parser(p) -> None:
-    """The description, options and ``func`` of the ``prepare`` parser ``p`` (the CLI adds them only when the
-    command is chosen)."""
-    p.description = ("Prepare FFHQ-like images, 300VW-like video, BMFD-layout multi-view video or VIDTIMIT for "
-                     "training/evaluation: faces are detected and aligned with dlib (FFHQ-style crop), landmarks "
-                     "cached, an index written. Resumable: rerun the same command after an interruption.")
-    p.add_argument("--kind", required=True, choices=list(EXPECTED), help="layout of --src")
-    p.add_argument("--src", required=True, type=Path, help="the dataset folder")
-    p.add_argument("-o", "--out", required=True, type=Path, help="output folder (new, empty, or an unfinished run)")
-    p.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256, the paper's)")
-    p.add_argument("--detector", choices=["hog", "cnn"], default="hog",
-                   help="dlib face detector: hog (fast, default) or cnn (slower, finds more poses)")
-    p.add_argument("--segment", type=int, default=None,
-                   help="video frames per fixed crop (default 90 for 300vw, 224 for multiview, whole for vidtimit)")
-    p.add_argument("--detect-every", type=int, default=5, help="run the face detector every N video frames")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_prepare)
-
 
 def run_prepare(args) -> int:
     summary = prepare(args.kind, args.src, args.out, size=args.size, detector=args.detector, segment=args.segment,

@@ -56,7 +56,6 @@ __all__ = [
     "BlurEncoderConfig",
     "BlurEncoderStage",
     "BlurSequences",
-    "add_parser",
     "open_blur_dataset",
     "ordered_latent_loss",
     "run_blur_encoder",
@@ -424,63 +423,6 @@ class BlurEncoderStage:
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-
-def add_parser(stages) -> None:
-    """Register ``deblur-rotate train blur-encoder``."""
-    import argparse
-
-    from deblur_rotate.train.commands import add_common_options
-
-    p = stages.add_parser(
-        "blur-encoder", help="stage 3: the blurry-image encoder E_v (5 W+ codes per blurry face)",
-        description="Train E_v (blurry face -> 5 W+ codes, one per sharp frame) to match the codes the frozen "
-                    "sharp encoder E_s gives the 5 sharp frames, with the loss min(|E_v(x) - z|, "
-                    "|E_v(x) - z_reversed|) (forward/backward ambiguity). Writes RUN/blur_encoder/ (EMA weights). "
-                    "Multi-GPU: launch with torchrun --nproc_per_node N.")
-    p.add_argument("--preset", choices=("micro", "tiny", "paper"), default="tiny",
-                   help="network sizes (micro 32 px, tiny 64, paper 256; default tiny)")
-    p.add_argument("--data", required=True, type=Path, help="dataset folder: SynthBMFD, images, 300VW or multi-view")
-    p.add_argument("--sharp-encoder", required=True, type=Path,
-                   help="trained sharp encoder folder (RUN/sharp_encoder of `train sharp-encoder`), the teacher")
-    p.add_argument("--generator", required=True, type=Path,
-                   help="fine-tuned generator folder (RUN/generator of `train sharp-encoder`)")
-    p.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
-    p.add_argument("--split", default="train", choices=("train", "test", "all"), help="SynthBMFD split (default train)")
-    p.add_argument("--m", type=int, default=None,
-                   help="blur half-window in frames: 2m+1 frames are averaged (default: the data's own, "
-                        "SynthBMFD 32)")
-    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
-                   help="add a mirrored copy of every sample (default on)")
-    p.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=None,
-                   help="colour jitter of the blurry image and its targets alike (default: paper preset only)")
-    add_common_options(p, batch_help="total batch over all processes (default: micro 4, tiny 8, paper 96)")
-    p.add_argument("--lr-decay", type=float, default=0.0,
-                   help="fraction of the run at its end over which the learning rates fall linearly to 0 "
-                        "(default 0: constant, the paper's)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--latent-loss", choices=LATENT_LOSSES, default="l1",
-                   help="distance between code sequences: l1 (mean absolute) or l2 (mean squared); default l1")
-    p.add_argument("--lambda-image", type=float, default=0.0,
-                   help="weight of an L1 between the decoded frames and the sharp targets (default 0: off)")
-    p.add_argument("--head-grid", type=int, default=0,
-                   help="E_v's head reads a K x K pooled feature map instead of the global pool "
-                        "(default 0: the paper's)")
-    p.add_argument("--head-bottleneck", type=int, default=0,
-                   help="factor E_v's head through B units (a rank-B head; default 0: one Linear layer)")
-    p.add_argument("--image-frames", type=int, default=5,
-                   help="frames per sample decoded for the image term, drawn anew each step (default 5: all)")
-    p.add_argument("--backbone-weights", type=str, default=None,
-                   help="torchvision ResNet state dict to start E_v's backbone from")
-    p.add_argument("--init-from", type=str, default="",
-                   help="start E_v from a trained E_v folder of the same architecture (fine-tuning, e.g. "
-                        "MODEL/blur_encoder of a model folder); ignored by --resume")
-    p.add_argument("--ema-kimg", type=float, default=None,
-                   help="EMA half-life in thousands of images (default: micro 0.1, tiny 2, paper 10)")
-    p.add_argument("--image-every", type=int, default=None,
-                   help="iterations between sample grids (default: --checkpoint-every)")
-    p.add_argument("--grid", type=int, default=4, help="samples in the grid (default 4; 0: none)")
-    p.set_defaults(func=run_blur_encoder)
-
 
 def run_blur_encoder(args) -> int:
     config = BlurEncoderConfig(

@@ -34,8 +34,15 @@ from torch import nn
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import atomic_write_bytes, atomic_write_json
-from deblur_rotate.models.io import (CONFIG_NAME, WEIGHTS_NAME, check_state_dict, check_weight_values, read_config,
-                                     read_weights, write_network)
+from deblur_rotate.models.io import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_state_dict,
+    check_weight_values,
+    read_config,
+    read_weights,
+    write_network,
+)
 
 __all__ = [
     "CONFIG_NAME",

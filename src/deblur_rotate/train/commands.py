@@ -1,9 +1,9 @@
 """``deblur-rotate train STAGE ...``: one sub-subcommand per training stage.
 
-Wire into the CLI with ``add_train_parser(subparsers)``. A stage lives in its own module
-``deblur_rotate.train.<name>`` listed in :data:`STAGE_MODULES`, which defines ``add_parser(stages)``:
-it registers the stage's parser (using :func:`add_common_options`, with ``set_defaults(func=...)``).
-Keep those modules' top-level imports light: every ``deblur-rotate`` call imports them.
+Wire into the CLI with ``add_train_parser(subparsers)``. A stage's options live in
+:mod:`deblur_rotate.train.options` (no torch: ``train STAGE --help`` answers at once); the stage itself in its own
+module ``deblur_rotate.train.<name>``, imported only when it runs. Modules listed in :data:`STAGE_MODULES` (light to
+import) add further sub-commands with their own ``add_parser(stages)``.
 """
 from __future__ import annotations
 
@@ -11,74 +11,21 @@ import argparse
 import importlib
 from pathlib import Path
 
+from deblur_rotate.train.options import PARSER_ADDERS, add_common_options
+
 __all__ = ["STAGES", "STAGE_MODULES", "add_common_options", "add_train_parser", "configure_train_parser",
            "run_generator"]
 
 
-def add_common_options(p: argparse.ArgumentParser, *, batch_help: str) -> None:
-    """Options every stage shares (run folder, steps, checkpoints, logging, device, resume)."""
-    p.add_argument("-o", "--out", required=True, type=Path,
-                   help="run folder (checkpoints/, tb/, samples/, config.json)")
-    p.add_argument("--steps", type=int, default=1000, help="total iterations of the run (default 1000)")
-    p.add_argument("--batch", type=int, default=None, help=batch_help)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints (default 500)")
-    p.add_argument("--log-every", type=int, default=50, help="iterations between TensorBoard scalars (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                   help="mixed precision: bf16 autocast (CPU or CUDA), fp16 with loss scaling (CUDA only); "
-                        "default fp32")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def _add_generator(stages) -> None:
-    from deblur_rotate.models.stylegan2 import PRESETS
-
-    p = stages.add_parser(
-        "generator", help="stage 1: StyleGAN2 generator on sharp faces",
-        description="Train the StyleGAN2 generator G (non-saturating loss, lazy R1, EMA) on the sharp frames of "
-                    "a dataset; writes RUN/generator/ (the EMA generator) at the end. Multi-GPU: launch with "
-                    "torchrun --nproc_per_node N.")
-    p.add_argument("--preset", choices=PRESETS, default="tiny", help="network size (micro 32 px, tiny 64, paper 256)")
-    p.add_argument("--data", required=True, type=Path, help="dataset folder: SynthBMFD, images, 300VW or multi-view")
-    p.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
-    p.add_argument("--m", type=int, default=None,
-                   help="blur half-window in frames, sets which sharp targets a sample has (default: the data's own)")
-    p.add_argument("--all-frames", action="store_true", help="train on all 5 sharp targets, not only the middle")
-    p.add_argument("--mirror", action="store_true", help="x-flip augmentation")
-    add_common_options(p, batch_help="total batch over all processes (default: micro 4, tiny 8, paper 32)")
-    p.add_argument("--lr", type=float, default=0.002, help="Adam learning rate (default 0.002)")
-    p.add_argument("--r1-gamma", type=float, default=None, help="R1 weight (default: micro 0.1, tiny 0.2, paper 1)")
-    p.add_argument("--r1-every", type=int, default=16, help="lazy R1 interval (default 16)")
-    p.add_argument("--pl-weight", type=float, default=0.0, help="path-length regularisation weight (default 0: off)")
-    p.add_argument("--pl-every", type=int, default=4, help="lazy path-length interval (default 4)")
-    p.add_argument("--style-mixing", type=float, default=0.9, help="style-mixing probability (default 0.9)")
-    p.add_argument("--ema-kimg", type=float, default=None,
-                   help="EMA half-life in thousands of images (default: micro 0.2, tiny 2, paper 10)")
-    p.add_argument("--image-every", type=int, default=None, help="iterations between sample grids "
-                                                                  "(default: --checkpoint-every)")
-    p.add_argument("--grid", type=int, default=16, help="samples in the grid (default 16; 0: none)")
-    p.set_defaults(func=run_generator)
-
-
-STAGES = [_add_generator]
-# stage modules in training order, each with add_parser(stages); see the module docstring
-STAGE_MODULES = ("sharp_encoder", "blur_encoder", "face3d", "fusion", "deblur_baseline", "all_stages")
+STAGES = list(PARSER_ADDERS)
+# modules (light to import) that add further sub-commands with their own add_parser(stages)
+STAGE_MODULES = ("all_stages",)
 
 
 def _stage_adders():
     yield from STAGES
     for name in STAGE_MODULES:
-        module_name = f"deblur_rotate.train.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:  # a stage not written yet
-                continue
-            raise
-        yield module.add_parser
+        yield importlib.import_module(f"deblur_rotate.train.{name}").add_parser
 
 
 TRAIN_HELP = "train one stage of the model"

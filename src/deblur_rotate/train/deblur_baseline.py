@@ -25,7 +25,6 @@ from deblur_rotate.train import distributed as dist_utils
 __all__ = [
     "DeblurBaselineConfig",
     "DeblurBaselineStage",
-    "add_parser",
     "order_invariant_loss",
     "run_deblur_baseline",
 ]
@@ -277,33 +276,6 @@ class DeblurBaselineStage:
 
 
 # -------------------------------------------------------------------------------------------------- CLI
-
-def add_parser(stages) -> None:
-    """Register ``deblur-rotate train deblur-baseline``."""
-    from deblur_rotate.train.commands import add_common_options
-
-    p = stages.add_parser(
-        "deblur-baseline", help="baseline: direct regression of the 5 sharp frames (Jin et al.)",
-        description="Train the DirectDeblurNet baseline (a U-Net regressing the 5 sharp frames from the blurry "
-                    "image, L1 + Sobel edge loss under the forward/backward min); writes RUN/deblur_baseline/ "
-                    "at the end. Multi-GPU: launch with torchrun --nproc_per_node N.")
-    p.add_argument("--preset", choices=("micro", "tiny", "paper"), default="tiny",
-                   help="network size and resolution (micro 32 px, tiny 64, paper 256)")
-    p.add_argument("--data", required=True, type=Path, help="dataset folder: SynthBMFD, 300VW, multi-view or images")
-    p.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
-    p.add_argument("--split", default="train", help="SynthBMFD split (default train)")
-    p.add_argument("--m", type=int, default=None,
-                   help="blur half-window in frames (2m+1 frames averaged; default the dataset kind's, 32 for "
-                        "SynthBMFD)")
-    add_common_options(p, batch_help="total batch over all processes (default: micro 4, tiny 16, paper 32)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--edge-weight", type=float, default=0.2, help="Sobel edge loss weight (default 0.2; 0: off)")
-    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved network (default 0: none)")
-    p.add_argument("--image-every", type=int, default=None,
-                   help="iterations between sample grids (default: --checkpoint-every)")
-    p.add_argument("--grid", type=int, default=4, help="samples in the grid (default 4; 0: none)")
-    p.set_defaults(func=run_deblur_baseline)
-
 
 def run_deblur_baseline(args) -> int:
     """CLI entry: build the config from ``args``, train, print a one-line summary."""

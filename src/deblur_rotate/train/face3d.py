@@ -46,7 +46,7 @@ cm). Usage::
                   # RUN/face3d_encoder/ (config.json + model.safetensors + face_model.json)
     Face3DStage(Face3DConfig(preset="tiny", data="data/ffhq_prepared", out="runs/e3d_ffhq")).run()  # real stills
 
-``deblur-rotate train face3d --data DIR --out RUN`` on the command line (see :func:`add_parser`).
+``deblur-rotate train face3d --data DIR --out RUN`` on the command line (see :func:`deblur_rotate.train.options.add_face3d_parser`).
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ import torch
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.options import DATA_KINDS  # the CLI's choices, re-exported
 
 if TYPE_CHECKING:
     from deblur_rotate.face3d.losses import RenderedFace
@@ -78,7 +79,6 @@ __all__ = [
     "Face3DPairs",
     "Face3DStage",
     "ViewPairs",
-    "add_parser",
     "build_face_model",
     "coefficient_prior",
     "face_model_spec",
@@ -97,8 +97,7 @@ __all__ = [
 
 FACE_MODEL_FILE = "face_model.json"  # beside config.json in RUN/face3d_encoder: which model, which camera
 _NETWORK = "E3D"  # the network's name in checkpoints
-# dataset kinds of --kind ("auto": detect); single-view kinds pair each sample with its mirror image
-DATA_KINDS = ("auto", "synthbmfd", "images", "300vw", "video", "multiview", "vidtimit")
+# dataset kinds of --kind: DATA_KINDS (train/options.py); single-view kinds pair each sample with its mirror image
 SINGLE_VIEW_KINDS = ("images", "300vw", "video", "vidtimit")
 
 # per-preset default total batch (images; two views per instant, so always even)
@@ -909,57 +908,6 @@ class Face3DStage:
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-
-def add_parser(stages) -> None:
-    """Register ``deblur-rotate train face3d``."""
-    from deblur_rotate.train.commands import add_common_options
-
-    p = stages.add_parser(
-        "face3d", help="stage 4: 3D encoder E_3D (blurry face -> 3DMM coefficients)",
-        description="Train E_3D through the differentiable renderer (blurry input; sharp middle frame and its 68 "
-                    "landmarks as targets; pairs of views for L_mview) on one dataset: SynthBMFD, the multi-view "
-                    "layout (true view pairs), or single-view images / 300VW / VIDTIMIT, whose mirror images are "
-                    "the second view. Real data needs the landmarks of `deblur-rotate prepare` and is rendered with "
-                    "a fixed camera framed like the SynthBMFD rig. Writes RUN/face3d_encoder/ at the end. "
-                    "Multi-GPU: launch with torchrun --nproc_per_node N.")
-    p.add_argument("--preset", choices=tuple(PRESET_DEFAULTS), default="tiny",
-                   help="encoder size (micro 32 px input, tiny 64, paper 256 with ResNet-50; default tiny)")
-    p.add_argument("--data", required=True, type=Path,
-                   help="dataset folder: SynthBMFD (`deblur-rotate synth`) or a `deblur-rotate prepare` output "
-                        "(images, 300vw, multiview, vidtimit); one dataset per run")
-    p.add_argument("--kind", choices=DATA_KINDS, default="auto", help="dataset kind (default: auto-detect)")
-    p.add_argument("--model-from", type=Path, default=None,
-                   help="real data: use the procedural model this SynthBMFD folder was rendered with (default: "
-                        "the standard one of `deblur-rotate synth`)")
-    p.add_argument("--focal-factor", type=float, default=None,
-                   help="real data: focal length of the fixed camera in image sides (default 3.5, the SynthBMFD "
-                        "rig's framing)")
-    p.add_argument("--bfm", type=Path, default=None,
-                   help="Basel Face Model file (01_MorphableModel.mat or BFM_model_front.mat) to use instead of "
-                        "the built-in procedural model")
-    p.add_argument("--bfm-expression", type=Path, default=None, help="Exp_Pca.bin (with 01_MorphableModel.mat)")
-    p.add_argument("--bfm-landmarks", type=Path, default=None, help="68 landmark vertex indices of the BFM mesh")
-    p.add_argument("--bfm-modes", type=int, nargs=3, metavar=("N_ID", "N_TEX", "N_EXP"), default=None,
-                   help="BFM modes kept (default all; the paper uses 199 199 29)")
-    p.add_argument("--m", type=int, default=None,
-                   help="blur half-window: the mean of 2m+1 frames (default: the kind's own, 32 for SynthBMFD and "
-                        "multi-view, 4 for 300VW and VIDTIMIT; stills use a motion kernel)")
-    p.add_argument("--stride", type=int, default=1, help="use every stride-th centre frame (default 1)")
-    add_common_options(p, batch_help="total images per iteration, two views per instant, so even "
-                                     "(default: micro 4, tiny 8, paper 90)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--lambda-data", type=float, default=5.0, help="photometric L1 weight (default 5)")
-    p.add_argument("--lambda-edge", type=float, default=30.0, help="edge loss weight (default 30)")
-    p.add_argument("--lambda-id", type=float, default=0.5, help="identity loss weight (default 0.5; 0: off)")
-    p.add_argument("--lambda-lan", type=float, default=1.0, help="landmark loss weight (default 1)")
-    p.add_argument("--lambda-mview", type=float, default=0.25, help="multi-view consistency weight (default 0.25)")
-    p.add_argument("--lambda-c", type=float, default=1e-4, help="coefficient regulariser weight (default 1e-4)")
-    p.add_argument("--skin-weight", type=float, default=2.0, help="weight of skin pixels (default 2; 1: none)")
-    p.add_argument("--image-every", type=int, default=None,
-                   help="iterations between image grids (default: --checkpoint-every)")
-    p.add_argument("--grid", type=int, default=8, help="faces in the input/render/target grid (default 8; 0: none)")
-    p.set_defaults(func=run_face3d)
-
 
 def run_face3d(args) -> int:
     procedural = None if args.model_from is None else procedural_model_from(args.model_from)

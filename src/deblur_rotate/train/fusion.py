@@ -60,7 +60,7 @@ from deblur_rotate.errors import UserError
 from deblur_rotate.losses import ordered_latent_loss  # re-exported (in __all__)
 from deblur_rotate.train import distributed as dist_utils
 
-__all__ = ["PRESET_DEFAULTS", "FusionConfig", "FusionPairs", "FusionStage", "add_parser", "mirror_pose",
+__all__ = ["PRESET_DEFAULTS", "FusionConfig", "FusionPairs", "FusionStage", "mirror_pose",
            "ordered_latent_loss", "run_fusion", "wrap_angle"]
 
 _NETWORK = "F"  # the network's name in checkpoints
@@ -571,64 +571,6 @@ class FusionStage:
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-
-def add_parser(stages) -> None:
-    """Register ``deblur-rotate train fusion``."""
-    from deblur_rotate.train.commands import add_common_options
-    from deblur_rotate.train.face3d import DATA_KINDS
-
-    p = stages.add_parser(
-        "fusion", help="stage 5: the fusion network F (frame codes + pose change -> codes of another view)",
-        description="Train F on pairs of views u != v of the same instants (SynthBMFD or multi-view folders: true "
-                    "views; single-view images / 300VW / VIDTIMIT: a face and its mirror image, paper §4): "
-                    "F(z^u, R^v - R^u) should give E_s's codes of view v (min over the two time orders); both "
-                    "directions of every pair are used. The teachers (E_s, E_3D, optional E_v, G) stay frozen. "
-                    "Writes RUN/fusion/ (EMA weights) at the end. Multi-GPU: launch with torchrun --nproc_per_node N.")
-    p.add_argument("--preset", choices=tuple(PRESET_DEFAULTS), default="tiny",
-                   help="code sizes (micro 32 px, tiny 64, paper 256; default tiny)")
-    p.add_argument("--data", required=True, type=Path,
-                   help="dataset folder: SynthBMFD (`deblur-rotate synth`) or a `deblur-rotate prepare` output "
-                        "(multiview, images, 300vw, vidtimit); one dataset per run")
-    p.add_argument("--kind", choices=DATA_KINDS, default="auto", help="dataset kind (default: auto-detect)")
-    p.add_argument("--arch", default="FC3R", help="FC<x> or FC<x>R: x layers, R residual (default FC3R)")
-    p.add_argument("--sharp-encoder", required=True, type=Path,
-                   help="E_s folder (RUN/sharp_encoder of `train sharp-encoder`): input and target codes")
-    p.add_argument("--generator", type=Path, default=None,
-                   help="fine-tuned G folder (RUN/generator of `train sharp-encoder`), for the sample grids and "
-                        "--lambda-image (needed unless --grid 0)")
-    p.add_argument("--face3d-encoder", type=Path, default=None,
-                   help="E_3D folder (RUN/face3d_encoder of `train face3d`), for Δp with --pose-source e3d")
-    p.add_argument("--blur-encoder", type=Path, default=None,
-                   help="E_v folder (RUN/blur_encoder of `train blur-encoder`), for --input-codes blur")
-    p.add_argument("--pose-source", choices=("e3d", "gt"), default="e3d",
-                   help="Δp from E_3D on the blurry images (e3d, default, as at inference) or the data's "
-                        "ground truth (gt; SynthBMFD only: real data has no poses)")
-    p.add_argument("--input-codes", choices=("sharp", "blur"), default="sharp",
-                   help="F's input: E_s of the source view's sharp frames (sharp, default) or E_v of its blurry "
-                        "image (blur)")
-    p.add_argument("--m", type=int, default=None,
-                   help="blur half-window: the mean of 2m+1 frames (default: the kind's own, 32 for SynthBMFD and "
-                        "multi-view, 4 for 300VW and VIDTIMIT; stills use a motion kernel)")
-    p.add_argument("--stride", type=int, default=1, help="use every stride-th centre frame (default 1)")
-    p.add_argument("--no-mirror", dest="mirror", action="store_false",
-                   help="multi-view data: no left-right mirrored pairs (single-view data always pairs a face with "
-                        "its mirror)")
-    add_common_options(p, batch_help="training samples per iteration, two (u -> v, v -> u) per view pair, so "
-                                     "even (default: micro 4, tiny 16, paper 84)")
-    p.add_argument("--lr-decay", type=float, default=0.0,
-                   help="fraction of the run at its end over which the learning rates fall linearly to 0 "
-                        "(default 0: constant, the paper's)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--lambda-image", type=float, default=0.0,
-                   help="weight of the L1 between G(F(z^u, Δp)) and view v's frames (default 0: off)")
-    p.add_argument("--stats-samples", type=int, default=64,
-                   help="view pairs whose E_s codes set F's input normalisation (default 64)")
-    p.add_argument("--ema-kimg", type=float, default=None, help="EMA half-life in thousands of samples")
-    p.add_argument("--image-every", type=int, default=None,
-                   help="iterations between sample grids (default: --checkpoint-every)")
-    p.add_argument("--grid", type=int, default=4, help="view pairs in the sample grid (default 4; 0: none)")
-    p.set_defaults(func=run_fusion)
-
 
 def run_fusion(args) -> int:
     def path(value) -> str:

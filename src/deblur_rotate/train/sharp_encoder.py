@@ -43,7 +43,6 @@ __all__ = [
     "SharpEncoderConfig",
     "SharpEncoderStage",
     "SharpFaces",
-    "add_parser",
     "central_chip_transform",
     "g_weight_at",
     "mean_w_norm",
@@ -424,67 +423,6 @@ class SharpEncoderStage:
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-
-def add_parser(stages) -> None:
-    """Register ``deblur-rotate train sharp-encoder``."""
-    from deblur_rotate.train.commands import add_common_options
-
-    p = stages.add_parser(
-        "sharp-encoder", help="stage 2: the sharp-image encoder E_s (with G fine-tuned)",
-        description="Train E_s (sharp face -> W+ codes of G) with G fine-tuned on l_s = lambda_id L_id + "
-                    "lambda_per L_per + lambda_edge L_edge + L1 + lambda_g |G_init - G|^2 (relaxed to 0) + "
-                    "lambda_s |1 - |E_s(y)||; skin pixels count double. Writes RUN/sharp_encoder/ and "
-                    "RUN/generator/ (fine-tuned). Multi-GPU: launch with torchrun --nproc_per_node N.")
-    p.add_argument("--preset", choices=("micro", "tiny", "paper"), default="tiny", help="network sizes (default tiny)")
-    p.add_argument("--data", required=True, type=Path, help="dataset folder: SynthBMFD, images, 300VW or multi-view")
-    gen = p.add_mutually_exclusive_group(required=True)
-    gen.add_argument("--generator", type=Path, default=None,
-                     help="trained generator folder (RUN/generator of `train generator`)")
-    gen.add_argument("--fresh-generator", action="store_true",
-                     help="start G from random weights and train E_s + G as an autoencoder (no GAN stage; "
-                          "lambda_g is then 0). The CPU recipe does this: a GAN needs far more iterations "
-                          "than a CPU gives before its G is a useful decoder")
-    p.add_argument("--generator-input", choices=("const", "dense"), default="const",
-                   help="with --fresh-generator: G's 4 px input, const (StyleGAN2) or dense (a layout computed "
-                        "from the first code, ProGAN-style; default const)")
-    p.add_argument("--head-grid", type=int, default=0,
-                   help="E_s's head reads a K x K pooled feature map instead of the global pool (default 0: "
-                        "global pool, the paper's)")
-    p.add_argument("--kind", default="auto", help="dataset kind (default auto-detect)")
-    p.add_argument("--m", type=int, default=None,
-                   help="blur half-window in frames, sets which sharp targets a sample has (default: the data's own)")
-    p.add_argument("--middle-only", dest="all_frames", action="store_false",
-                   help="train on the middle sharp frame only (default: all 5 targets)")
-    p.add_argument("--no-mirror", dest="mirror", action="store_false", help="no x-flip augmentation")
-    add_common_options(p, batch_help="total batch over all processes (default: micro 4, tiny 8, paper 72)")
-    p.add_argument("--lr-decay", type=float, default=0.0,
-                   help="fraction of the run at its end over which the learning rates fall linearly to 0 "
-                        "(default 0: constant, the paper's)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of E_s (default 1e-4)")
-    p.add_argument("--lr-generator", type=float, default=1e-4,
-                   help="Adam learning rate of G's synthesis network (default 1e-4; 0 keeps G frozen)")
-    p.add_argument("--lambda-l1", type=float, default=1.0)
-    p.add_argument("--lambda-id", type=float, default=0.5, help="identity loss weight (default 0.5; 0: off)")
-    p.add_argument("--lambda-per", type=float, default=1e-6, help="perceptual loss weight (default 1e-6; 0: off)")
-    p.add_argument("--lambda-edge", type=float, default=0.2)
-    p.add_argument("--lambda-g", type=float, default=1.0, help="|G_init - G|^2 weight at the start (default 1)")
-    p.add_argument("--g-relax-steps", type=int, default=None,
-                   help="iterations over which lambda_g falls linearly to 0 (default: half the run)")
-    p.add_argument("--lambda-s", type=float, default=1.0, help="code-norm weight (default 1)")
-    p.add_argument("--skin-weight", type=float, default=2.0, help="weight of skin pixels (default 2; 1: off)")
-    p.add_argument("--vgg16-weights", type=str, default=None,
-                   help="torchvision VGG16 ImageNet weights for the perceptual loss (default: face-net fallback)")
-    p.add_argument("--init-from", type=str, default="",
-                   help="start E_s from a trained E_s folder of the same architecture (fine-tuning, e.g. "
-                        "RUN/sharp_encoder of an earlier run; pair it with that run's --generator); "
-                        "ignored by --resume")
-    p.add_argument("--backbone-weights", type=str, default=None,
-                   help="torchvision ResNet state dict to start E_s's backbone from")
-    p.add_argument("--ema-kimg", type=float, default=None, help="EMA half-life in thousands of images")
-    p.add_argument("--image-every", type=int, default=None, help="iterations between reconstruction grids")
-    p.add_argument("--grid", type=int, default=8, help="faces in the reconstruction grid (default 8; 0: none)")
-    p.set_defaults(func=run_sharp_encoder)
-
 
 def run_sharp_encoder(args) -> int:
     config = SharpEncoderConfig(
