@@ -46,7 +46,7 @@ def test_refinement_lowers_the_loss_and_shares_the_correction(nets, blurry):
     with torch.no_grad():
         codes = ev(blurry)                                    # [3, 5, num_ws, w_dim]
     before = _loss(g, codes, blurry)
-    refined = refine_codes(g, codes, blurry, RefineSettings(steps=15, lr=0.05))
+    refined = refine_codes(g, codes, blurry, RefineSettings(steps=15, lr=0.05, per_frame=False))
     after = _loss(g, refined, blurry)
     assert refined.shape == codes.shape and not refined.requires_grad
     assert (after < before - 1e-3).all(), (before, after)
@@ -82,7 +82,7 @@ def test_model_folder_default_and_overrides(nets, blurry, tmp_path):
     folder = assemble_model(tmp_path / "m", generator=g, blur_encoder=ev, face3d_encoder=e3, fusion=f,
                             preset="micro", refine=RefineSettings(steps=3, lr=0.05))
     meta = json.loads((folder / "pipeline.json").read_text())
-    assert meta["refine"] == {"steps": 3, "lr": 0.05, "per_frame": False}
+    assert meta["refine"] == {"steps": 3, "lr": 0.05, "per_frame": True}
     pipe = DeblurRotatePipeline.from_pretrained(folder)
     assert pipe.refine == RefineSettings(steps=3, lr=0.05)
     plain = pipe(blurry, refine=0)

@@ -8,12 +8,13 @@ frames to the photo:
 
     min_d  L_blur(d) = | mean_t G(w_t + d) - y |_1                         (``losses.blur_consistency_loss``)
 
-with ``d`` one W+ correction ``[N, 1, num_ws, w_dim]`` shared by the T frames (default): the blur pins down the
-face's appearance well but not which way each frame moved, so a shared correction fixes identity, colour and
-lighting and leaves the motion, the order and the spread of the frames to E_v. ``per_frame=True`` gives every
-frame its own correction (more freedom: the frames may drift towards the blurry photo). G's weights stay fixed;
-the noise is G's constant noise, as in the pipeline. The refined codes go on through F like E_v's own, so new
-views get the correction too.
+with ``d`` one W+ correction per frame ``[N, T, num_ws, w_dim]`` (default) or, with ``per_frame=False``, one
+``[N, 1, num_ws, w_dim]`` shared by the T frames. The blur pins down the face's appearance (identity, colour,
+lighting) well and the motion only loosely, so the result depends on E_v's start; measured on new SynthBMFD subjects
+with the bundled tiny model (16 sequences of ``seed99``, 20 steps, lr 0.02, PSNR of the 5 frames against the sharp
+truth, the blurry input at 25.61 dB): E_v alone 23.98 dB, a shared correction 25.31 dB, per-frame corrections
+25.93 dB (and the motion ratio 0.76 -> 0.88; 40 steps: 25.95 dB). G's weights stay fixed; the noise is G's constant
+noise, as in the pipeline. The refined codes go on through F like E_v's own, so new views get the correction too.
 
 Cost: ``steps`` forward and backward passes of G over the T frames of every image (about 0.1 s per step and image
 at the tiny preset on 2 CPU cores). ``steps = 0`` is the paper's pipeline, unchanged.
@@ -38,7 +39,7 @@ class RefineSettings:
 
     steps: int = 0            # Adam steps on the correction (0: off; the bundled tiny model uses 20)
     lr: float = 0.02          # Adam learning rate on the W+ correction (W+ entries are O(1))
-    per_frame: bool = False   # one correction per frame [N, T, ...] instead of one shared [N, 1, ...]
+    per_frame: bool = True    # one correction per frame [N, T, ...]; False: one shared by the frames [N, 1, ...]
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not 0 <= self.steps <= 1000:
