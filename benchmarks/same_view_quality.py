@@ -58,6 +58,7 @@ def _network_folder(folder: Path, name: str) -> Path:
 def model_refine(model: Path | None, steps: int | None):
     """The refinement ``run`` would use: the model folder's pipeline.json ``refine`` (0 steps without one, or
     without a model folder), with ``steps`` instead of its step count when given."""
+    import dataclasses
     import json
 
     from deblur_rotate.refine import RefineSettings
@@ -66,7 +67,7 @@ def model_refine(model: Path | None, steps: int | None):
     if model is not None and (model / "pipeline.json").is_file():
         settings = RefineSettings.from_json(json.loads((model / "pipeline.json").read_text()).get("refine"))
     if steps is not None:
-        settings = RefineSettings(steps=steps, lr=settings.lr, per_frame=settings.per_frame)
+        settings = dataclasses.replace(settings, steps=steps)
     return settings
 
 

@@ -9,7 +9,7 @@ from conftest import micro_networks
 from deblur_rotate.errors import UserError
 from deblur_rotate.losses import blur_consistency_loss
 from deblur_rotate.pipeline import DeblurRotatePipeline, assemble_model
-from deblur_rotate.refine import RefineSettings, refine_codes
+from deblur_rotate.refine import RefineSettings, refine, refine_codes
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_refinement_lowers_the_loss_and_shares_the_correction(nets, blurry):
     with torch.no_grad():
         codes = ev(blurry)                                    # [3, 5, num_ws, w_dim]
     before = _loss(g, codes, blurry)
-    refined = refine_codes(g, codes, blurry, RefineSettings(steps=15, lr=0.05, per_frame=False))
+    refined = refine_codes(g, codes, blurry, RefineSettings(steps=15, lr=0.05, per_frame=False, max_start_error=2.0))
     after = _loss(g, refined, blurry)
     assert refined.shape == codes.shape and not refined.requires_grad
     assert (after < before - 1e-3).all(), (before, after)
@@ -54,7 +54,7 @@ def test_refinement_lowers_the_loss_and_shares_the_correction(nets, blurry):
     assert delta.abs().max() > 1e-3
     torch.testing.assert_close(delta, delta[:, :1].expand_as(delta), atol=1e-6, rtol=0)
     # per-frame corrections differ between frames, and G's weights were not touched
-    per_frame = refine_codes(g, codes, blurry, RefineSettings(steps=15, lr=0.05, per_frame=True)) - codes
+    per_frame = refine_codes(g, codes, blurry, RefineSettings(steps=15, lr=0.05, per_frame=True, max_start_error=2.0)) - codes
     assert (per_frame - per_frame[:, :1]).abs().max() > 1e-4
     assert all(p.grad is None for p in g.parameters())
 
@@ -63,15 +63,37 @@ def test_refinement_is_per_image_whatever_the_grouping(nets, blurry):
     g, ev, _, _ = nets
     with torch.no_grad():
         codes = ev(blurry)
-    settings = RefineSettings(steps=5, lr=0.05)
+    settings = RefineSettings(steps=5, lr=0.05, max_start_error=2.0)
     together = refine_codes(g, codes, blurry, settings, max_batch=3)
     alone = refine_codes(g, codes, blurry, settings, max_batch=1)
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=0)
     assert refine_codes(g, codes, blurry, RefineSettings(steps=0)) is codes
 
 
+def test_images_the_model_does_not_explain_keep_their_codes(nets, blurry):
+    """The guard: an image whose E_v frames average far from it (start error above max_start_error) is not refined."""
+    g, ev, _, _ = nets
+    with torch.no_grad():
+        codes = ev(blurry)
+    start = _loss(g, codes, blurry)                           # [3]
+    threshold = float(start.sort().values[1])                 # the two smaller errors pass, the largest does not
+    result = refine(g, codes, blurry, RefineSettings(steps=5, lr=0.05, max_start_error=threshold))
+    worst = int(start.argmax())
+    assert result.applied.tolist() == [i != worst for i in range(3)]
+    assert torch.equal(result.codes[worst], codes[worst])
+    assert not torch.equal(result.codes[1 - worst if worst < 2 else 0], codes[1 - worst if worst < 2 else 0])
+    torch.testing.assert_close(result.start_error, start, atol=1e-5, rtol=0)
+    assert (result.end_error[result.applied] < result.start_error[result.applied]).all()
+    assert result.end_error[worst] == result.start_error[worst]
+    records = result.records()
+    assert records[worst]["applied"] is False and set(records[0]) == {"applied", "start_error", "end_error"}
+    off = refine(g, codes, blurry, RefineSettings(steps=0))
+    assert off.codes is codes and not off.applied.any() and torch.isnan(off.start_error).all()
+
+
 @pytest.mark.parametrize("bad", [{"steps": -1}, {"steps": 2.5}, {"steps": 5000}, {"lr": 0}, {"lr": "x"},
-                                 {"per_frame": 1}, {"step": 3}])
+                                 {"per_frame": 1}, {"step": 3}, {"max_start_error": -1},
+                                 {"max_start_error": True}])
 def test_settings_are_validated(bad):
     with pytest.raises(ValueError):
         RefineSettings.from_json(bad)
@@ -80,16 +102,17 @@ def test_settings_are_validated(bad):
 def test_model_folder_default_and_overrides(nets, blurry, tmp_path):
     g, ev, e3, f = nets
     folder = assemble_model(tmp_path / "m", generator=g, blur_encoder=ev, face3d_encoder=e3, fusion=f,
-                            preset="micro", refine=RefineSettings(steps=3, lr=0.05))
+                            preset="micro", refine=RefineSettings(steps=3, lr=0.05, max_start_error=2.0))
     meta = json.loads((folder / "pipeline.json").read_text())
-    assert meta["refine"] == {"steps": 3, "lr": 0.05, "per_frame": True}
+    assert meta["refine"] == {"steps": 3, "lr": 0.05, "per_frame": True, "max_start_error": 2.0}
     pipe = DeblurRotatePipeline.from_pretrained(folder)
-    assert pipe.refine == RefineSettings(steps=3, lr=0.05)
+    assert pipe.refine == RefineSettings(steps=3, lr=0.05, max_start_error=2.0)
     plain = pipe(blurry, refine=0)
     default = pipe(blurry)
     assert not torch.equal(plain.codes, default.codes)
-    torch.testing.assert_close(default.codes, refine_codes(g, plain.codes, blurry, RefineSettings(steps=3, lr=0.05)),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(default.codes, refine_codes(g, plain.codes, blurry, pipe.refine), atol=1e-5, rtol=0)
+    assert [r["applied"] for r in default.refine.records()] == [True] * 3
+    assert pipe.refine_settings(7) == RefineSettings(steps=7, lr=0.05, max_start_error=2.0)
     with pytest.raises(UserError, match="refine steps"):
         pipe.refine_settings(-2)
     # a bad "refine" in pipeline.json is refused before anything is built, naming the field
@@ -117,5 +140,11 @@ def test_run_cli_refine_steps_reach_the_summary(nets, tmp_path):
         assert rc == 0
         record = json.loads((out / "face" / "result.json").read_text())
         assert record["refine"]["steps"] == int(steps)
+        if steps == "2":  # a random model does not explain a noise photo: refinement skipped, and said so
+            face = record["faces"][0]["refine"]
+            assert face["applied"] is False and face["start_error"] > 0.15
+            assert any("refinement was skipped" in w["warning"] for w in record["warnings"])
+        else:
+            assert "refine" not in record["faces"][0]
     assert main(["run", "-i", str(tmp_path / "face.png"), "-o", str(tmp_path / "bad"), "--model", str(folder),
                  "--aligned", "--refine-steps", "-3", "--no-progress"]) == 2

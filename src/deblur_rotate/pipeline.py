@@ -29,7 +29,7 @@ Model folder (format version 1)::
          "storage_dtype": "float32",       # or "float16": how the weights are stored (they load as fp32)
          "trained_on_synthetic_only": true,                          # optional: only synthetic faces seen
          "view_range_deg": {"yaw": [-60, 60], "pitch": [-20, 20]},   # optional: the views F was trained on
-         "refine": {"steps": 20, "lr": 0.02, "per_frame": true},   # optional: default refinement (refine.py)
+         "refine": {"steps": 20, "lr": 0.02, "per_frame": true, "max_start_error": 0.15},   # optional: default refinement (refine.py)
          "extra": {}}                      # free-form (training runs, notes)
     MODEL/<sub-folder>/config.json + model.safetensors     (models/io.py save_pretrained / load_pretrained)
 
@@ -59,6 +59,7 @@ mask of the face). Where the crop reaches past the photo's edge it is filled by 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -74,7 +75,8 @@ from torch import nn
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.model_folder import FORMAT_VERSION, NETWORK_KINDS, PIPELINE_FILE, TrainingFacts
-from deblur_rotate.refine import RefineSettings, refine_codes
+from deblur_rotate.refine import RefineResult, RefineSettings
+from deblur_rotate.refine import refine as run_refinement
 
 __all__ = [
     "DEFAULT_CROP",
@@ -351,6 +353,7 @@ class PipelineOutput:
     view_codes: torch.Tensor             # [N, V, T, num_ws, w_dim] the codes G rendered for each view
     views: list[tuple[float, float]] = field(default_factory=list)  # [(dyaw_deg, dpitch_deg)] per view
     to_frontal: bool = False             # views relative to the frontal pose instead of the input view
+    refine: RefineResult | None = None   # what the blur-consistency refinement did per image (None: not run)
 
 
 def _view_list(views: Sequence[Sequence[float]] | None) -> list[tuple[float, float]]:
@@ -527,7 +530,7 @@ class DeblurRotatePipeline:
         if isinstance(refine, RefineSettings):
             return refine
         try:
-            return RefineSettings(steps=refine, lr=self.refine.lr, per_frame=self.refine.per_frame)
+            return dataclasses.replace(self.refine, steps=refine)
         except ValueError as err:
             raise UserError(str(err)) from None
 
@@ -537,12 +540,19 @@ class DeblurRotatePipeline:
         """Aligned faces -> (codes ``[N, T, num_ws, w_dim]``, pose ``[N, 3]`` radians or None without E_3D).
         ``refine``: the blur-consistency refinement of the codes (:mod:`deblur_rotate.refine`; None: the model's
         default, an int: that many steps, 0: off)."""
-        x = self._images(images)
-        codes = self.blur_encoder(x)
-        codes = refine_codes(self.generator, codes, x, self.refine_settings(refine),
-                             max_batch=max(1, self.max_batch // codes.shape[1]))
-        pose = None if self.face3d_encoder is None else self.face3d_encoder.pose(x)
+        codes, pose, _report = self.encode_with_report(images, refine)
         return codes, pose
+
+    @torch.no_grad()
+    def encode_with_report(self, images: torch.Tensor | Sequence[torch.Tensor],
+                           refine: RefineSettings | int | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor | None, RefineResult]:
+        """:meth:`encode` plus what the refinement did per image (:class:`deblur_rotate.refine.RefineResult`)."""
+        x = self._images(images)
+        report = run_refinement(self.generator, self.blur_encoder(x), x, self.refine_settings(refine),
+                        max_batch=max(1, self.max_batch // self.num_frames))
+        pose = None if self.face3d_encoder is None else self.face3d_encoder.pose(x)
+        return report.codes, pose, report
 
     @staticmethod
     def resample_frames(codes: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -613,12 +623,12 @@ class DeblurRotatePipeline:
         ``refine`` as in :meth:`encode`."""
         views = _view_list(views)
         self.check_request(views, to_frontal)
-        codes, pose = self.encode(images, refine)
+        codes, pose, report = self.encode_with_report(images, refine)
         codes = self.resample_frames(codes, num_frames or self.num_frames)
         view_codes = self.rotate(codes, pose, views, to_frontal)
         frames = self.synthesize(view_codes)
         return PipelineOutput(frames=frames, pose=pose, codes=codes, view_codes=view_codes, views=views,
-                              to_frontal=to_frontal)
+                              to_frontal=to_frontal, refine=report)
 
     @torch.no_grad()
     def sweep(self, codes: torch.Tensor, pose: torch.Tensor | None, views: Sequence[tuple[float, float]],

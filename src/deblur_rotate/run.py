@@ -552,6 +552,14 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
                           "box": None if face.box is None else [round(b, 1) for b in face.box]}
             if face.detection is not None:  # detector, score, landmark_disagreement
                 info["detection"] = {k2: v2 for k2, v2 in face.detection.items() if k2 != "box"}
+            if result.refine is not None and pipe.refine.steps:
+                info["refine"] = result.refine.records()[k]
+                if not info["refine"]["applied"]:
+                    warnings.append({"face": k + 1, "warning": (
+                        f"the model's frames do not explain this face (blur-consistency error "
+                        f"{info['refine']['start_error']:.2f} > {pipe.refine.max_start_error:g}): the refinement "
+                        "was skipped and the frames are the model's own guess; a model trained on faces like this "
+                        "one is needed (README: Training)")})
             if face.outside > EDGE_WARNING:
                 info["outside_share"] = round(face.outside, 3)
                 warnings.append({"face": k + 1, "warning": f"the face is cut by the image edge ({face.outside:.0%} "
