@@ -409,7 +409,8 @@ class ServeApp:
         step(0.35, f"deblurring {len(faces)} face(s)")
         with torch.no_grad():
             batch = torch.stack([f.tensor() for f in faces])                           # [F, 3, R, R]
-            codes, pose = pipe.encode(batch)
+            step(0.35, f"deblurring {len(faces)} face(s)" + (" and refining" if pipe.refine.steps else ""))
+            codes, pose, refined = pipe.encode_with_report(batch)
             parts = []
             if relative:
                 parts.append(pipe.rotate(codes, pose, relative))                       # [F, V, T, ...]
@@ -434,6 +435,10 @@ class ServeApp:
         result = RequestResult(name=name, folder=str(folder), photo="", views=names + (["sweep"] if sweep else []),
                                image_size=(int(photo.shape[1]), int(photo.shape[0])), faces_found=found)
         result.photo = _png(folder / "photo.png", _boxed_photo(photo, [f.box for f in faces]))
+        skipped = [k + 1 for k, r in enumerate(refined.records()) if pipe.refine.steps and not r["applied"]]
+        if skipped:
+            result.notes.append(f"face(s) {', '.join(map(str, skipped))}: the model's frames do not explain this face, "
+                                "so the refinement was skipped; the frames are the model's own guess")
         for k, face in enumerate(faces):
             sub = folder / f"face_{k + 1}"
             pose_deg = None
