@@ -1,6 +1,6 @@
 """Face detection (dlib), 68-point landmarks and the FFHQ-style similarity crop.
 
-Conventions (DESIGN.md): images on disk and in this module are uint8 ``[H, W, 3]`` RGB numpy arrays;
+Conventions (docs/DESIGN.md): images on disk and in this module are uint8 ``[H, W, 3]`` RGB numpy arrays;
 landmarks are ``[68, 2]`` float (u, v) pixels in the iBUG 300-W layout with pixel centres at integer
 coordinates (the top-left pixel's centre is (0, 0)).
 

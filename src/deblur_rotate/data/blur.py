@@ -11,7 +11,7 @@ Mirroring
     A horizontal flip is a second view of single-view data: :func:`mirror_images`, :func:`mirror_landmarks`
     (coordinates AND the iBUG 68-point left/right permutation), :func:`mirror_pose`, :func:`mirror_view`.
 
-Conventions (DESIGN.md): images are float32 in [-1, 1], ``[N, 3, H, W]``; videos ``[N, T, 3, H, W]``;
+Conventions (docs/DESIGN.md): images are float32 in [-1, 1], ``[N, 3, H, W]``; videos ``[N, T, 3, H, W]``;
 landmarks ``[..., 68, 2]`` as (u, v) pixels with pixel centres at integer coordinates, so a horizontal flip
 maps ``u -> W - 1 - u``. Every random function takes an explicit :class:`torch.Generator`; nothing here
 touches the global RNG.

@@ -1,7 +1,7 @@
 """Evaluation instruments of the paper's tables (§4): PSNR, SSIM, landmark error, identity accuracy.
 
 Every function here is pure (no hidden state; dlib's models are loaded once and cached, read-only).
-Conventions (DESIGN.md): images ``[..., 3, H, W]`` float in [-1, 1]; videos ``[N, T, 3, H, W]``;
+Conventions (docs/DESIGN.md): images ``[..., 3, H, W]`` float in [-1, 1]; videos ``[N, T, 3, H, W]``;
 landmarks ``[..., 68, 2]`` (u, v) pixels, pixel centres at integer coordinates, iBUG 300-W order.
 
 Forward/backward ambiguity (paper §4): a blurry image does not tell which way time ran, so a predicted

@@ -1,6 +1,6 @@
 """Loss terms of the 3D encoder E_3D (paper §3.4), as pure functions, and the differentiable render they use.
 
-E_3D predicts a coefficient vector ``c = [alpha | beta | delta | gamma | R | t]`` (DESIGN.md layout) from a
+E_3D predicts a coefficient vector ``c = [alpha | beta | delta | gamma | R | t]`` (docs/DESIGN.md layout) from a
 blurry face; the morphable model and our rasterizer turn ``c`` into an image and 68 landmarks, compared
 with the sharp middle frame and its landmarks::
 

@@ -1,6 +1,6 @@
 """The linear morphable face model shared by the procedural model, the BFM loader and the renderer.
 
-Coefficient vector layout (DESIGN.md): ``[alpha (n_id) | beta (n_tex) | delta (n_exp) | gamma (27) |
+Coefficient vector layout (docs/DESIGN.md): ``[alpha (n_id) | beta (n_tex) | delta (n_exp) | gamma (27) |
 R (3) | t (3)]``: identity shape, albedo, expression, 9-band spherical-harmonics lighting per RGB channel
 (9 x 3, channel-major: gamma[0:9] red, gamma[9:18] green, gamma[18:27] blue), pose (pitch, yaw, roll)
 in radians and translation in the model's length unit (centimetres for our models).
