@@ -63,11 +63,22 @@ def test_refinement_is_per_image_whatever_the_grouping(nets, blurry):
     g, ev, _, _ = nets
     with torch.no_grad():
         codes = ev(blurry)
-    settings = RefineSettings(steps=5, lr=0.05, max_start_error=2.0)
+    settings = RefineSettings(steps=5, lr=0.05, max_start_error=2.0, precision="fp32")
     together = refine_codes(g, codes, blurry, settings, max_batch=3)
     alone = refine_codes(g, codes, blurry, settings, max_batch=1)
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=0)
     assert refine_codes(g, codes, blurry, RefineSettings(steps=0)) is codes
+
+
+def test_bf16_autocast_gives_nearly_the_same_refinement(nets, blurry):
+    g, ev, _, _ = nets
+    with torch.no_grad():
+        codes = ev(blurry)
+    full = refine(g, codes, blurry, RefineSettings(steps=5, lr=0.05, max_start_error=2.0, precision="fp32"))
+    half = refine(g, codes, blurry, RefineSettings(steps=5, lr=0.05, max_start_error=2.0, precision="bf16"))
+    assert half.applied.all() and (half.end_error < half.start_error).all()
+    torch.testing.assert_close(half.end_error, full.end_error, atol=0.02, rtol=0)  # bf16 passes, fp32 errors
+    torch.testing.assert_close(half.start_error, full.start_error)                 # measured in fp32 both times
 
 
 def test_images_the_model_does_not_explain_keep_their_codes(nets, blurry):
@@ -93,7 +104,7 @@ def test_images_the_model_does_not_explain_keep_their_codes(nets, blurry):
 
 @pytest.mark.parametrize("bad", [{"steps": -1}, {"steps": 2.5}, {"steps": 5000}, {"lr": 0}, {"lr": "x"},
                                  {"per_frame": 1}, {"step": 3}, {"max_start_error": -1},
-                                 {"max_start_error": True}])
+                                 {"max_start_error": True}, {"precision": "fp16"}])
 def test_settings_are_validated(bad):
     with pytest.raises(ValueError):
         RefineSettings.from_json(bad)
@@ -104,7 +115,7 @@ def test_model_folder_default_and_overrides(nets, blurry, tmp_path):
     folder = assemble_model(tmp_path / "m", generator=g, blur_encoder=ev, face3d_encoder=e3, fusion=f,
                             preset="micro", refine=RefineSettings(steps=3, lr=0.05, max_start_error=2.0))
     meta = json.loads((folder / "pipeline.json").read_text())
-    assert meta["refine"] == {"steps": 3, "lr": 0.05, "per_frame": True, "max_start_error": 2.0}
+    assert meta["refine"] == {"steps": 3, "lr": 0.05, "per_frame": True, "max_start_error": 2.0, "precision": "auto"}
     pipe = DeblurRotatePipeline.from_pretrained(folder)
     assert pipe.refine == RefineSettings(steps=3, lr=0.05, max_start_error=2.0)
     plain = pipe(blurry, refine=0)

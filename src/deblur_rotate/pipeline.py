@@ -29,7 +29,8 @@ Model folder (format version 1)::
          "storage_dtype": "float32",       # or "float16": how the weights are stored (they load as fp32)
          "trained_on_synthetic_only": true,                          # optional: only synthetic faces seen
          "view_range_deg": {"yaw": [-60, 60], "pitch": [-20, 20]},   # optional: the views F was trained on
-         "refine": {"steps": 20, "lr": 0.02, "per_frame": true, "max_start_error": 0.15},   # optional: default refinement (refine.py)
+         "refine": {"steps": 20, "lr": 0.02, "per_frame": true,     # optional: default refinement (refine.py)
+                    "max_start_error": 0.15, "precision": "auto"},
          "extra": {}}                      # free-form (training runs, notes)
     MODEL/<sub-folder>/config.json + model.safetensors     (models/io.py save_pretrained / load_pretrained)
 
