@@ -69,12 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--refine-steps", type=int, default=None,
+                    help="blur-consistency refinement steps (default: the model's pipeline.json; random networks: 0); "
+                         "timed on the random input whatever its start error (max_start_error lifted)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     pipe = (DeblurRotatePipeline.from_pretrained(args.model, device) if args.model
             else random_pipeline(args.preset, device))
+    import dataclasses
+
+    steps = pipe.refine.steps if args.refine_steps is None else args.refine_steps
+    pipe.refine = dataclasses.replace(pipe.refine, steps=steps, max_start_error=2.0)  # time it on any input
     views = [(y, 0.0) for y in args.yaw]
     r = pipe.resolution
     x = (torch.rand(1, 3, r, r, device=device) * 2 - 1).clamp(-1, 1)
@@ -84,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
                                  f" ({torch.get_num_threads()} threads)"))
     print(f"resolution: {r}")
+    print(f"refine_steps: {pipe.refine.steps}")
     print(f"frames_x_views: {frames} x {len(views)}")
     for name, net in (("generator", pipe.generator), ("blur_encoder", pipe.blur_encoder),
                       ("face3d_encoder", pipe.face3d_encoder), ("fusion", pipe.fusion)):
