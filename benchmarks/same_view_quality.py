@@ -57,17 +57,21 @@ def _network_folder(folder: Path, name: str) -> Path:
 
 def model_refine(model: Path | None, steps: int | None):
     """The refinement ``run`` would use: the model folder's pipeline.json ``refine`` (0 steps without one, or
-    without a model folder), with ``steps`` instead of its step count when given."""
+    without a model folder), with ``steps`` instead of its step count when given; UserError for bad values."""
     import dataclasses
     import json
 
+    from deblur_rotate.errors import UserError
     from deblur_rotate.refine import RefineSettings
 
-    settings = RefineSettings()
-    if model is not None and (model / "pipeline.json").is_file():
-        settings = RefineSettings.from_json(json.loads((model / "pipeline.json").read_text()).get("refine"))
-    if steps is not None:
-        settings = dataclasses.replace(settings, steps=steps)
+    try:
+        settings = RefineSettings()
+        if model is not None and (model / "pipeline.json").is_file():
+            settings = RefineSettings.from_json(json.loads((model / "pipeline.json").read_text()).get("refine"))
+        if steps is not None:
+            settings = dataclasses.replace(settings, steps=steps)
+    except ValueError as err:  # a bad --refine-steps or pipeline.json "refine"
+        raise UserError(f"refine: {err}") from None
     return settings
 
 
@@ -188,9 +192,6 @@ def main(argv: list[str] | None = None) -> int:
         figures = evaluate(blur_encoder, generator, args.data, split=args.split, limit=args.limit,
                            m=args.m, kind=args.kind, batch=max(1, args.batch), device=args.device,
                            detect_faces=args.detect_faces, refine=refine)
-    except ValueError as err:  # a bad --refine-steps
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

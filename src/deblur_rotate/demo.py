@@ -232,8 +232,7 @@ def run_model_demo(out: str | Path, model: str | Path | None = None, examples: s
     if model is None:
         verify_checksums(bundled_model_dir())
     pipe = DeblurRotatePipeline.from_pretrained(model, device=device)
-    if refine_steps is not None:
-        pipe.refine = pipe.refine_settings(refine_steps)
+    pipe.refine = pipe.refine_settings(refine_steps)  # None: the model's default
     items = load_examples(examples or examples_dir())
     views = list(DEMO_VIEWS) if pipe.can_rotate else [(0.0, 0.0)]
     names = [view_name(v) for v in views]

@@ -698,8 +698,7 @@ def run_command(args) -> int:
         reasons = "; ".join(f"{spec}: {why}" for spec, why in problems)
         raise UserError(f"no input images found ({reasons})")
     pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
-    if args.refine_steps is not None:
-        pipe.refine = pipe.refine_settings(args.refine_steps)
+    pipe.refine = pipe.refine_settings(args.refine_steps)  # None: the model's default
     pipe.check_request(options.views, options.to_frontal)
     if options.sweep is not None and not pipe.can_rotate:
         raise UserError(f"{pipe.name} has no fusion network (F): it cannot render --sweep")

@@ -406,10 +406,9 @@ class ServeApp:
                             "aligned face crop\" and run it again") from None
         found = len(faces)
         faces = faces[:MAX_FACES]
-        step(0.35, f"deblurring {len(faces)} face(s)")
+        step(0.35, f"deblurring {len(faces)} face(s)" + (" and refining" if pipe.refine.steps else ""))
         with torch.no_grad():
             batch = torch.stack([f.tensor() for f in faces])                           # [F, 3, R, R]
-            step(0.35, f"deblurring {len(faces)} face(s)" + (" and refining" if pipe.refine.steps else ""))
             codes, pose, refined = pipe.encode_with_report(batch)
             parts = []
             if relative:
@@ -782,8 +781,7 @@ def serve_command(args) -> int:
 
         print(f"loading the model {args.model or bundled_model_dir()} ...", flush=True)
         pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
-        if getattr(args, "refine_steps", None) is not None:
-            pipe.refine = pipe.refine_settings(args.refine_steps)
+        pipe.refine = pipe.refine_settings(getattr(args, "refine_steps", None))  # None: the model's default
         label = "the bundled tiny model" if args.model is None else f"model {args.model}"
         app = ServeApp(pipe, root, model_label=label)
         app.warm_up()

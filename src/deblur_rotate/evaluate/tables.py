@@ -349,8 +349,7 @@ def load_resources(options: EvaluateOptions) -> Resources:
     if not root.is_dir():
         raise UserError(f"--data {root}: no such folder; generate a SynthBMFD with `deblur-rotate synth --out {root}`")
     pipe = DeblurRotatePipeline.from_pretrained(options.model, device=device)
-    if options.refine_steps is not None:
-        pipe.refine = pipe.refine_settings(options.refine_steps)
+    pipe.refine = pipe.refine_settings(options.refine_steps)  # None: the model's default
     model_dir = Path(options.model) if options.model is not None else bundled_model_dir()
     dataset = SynthBMFD(root, split=options.split, m=int(options.m), size=pipe.resolution)
     views = check_dataset(root, options.split, dataset.index)
