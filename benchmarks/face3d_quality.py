@@ -38,9 +38,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from deblur_rotate.data.synthbmfd import SynthBMFD
-    from deblur_rotate.face3d.camera import project
-    from deblur_rotate.face3d.losses import pose_error_deg
-    from deblur_rotate.train.face3d import load_face3d
+    from deblur_rotate.face3d.loading import load_face3d
+    from deblur_rotate.render.camera import pose_error_deg, project
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     started = time.time()

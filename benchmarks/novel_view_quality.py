@@ -110,7 +110,7 @@ def evaluate(args) -> dict[str, float]:
         video_metric,
     )
     from deblur_rotate.refine import refine_codes
-    from deblur_rotate.train.fusion import wrap_angle
+    from deblur_rotate.render.camera import wrap_angle
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from same_view_quality import model_refine

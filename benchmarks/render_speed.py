@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from deblur_rotate.face3d.camera import euler_to_matrix, intrinsics, transform
 from deblur_rotate.render import render
+from deblur_rotate.render.camera import euler_to_matrix, intrinsics, transform
 
 
 def uv_ellipsoid(n_lat: int, n_lon: int, radii: tuple[float, float, float]):

@@ -148,7 +148,7 @@ def test_cli(synth_root, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def rendered_faces(small_model):
     """Two synthetic faces at 64 px (zero SH lighting: colours do not depend on the view), their hard masks."""
-    from deblur_rotate.face3d.camera import intrinsics
+    from deblur_rotate.render.camera import intrinsics
 
     size = 64
     camera = intrinsics(size * 3.5, size)  # SynthBMFD's camera: the head about 1 m away
@@ -194,7 +194,7 @@ def test_texture_warp_without_rotation_reproduces_the_face(rendered_faces, small
 
 
 def test_texture_warp_with_yaw_moves_the_face(rendered_faces, small_model):
-    from deblur_rotate.face3d.camera import euler_to_matrix
+    from deblur_rotate.render.camera import euler_to_matrix
 
     coeffs, camera, image, mask = rendered_faces
     delta = torch.tensor([[0.0, 0.5, 0.0], [0.0, -0.5, 0.0]])

@@ -238,7 +238,7 @@ def test_mirror_images_and_videos():
 
 
 def test_mirror_pose_matches_flipped_rotation():
-    from deblur_rotate.face3d.camera import euler_to_matrix
+    from deblur_rotate.render.camera import euler_to_matrix
 
     pose = torch.tensor([[0.2, -0.5, 0.3], [-0.1, 0.7, -0.2]])
     mirrored = mirror_pose(pose)

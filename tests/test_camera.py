@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from deblur_rotate.face3d.camera import euler_to_matrix, intrinsics, look_at_rig, matrix_to_euler, project
+from deblur_rotate.render.camera import euler_to_matrix, intrinsics, look_at_rig, matrix_to_euler, project
 
 
 def test_euler_round_trip_and_orthonormal():

@@ -10,6 +10,7 @@ from PIL import Image
 
 from deblur_rotate.data.align import ffhq_transform, transform_points
 from deblur_rotate.errors import UserError
+from deblur_rotate.images import read_image
 from deblur_rotate.models.fusion import FusionNetwork
 from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
 from deblur_rotate.pipeline import (
@@ -21,7 +22,6 @@ from deblur_rotate.pipeline import (
     face_mask,
     paste_back,
     prepare_image,
-    read_image,
     sweep_views,
 )
 

@@ -98,9 +98,9 @@ def test_prepare_images_skips_bad_files_and_resumes(tmp_path, aligner):
 
 def _own_crop(aligner, path, size=64):
     """The crop prepare must write for the image file ``path``, and its landmarks in crop pixels."""
-    from deblur_rotate.data.readers import _read_image
+    from deblur_rotate.images import read_image
 
-    image = _read_image(path)
+    image = read_image(path, min_side=1)
     lm = aligner(image)
     a = ffhq_transform(lm, size)
     return warp_image(image, a, size), transform_points(a, lm)

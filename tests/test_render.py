@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from deblur_rotate.face3d.camera import euler_to_matrix, intrinsics, project, transform
 from deblur_rotate.render import interpolate, rasterize, render, sh_shade, vertex_normals
+from deblur_rotate.render.camera import euler_to_matrix, intrinsics, project, transform
 from deblur_rotate.render.rasterizer import _candidate_hits, _scatter_amin_sorted_
 
 SIZE = 32

@@ -96,7 +96,8 @@ def _two_faces() -> np.ndarray:
     """Two built-in examples side by side: a photo in which dlib finds two faces (the first two examples in
     which the face finder finds one: blurry 64 px faces are not always found, and the examples change with
     the bundled model)."""
-    from deblur_rotate.pipeline import FaceFinder, read_image
+    from deblur_rotate.images import read_image
+    from deblur_rotate.pipeline import FaceFinder
 
     finder = FaceFinder()
     found = [image for image in (read_image(folder / "blurry.png") for folder in sorted(examples_dir().iterdir())
@@ -166,7 +167,7 @@ def test_app_processes_every_face_and_view(tmp_path, monkeypatch):
 
 def test_app_sends_a_video_upload_through_the_video_path(tmp_path):
     from deblur_rotate import serve
-    from deblur_rotate.pipeline import read_image
+    from deblur_rotate.images import read_image
 
     frame = read_image(EXAMPLE)
     clip = tmp_path / "clip.avi"

@@ -7,6 +7,7 @@ from conftest import SMALL_MODEL
 from deblur_rotate.cli import main
 from deblur_rotate.data.synthbmfd import SynthBMFD, SynthConfig, generate
 from deblur_rotate.errors import UserError
+from deblur_rotate.losses import order_invariant_latent_loss
 from deblur_rotate.models.encoders import SharpEncoder, encoder_config
 from deblur_rotate.models.io import load_pretrained, read_weights, save_pretrained
 from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
@@ -14,7 +15,6 @@ from deblur_rotate.train.blur_encoder import (
     BlurEncoderConfig,
     BlurEncoderStage,
     BlurSequences,
-    ordered_latent_loss,
 )
 
 
@@ -63,36 +63,36 @@ def _config(tmp_path, synth_root, teachers, out="run", **kw):
 
 # ------------------------------------------------------------------------------------------------- loss
 
-def test_ordered_latent_loss_picks_the_better_order():
+def test_order_invariant_latent_loss_picks_the_better_order():
     torch.manual_seed(0)
     pred = torch.randn(3, 5, 4, 6)
-    loss, rev = ordered_latent_loss(pred, pred.clone())
+    loss, rev = order_invariant_latent_loss(pred, pred.clone())
     assert torch.all(loss == 0) and not rev.any()
-    loss, rev = ordered_latent_loss(pred, pred.flip(1))
+    loss, rev = order_invariant_latent_loss(pred, pred.flip(1))
     assert torch.all(loss == 0) and rev.all()
     # a mixed batch: sample 1 reversed and perturbed, the others forward and perturbed
     target = pred + 0.1 * torch.randn_like(pred)
     target[1] = target[1].flip(0)
-    loss, rev = ordered_latent_loss(pred, target)
+    loss, rev = order_invariant_latent_loss(pred, target)
     assert rev.tolist() == [False, True, False]
     expected = torch.stack([(pred[0] - target[0]).abs().mean(), (pred[1] - target[1].flip(0)).abs().mean(),
                             (pred[2] - target[2]).abs().mean()])
     torch.testing.assert_close(loss, expected)
     assert 0.05 < float(loss.mean()) < 0.12  # mean |N(0, 0.1^2)| = 0.08
-    loss2, rev2 = ordered_latent_loss(pred, target, kind="l2")
+    loss2, rev2 = order_invariant_latent_loss(pred, target, kind="l2")
     assert rev2.tolist() == [False, True, False]
     torch.testing.assert_close(loss2[0], (pred[0] - target[0]).square().mean())
     with pytest.raises(ValueError):
-        ordered_latent_loss(pred, target[:, :4])
+        order_invariant_latent_loss(pred, target[:, :4])
     with pytest.raises(ValueError):
-        ordered_latent_loss(pred, target, kind="huber")
+        order_invariant_latent_loss(pred, target, kind="huber")
 
 
-def test_ordered_latent_loss_gradient_follows_the_chosen_order():
+def test_order_invariant_latent_loss_gradient_follows_the_chosen_order():
     torch.manual_seed(1)
     target = torch.randn(1, 5, 2, 3)
     pred = (target.flip(1) + 0.01).requires_grad_(True)  # near the reversed target
-    loss, rev = ordered_latent_loss(pred, target)
+    loss, rev = order_invariant_latent_loss(pred, target)
     loss.mean().backward()
     assert rev.item()
     # the gradient pulls pred towards the reversed target: every entry sits 0.01 above it

@@ -1,4 +1,4 @@
-"""Stage 5 (fusion network F): the ordered latent loss, the pair data, micro runs, resume, bad input, and
+"""Stage 5 (fusion network F): the time-order invariant latent loss, the pair data, micro runs, resume, bad input, and
 ground-truth-free data: stills and video frames paired with their mirror images, a real multi-view folder."""
 import json
 import math
@@ -9,20 +9,20 @@ import torch
 from conftest import SMALL_MODEL
 
 from deblur_rotate.cli import main
+from deblur_rotate.data.blur import mirror_pose
 from deblur_rotate.data.synthbmfd import SynthBMFD, SynthConfig, generate
 from deblur_rotate.errors import UserError
+from deblur_rotate.losses import order_invariant_latent_loss
 from deblur_rotate.models.encoders import BlurEncoder, FaceCoefficientEncoder, SharpEncoder, encoder_config
 from deblur_rotate.models.fusion import FusionNetwork, fusion_config
 from deblur_rotate.models.io import load_pretrained, read_weights, save_pretrained
 from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
+from deblur_rotate.render.camera import wrap_angle
 from deblur_rotate.train.face3d import ViewPairs
 from deblur_rotate.train.fusion import (
     FusionConfig,
     FusionPairs,
     FusionStage,
-    mirror_pose,
-    ordered_latent_loss,
-    wrap_angle,
 )
 
 # ------------------------------------------------------------------------------------------------- fixtures
@@ -77,25 +77,25 @@ def _config(tmp_path, synth_root, nets, **kw):
 
 # ------------------------------------------------------------------------------------------------- pure parts
 
-def test_ordered_latent_loss_takes_the_better_time_order():
+def test_order_invariant_latent_loss_takes_the_better_time_order():
     torch.manual_seed(0)
     z = torch.randn(3, 5, 8, 32)
-    loss, rev = ordered_latent_loss(z, z.clone())
+    loss, rev = order_invariant_latent_loss(z, z.clone())
     assert torch.equal(loss, torch.zeros(3)) and not rev.any()
-    loss, rev = ordered_latent_loss(z.flip(1), z)
+    loss, rev = order_invariant_latent_loss(z.flip(1), z)
     assert torch.allclose(loss, torch.zeros(3)) and rev.all()
     other = z + 0.5
-    loss, rev = ordered_latent_loss(other, z)  # mean L1 over frames, entries, channels
+    loss, rev = order_invariant_latent_loss(other, z)  # mean L1 over frames, entries, channels
     assert torch.allclose(loss, torch.full((3,), 0.5)) and not rev.any()
     # mixed batch: sample 1 reversed, the others not; the loss is the min of both orders
     pred = torch.stack([z[0], z[1].flip(0), z[2] + 0.1])
-    loss, rev = ordered_latent_loss(pred, z)
+    loss, rev = order_invariant_latent_loss(pred, z)
     assert rev.tolist() == [False, True, False]
     fwd = (pred - z).abs().flatten(1).mean(1)
     bwd = (pred - z.flip(1)).abs().flatten(1).mean(1)
     torch.testing.assert_close(loss, torch.minimum(fwd, bwd))
     with pytest.raises(ValueError):
-        ordered_latent_loss(z, z[:, :4])
+        order_invariant_latent_loss(z, z[:, :4])
 
 
 def test_fc3r_starts_as_identity_so_equal_views_cost_nothing():
@@ -104,7 +104,7 @@ def test_fc3r_starts_as_identity_so_equal_views_cost_nothing():
     for arch, identity in (("FC3R", True), ("FC1R", True), ("FC3", False)):
         F = FusionNetwork(**fusion_config("micro", arch))
         F.set_latent_statistics(z.reshape(-1, 32).mean(0), float(z.std()))
-        loss, _ = ordered_latent_loss(F(z, torch.zeros(4, 3)), z)  # u == v: Δp = 0, target = input
+        loss, _ = order_invariant_latent_loss(F(z, torch.zeros(4, 3)), z)  # u == v: Δp = 0, target = input
         if identity:
             assert float(loss.detach().max()) == 0.0
         else:

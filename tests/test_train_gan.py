@@ -12,12 +12,12 @@ from deblur_rotate.train.gan import (
     GeneratorConfig,
     GeneratorStage,
     d_loss_logistic,
-    ema_beta_for,
     g_loss_nonsaturating,
     lazy_adam,
     path_length_penalty,
     r1_penalty,
 )
+from deblur_rotate.train.loop import ema_beta_for
 
 # ----------------------------------------------------------------------------------------------- losses
 
@@ -149,9 +149,10 @@ def test_empty_folder_is_a_user_error(tmp_path):
 
 
 def test_synthbmfd_middle_target(tmp_path):
+    from conftest import SMALL_MODEL
+
     from deblur_rotate.data.synthbmfd import SynthBMFD, SynthConfig, generate
     from deblur_rotate.train.gan import SharpImages
-    from conftest import SMALL_MODEL
 
     root = tmp_path / "synth"
     generate(root, SynthConfig(subjects=1, test_subjects=0, performances=1, size=32, fps=10, seconds=0.5,

@@ -507,7 +507,7 @@ def test_out_is_accepted_everywhere(argv, dest):
 
 
 def test_contact_sheets_run_by_increasing_yaw_with_the_input_view_marked():
-    from deblur_rotate.run import contact_sheet, sheet_order, view_name
+    from deblur_rotate.outputs import contact_sheet, sheet_order, view_name
 
     relative = [view_name(v) for v in [(0, 0), (-30, 0), (30, 0)]]
     order, marked = sheet_order(relative)
@@ -527,7 +527,7 @@ def test_contact_sheets_run_by_increasing_yaw_with_the_input_view_marked():
 
 
 def test_grey_and_palette_photos_become_rgb_and_grey_stays_grey(model_dir, tmp_path, capsys):
-    from deblur_rotate.pipeline import as_rgb8, is_grey, read_image
+    from deblur_rotate.images import as_rgb8, is_grey, read_image
 
     colour = _face_like(64)
     Image.fromarray(colour).convert("L").save(tmp_path / "grey.jpg")

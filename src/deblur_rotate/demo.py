@@ -223,8 +223,9 @@ def run_model_demo(out: str | Path, model: str | Path | None = None, examples: s
 
     from deblur_rotate.evaluate.metrics import psnr, video_metric
     from deblur_rotate.files import to_uint8
+    from deblur_rotate.outputs import contact_sheet as view_sheet
+    from deblur_rotate.outputs import encode_png, view_name, write_frames, write_output
     from deblur_rotate.pipeline import DeblurRotatePipeline, bundled_model_dir
-    from deblur_rotate.run import _write, _write_frames, contact_sheet as view_sheet, encode_png, view_name
 
     started = time.time()
     out = Path(out)
@@ -260,9 +261,9 @@ def run_model_demo(out: str | Path, model: str | Path | None = None, examples: s
         written: list[str] = []
         video = to_uint8(frames[n].flatten(0, 1)).reshape(len(views), -1, r, r, 3)          # [V, T, R, R, 3]
         for v, name in enumerate(names):
-            _write_frames(folder, f"frames/{name}", name, video[v], fps, written)
-        _write(folder, "input.png", encode_png(to_uint8(blurry[n])), written)
-        _write(folder, "contact_sheet.png", view_sheet(to_uint8(blurry[n]), video, names), written)
+            write_frames(folder, f"frames/{name}", name, video[v], fps, written)
+        write_output(folder, "input.png", encode_png(to_uint8(blurry[n])), written)
+        write_output(folder, "contact_sheet.png", view_sheet(to_uint8(blurry[n]), video, names), written)
         rows.append(video)
         entry = {"name": it["name"], "same_view_psnr_db": round(float(ours[n]), 3),
                  "blurry_psnr_db": round(float(base[n]), 3), "source": it["meta"]}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "save_png", "load_png", "to_uint8", "from_uint8",
-           "current_umask", "apply_umask_mode", "disk_full"]
+           "current_umask", "apply_umask_mode", "disk_full", "replace_dir"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -61,6 +62,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move the finished folder ``new`` to ``dest``, replacing what is there (old one removed last): a reader
+    sees the old folder or the new one, never a half-written one. Both must be on one file system."""
+    new, dest = Path(new), Path(dest)
+    if dest.exists():
+        trash = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(dest, trash)
+        os.replace(new, dest)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(new, dest)
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:

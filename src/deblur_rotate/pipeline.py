@@ -82,7 +82,6 @@ from deblur_rotate.refine import refine as run_refinement
 __all__ = [
     "DEFAULT_CROP",
     "FORMAT_VERSION",
-    "MIN_IMAGE_SIDE",
     "NETWORK_KINDS",
     "PIPELINE_FILE",
     "AlignedFace",
@@ -91,17 +90,13 @@ __all__ = [
     "FaceFinder",
     "PipelineOutput",
     "alignment_matrix",
-    "as_rgb8",
     "assemble_model",
     "bundled_model_dir",
     "crop_from_landmarks",
     "face_mask",
     "face_outside_share",
-    "grey_like",
-    "is_grey",
     "paste_back",
     "prepare_image",
-    "read_image",
     "resolve_device",
     "sweep_views",
 ]
@@ -110,7 +105,6 @@ __all__ = [
 # and its validation live in deblur_rotate.model_folder (imported above; no torch there)
 # FFHQ framing: the face's oriented square fills the crop.
 DEFAULT_CROP: dict = {"method": "ffhq", "face_side": 1.0, "face_center": [0.5, 0.5], "source": "FFHQ alignment"}
-MIN_IMAGE_SIDE = 16  # pixels; smaller images cannot hold a usable face
 
 
 # ------------------------------------------------------------------------------------------------ devices
@@ -200,6 +194,7 @@ def _check_parts(generator: nn.Module, blur_encoder: nn.Module, face3d_encoder: 
     """UserError unless the networks fit together (same W+ layout everywhere)."""
     from deblur_rotate.models.encoders import BlurEncoder, FaceCoefficientEncoder
     from deblur_rotate.models.fusion import FusionNetwork
+    from deblur_rotate.models.io import check_codes_match
     from deblur_rotate.models.stylegan2 import Generator
 
     expected = {"generator": (generator, Generator), "blur_encoder": (blur_encoder, BlurEncoder),
@@ -207,12 +202,10 @@ def _check_parts(generator: nn.Module, blur_encoder: nn.Module, face3d_encoder: 
     for role, (module, cls) in expected.items():
         if module is not None and not isinstance(module, cls):
             raise UserError(f"{where}: {role} must be a {cls.__name__}, got a {type(module).__name__}")
-    want = (generator.num_ws, generator.w_dim)
     for role, module in (("blur_encoder", blur_encoder), ("fusion", fusion)):
-        if module is not None and (module.num_ws, module.w_dim) != want:
-            raise UserError(f"{where}: the {role} works on codes [num_ws {module.num_ws}, w_dim {module.w_dim}] "
-                            f"but the generator takes [num_ws {want[0]}, w_dim {want[1]}]; the networks come from "
-                            "different presets")
+        if module is not None:
+            check_codes_match(module, generator.num_ws, generator.w_dim, f"{where}: the {role}", "the generator",
+                              "the networks come from different presets")
 
 
 def _as_module(value, role: str, device: str | torch.device = "cpu") -> nn.Module:
@@ -295,7 +288,7 @@ def assemble_model(out: str | os.PathLike, *,
     if refine is not None:
         meta["refine"] = RefineSettings.from_json(refine.to_json()).to_json()
     json.dumps(meta)  # fail on non-JSON extras before writing anything
-    from deblur_rotate.files import apply_umask_mode, atomic_write_json
+    from deblur_rotate.files import apply_umask_mode, atomic_write_json, replace_dir
     from deblur_rotate.models.io import save_pretrained
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -315,23 +308,11 @@ def assemble_model(out: str | os.PathLike, *,
                         shutil.copy2(side, tmp / role / side.name)
                         apply_umask_mode(tmp / role / side.name)  # not the source's mode (maybe 0600)
         atomic_write_json(tmp / PIPELINE_FILE, meta)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move the finished folder ``new`` to ``dest``, replacing what is there (old one removed last)."""
-    if dest.exists():
-        trash = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(dest, trash)
-        os.replace(new, dest)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(new, dest)
 
 
 def _read_pipeline_json(folder: Path) -> dict:
@@ -649,98 +630,6 @@ class DeblurRotatePipeline:
 
 
 # ------------------------------------------------------------------------------------------- real photos
-
-
-def _to_rgb8(img) -> np.ndarray:
-    """A PIL image of any mode -> uint8 RGB [H, W, 3] (16-bit and float scaled, alpha over black)."""
-
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I;16"):
-            arr = arr / 257.0
-        elif mode == "F" and np.nanmax(arr, initial=0.0) <= 1.0:
-            arr = arr * 255.0
-        elif mode == "I" and np.nanmax(arr, initial=0.0) > 255:
-            arr = arr * (255.0 / 65535.0) if np.nanmax(arr) <= 65535 else arr * (255.0 / np.nanmax(arr))
-        grey = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode not in ("RGB", "RGBA", "LA", "La", "RGBa", "PA"):
-        img = img.convert("RGB")
-    if img.mode != "RGB":
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
-        rgb = rgba[..., :3] * (rgba[..., 3:] / 255.0)  # composite over black (the training background)
-        return rgb.round().clip(0, 255).astype(np.uint8)
-    out = np.array(img, dtype=np.uint8)
-    return out if out.ndim == 3 else np.repeat(out[..., None], 3, axis=2)
-
-
-def is_grey(rgb: np.ndarray, tolerance: int = 3) -> bool:
-    """Whether uint8 RGB ``rgb`` [H, W, 3] is a grey-scale picture: R, G and B within ``tolerance`` levels of each
-    other in 99.5 % of the pixels (a grey JPEG stored as colour carries a little chroma noise)."""
-    a = np.asarray(rgb)
-    if a.ndim != 3 or a.shape[2] != 3 or a.size == 0:
-        return a.ndim == 2
-    step = max(1, int(math.sqrt(a.shape[0] * a.shape[1] / 250_000)))  # about 250k pixels suffice
-    x = a[::step, ::step].astype(np.int16)
-    spread = np.maximum(np.abs(x[..., 0] - x[..., 1]), np.abs(x[..., 1] - x[..., 2]))
-    return bool((spread <= tolerance).mean() >= 0.995)
-
-
-def grey_like(frames: np.ndarray) -> np.ndarray:
-    """uint8 ``[..., 3]`` colour -> the same shape in grey (ITU-R 601 luma in all three channels)."""
-    a = np.asarray(frames, dtype=np.float32)
-    luma = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
-    return np.repeat(np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
-
-
-def as_rgb8(image: np.ndarray) -> np.ndarray:
-    """An image array as uint8 RGB ``[H, W, 3]``: grey ``[H, W]`` / ``[H, W, 1]``, grey + alpha ``[H, W, 2]`` and
-    RGBA ``[H, W, 4]`` (alpha over black, the training background) are converted; float arrays in [0, 1] and
-    16-bit arrays are scaled to 8 bits. For arrays that did not come through :func:`read_image` (web uploads)."""
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
-        raise UserError(f"expected an image array [H, W] or [H, W, 1..4], got shape {tuple(a.shape)}")
-    if a.dtype == np.uint16:
-        a = a.astype(np.float32) / 257.0
-    elif a.dtype.kind == "f":
-        a = np.nan_to_num(a.astype(np.float32)) * (255.0 if np.nanmax(a, initial=0.0) <= 1.0 else 1.0)
-    a = np.clip(a.astype(np.float32), 0, 255)
-    if a.shape[2] in (2, 4):
-        a = a[..., :-1] * (a[..., -1:] / 255.0)
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    return np.ascontiguousarray(np.round(a).astype(np.uint8))
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a photo (jpg, png, webp, bmp, tiff, ...; grey, palette, RGBA, 16-bit) as uint8 RGB ``[H, W, 3]``,
-    turned upright by its EXIF orientation. UserError naming the file when it is corrupt, truncated, or
-    smaller than MIN_IMAGE_SIDE pixels a side."""
-    from PIL import Image, ImageOps
-
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, not later
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb8(img)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not an image") from None
-    except Exception as err:  # noqa: BLE001 - PIL raises many kinds for damaged files
-        reason = str(err) or type(err).__name__
-        raise UserError(f"{path}: not a readable image ({reason})") from None
-    h, w = rgb.shape[:2]
-    if min(h, w) < MIN_IMAGE_SIDE:
-        raise UserError(f"{path}: image is {w}x{h} pixels, too small to hold a face (at least {MIN_IMAGE_SIDE} "
-                        "pixels a side)")
-    return rgb
 
 
 @dataclass

@@ -57,29 +57,34 @@ from pathlib import Path
 import numpy as np
 
 from deblur_rotate.errors import UserError
+from deblur_rotate.images import IMAGE_EXTS, natural_key
+from deblur_rotate.outputs import (
+    check_output_folder,
+    contact_sheet,
+    encode_gif,
+    encode_mp4,
+    encode_png,
+    output_names,
+    view_name,
+    write_frames,
+    write_output,
+)
 
 __all__ = [
     "RunOptions",
     "add_arguments",
     "clean_stale_partials",
-    "contact_sheet",
-    "encode_gif",
-    "encode_mp4",
     "list_inputs",
-    "output_names",
     "process_input",
     "run_command",
     "shown",
-    "view_name",
     "views_from_angles",
 ]
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}  # GIF: 1st frame
 SUMMARY = "summary.json"
 EDGE_WARNING = 0.02  # warn when more than this share of a face lies outside the photo (filled by mirroring)
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)$")  # process_input's staging folders
 MAX_VIEWS = 64
-SHEET_MIN_CELL = 128  # contact-sheet cells are enlarged (nearest neighbour) to at least this many pixels
 
 
 # --------------------------------------------------------------------------------------------------- options
@@ -153,20 +158,6 @@ def views_from_angles(yaws: list[float], pitches: list[float]) -> list[tuple[flo
     return views
 
 
-def _fmt(deg: float) -> str:
-    return f"{deg:+g}"
-
-
-def view_name(view: tuple[float, float], to_frontal: bool = False) -> str:
-    """Folder-safe name of a view: ``input_view``, ``yaw+30``, ``pitch-10``, ``yaw+30_pitch-10``; with
-    ``to_frontal`` ``frontal``, ``frontal_yaw+30``, ..."""
-    yaw, pitch = view
-    parts = ([f"yaw{_fmt(yaw)}"] if yaw != 0 else []) + ([f"pitch{_fmt(pitch)}"] if pitch != 0 else [])
-    if to_frontal:
-        return "_".join(["frontal", *parts])
-    return "_".join(parts) or "input_view"
-
-
 def _options(args) -> RunOptions:
     fps = 10.0 if args.fps is None else args.fps  # None: not given (video input then reads the file's rate)
     if not (fps > 0 and math.isfinite(fps)) or fps > 240:
@@ -213,10 +204,6 @@ def _say(text: str, file=None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
-
-
-def _natural_key(path: Path):
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
 
 
 def _glob_regex(pattern: str) -> re.Pattern:
@@ -304,14 +291,14 @@ def list_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            found = sorted((f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS), key=_natural_key)
+            found = sorted((f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS), key=natural_key)
             if not found:
                 problems.append((spec, f"folder has no images ({', '.join(sorted(IMAGE_EXTS))})"))
         elif p.is_file():
             found = [p]
         elif any(ch in spec for ch in "*?["):
             matches = _walk_glob(spec) if "**" in spec else (Path(f) for f in glob.glob(spec))
-            found = sorted((f for f in matches if f.is_file() and f.suffix.lower() in IMAGE_EXTS), key=_natural_key)
+            found = sorted((f for f in matches if f.is_file() and f.suffix.lower() in IMAGE_EXTS), key=natural_key)
             if not found:
                 problems.append((spec, "the pattern matches no image files"))
         else:
@@ -324,169 +311,6 @@ def list_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return list(unique.values()), problems
 
 
-def output_names(paths: list[Path]) -> list[str]:
-    """One output folder name per input: the file stem; inputs sharing a stem get their extension appended
-    (``a_png``, ``a_jpg``), and a counter if that is not enough."""
-    stems = [p.stem or p.name for p in paths]
-    names = [f"{s}_{p.suffix.lstrip('.').lower()}" if stems.count(s) > 1 else s for s, p in zip(stems, paths)]
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        k = seen.get(n, 0)
-        seen[n] = k + 1
-        out.append(n if k == 0 else f"{n}_{k + 1}")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- writing
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """uint8 [H, W, 3] -> PNG bytes."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
-
-
-def encode_gif(frames: np.ndarray, fps: float) -> bytes:
-    """uint8 [K, H, W, 3] -> looping animated GIF bytes."""
-    import imageio.v3 as iio
-
-    buffer = io.BytesIO()
-    iio.imwrite(buffer, np.asarray(frames), extension=".gif", duration=1000.0 / fps, loop=0)
-    return buffer.getvalue()
-
-
-def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
-    """uint8 [K, H, W, 3] -> H.264 MP4 bytes (PyAV; odd sides are padded by one black pixel, as yuv420p
-    needs even sides)."""
-    import av
-
-    frames = np.asarray(frames)
-    _k, h, w = frames.shape[:3]
-    ph, pw = h % 2, w % 2
-    if ph or pw:
-        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)))
-    buffer = io.BytesIO()
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=max(1, round(fps)))
-        stream.width, stream.height, stream.pix_fmt = w + pw, h + ph, "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "16", "preset": "medium"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buffer.getvalue()
-
-
-_NAME_PART = re.compile(r"(yaw|pitch)([+-][0-9.e+-]+)")
-
-
-def view_from_name(name: str) -> tuple[float, float, bool] | None:
-    """(dyaw, dpitch, to_frontal) of a :func:`view_name`; None for a label that is not one."""
-    frontal = name == "frontal" or name.startswith("frontal_")
-    rest = name[len("frontal"):].lstrip("_") if frontal else ("" if name == "input_view" else name)
-    angles = {"yaw": 0.0, "pitch": 0.0}
-    for part in filter(None, rest.split("_")):
-        match = _NAME_PART.fullmatch(part)
-        if match is None:
-            return None
-        try:
-            angles[match[1]] = float(match[2])
-        except ValueError:
-            return None
-    return angles["yaw"], angles["pitch"], frontal
-
-
-def sheet_order(view_labels: list[str], input_yaw_deg: float | None = None) -> tuple[list[int], int | None]:
-    """The contact sheets' one row order: views by increasing yaw (then pitch), relative to the input view;
-    views relative to the frontal view (``frontal...``) are placed by ``input_yaw_deg`` (the input's estimated
-    yaw; taken as 0 when unknown). Returns (row order as indices into ``view_labels``, the index of the row that
-    shows the input view, or None). Labels that are no view names keep their place after the others."""
-    keys = []
-    for i, label in enumerate(view_labels):
-        parsed = view_from_name(label)
-        if parsed is None:
-            keys.append((1, 0.0, 0.0, i))
-            continue
-        yaw, pitch, frontal = parsed
-        if frontal:
-            yaw -= input_yaw_deg or 0.0
-        keys.append((0, yaw, pitch, i))
-    order = [k[-1] for k in sorted(keys)]
-    exact = [i for i, k in enumerate(keys) if k[0] == 0 and k[1] == 0 and k[2] == 0]
-    if exact:
-        return order, exact[0]
-    if input_yaw_deg is not None:  # frontal-relative views only: mark the one nearest the input's own view
-        near = [i for i, k in enumerate(keys) if k[0] == 0 and abs(k[1]) <= 5 and k[2] == 0]
-        if near:
-            return order, min(near, key=lambda i: abs(keys[i][1]))
-    return order, None
-
-
-def contact_sheet(input_image: np.ndarray, frames: np.ndarray, view_labels: list[str],
-                  input_yaw_deg: float | None = None) -> bytes:
-    """PNG bytes of a grid like the paper's Figure 5: one row per view, the input then frames 1..T.
-
-    input_image: uint8 [R, R, 3]; frames: uint8 [V, T, R, R, 3]; view_labels: V row labels (:func:`view_name`s).
-    Rows run by increasing yaw and the input view's row is marked (:func:`sheet_order`; ``input_yaw_deg``: the
-    input's estimated yaw, which places ``frontal`` views), the same order everywhere."""
-    from PIL import Image, ImageDraw
-
-    order, marked = sheet_order(list(view_labels), input_yaw_deg)
-    marked_row = None if marked is None else order.index(marked)
-    view_labels = [view_labels[i] + (" = input view" if i == marked and view_labels[i] != "input_view" else "")
-                   for i in order]
-    frames = np.asarray(frames)[order]
-    v, t, r = frames.shape[:3]
-    scale = max(1, math.ceil(SHEET_MIN_CELL / r))
-    cell, pad, top = r * scale, 4, 16
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    left = int(max(probe.textlength(label) for label in view_labels)) + 10
-    sheet = Image.new("RGB", (left + (t + 1) * (cell + pad), top + v * (cell + pad)), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    for c, label in enumerate(["input"] + [f"frame {j + 1}" for j in range(t)]):
-        draw.text((left + c * (cell + pad) + 2, 2), label, fill=(230, 230, 230))
-
-    def big(a):
-        return Image.fromarray(a).resize((cell, cell), Image.NEAREST)
-
-    for row in range(v):
-        y = top + row * (cell + pad)
-        marked_here = row == marked_row
-        draw.text((4, y + cell // 2 - 6), view_labels[row], fill=(255, 210, 60) if marked_here else (230, 230, 230))
-        sheet.paste(big(input_image), (left, y))
-        for j in range(t):
-            sheet.paste(big(frames[row, j]), (left + (j + 1) * (cell + pad), y))
-        if marked_here:  # the input view's row: a yellow frame around its cells
-            draw.rectangle([left - 2, y - 2, left + (t + 1) * (cell + pad) - pad + 1, y + cell + 1],
-                           outline=(255, 210, 60), width=2)
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _write(folder: Path, rel: str, data: bytes, written: list[str]) -> None:
-    from deblur_rotate.files import atomic_write_bytes
-
-    atomic_write_bytes(folder / rel, data)
-    written.append(rel)
-
-
-def _write_frames(folder: Path, frames_dir: str, video: str, frames: np.ndarray, fps: float,
-                  written: list[str]) -> None:
-    """frames uint8 [T, H, W, 3] -> frames_dir/frame_1..T.png + video.gif + video.mp4 (paths relative)."""
-    for j, frame in enumerate(frames):
-        _write(folder, f"{frames_dir}/frame_{j + 1}.png", encode_png(frame), written)
-    _write(folder, f"{video}.gif", encode_gif(frames, fps), written)
-    _write(folder, f"{video}.mp4", encode_mp4(frames, fps), written)
-
-
 # ------------------------------------------------------------------------------------------------ processing
 
 
@@ -497,9 +321,9 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
     too small, no face, ``dest`` is a file)."""
     import torch
 
-    from deblur_rotate.files import to_uint8
-    from deblur_rotate.pipeline import (_replace_dir, grey_like, is_grey, paste_back, prepare_image, read_image,
-                                        sweep_views)
+    from deblur_rotate.files import replace_dir, to_uint8
+    from deblur_rotate.images import grey_like, is_grey, read_image
+    from deblur_rotate.pipeline import paste_back, prepare_image, sweep_views
 
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{path}: its output path {dest} is a file; move it away or choose another -o")
@@ -540,14 +364,14 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
     try:
         for k, face in enumerate(faces):
             sub = "" if len(faces) == 1 else f"face_{k + 1}/"
-            _write(stage, f"{sub}input.png", encode_png(face.image), written)
+            write_output(stage, f"{sub}input.png", encode_png(face.image), written)
             for v, name in enumerate(names):
-                _write_frames(stage, f"{sub}frames/{name}", f"{sub}{name}", frames[k, v], options.fps, written)
+                write_frames(stage, f"{sub}frames/{name}", f"{sub}{name}", frames[k, v], options.fps, written)
             if sweep is not None:
-                _write(stage, f"{sub}sweep.gif", encode_gif(sweep[k], options.fps), written)
-                _write(stage, f"{sub}sweep.mp4", encode_mp4(sweep[k], options.fps), written)
+                write_output(stage, f"{sub}sweep.gif", encode_gif(sweep[k], options.fps), written)
+                write_output(stage, f"{sub}sweep.mp4", encode_mp4(sweep[k], options.fps), written)
             input_yaw = None if result.pose is None else math.degrees(float(result.pose[k, 1]))
-            _write(stage, f"{sub}contact_sheet.png", contact_sheet(face.image, frames[k], names, input_yaw), written)
+            write_output(stage, f"{sub}contact_sheet.png", contact_sheet(face.image, frames[k], names, input_yaw), written)
             info: dict = {"folder": sub.rstrip("/") or ".",
                           "box": None if face.box is None else [round(b, 1) for b in face.box]}
             if face.detection is not None:  # detector, score, landmark_disagreement
@@ -572,7 +396,7 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
                     pose = {"pitch_deg": math.degrees(rad[0]), "yaw_deg": math.degrees(rad[1]),
                             "roll_deg": math.degrees(rad[2]), "radians": rad,
                             "convention": "(pitch, yaw, roll) about the camera's x, y, z axes; OpenCV camera"}
-                    _write(stage, f"{sub}pose.json", (json.dumps(pose, indent=2) + "\n").encode(), written)
+                    write_output(stage, f"{sub}pose.json", (json.dumps(pose, indent=2) + "\n").encode(), written)
             if options.save_latents:
                 arrays = {"codes": result.codes[k].float().cpu().numpy(),
                           "view_codes": result.view_codes[k].float().cpu().numpy(),
@@ -581,7 +405,7 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
                     arrays["pose"] = result.pose[k].float().cpu().numpy()
                 buffer = io.BytesIO()
                 np.savez(buffer, **arrays)
-                _write(stage, f"{sub}latents.npz", buffer.getvalue(), written)
+                write_output(stage, f"{sub}latents.npz", buffer.getvalue(), written)
             record["faces"].append(info)
         if options.paste_back:
             same = [i for i, v in enumerate(result.views) if v == (0.0, 0.0)]
@@ -593,11 +417,11 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
                 own = grey_like(own) if grey else own
             pasted = np.stack([paste_back(photo, [(f, own[k, j]) for k, f in enumerate(faces)])
                                for j in range(own.shape[1])])
-            _write_frames(stage, "pasted", "pasted", pasted, options.fps, written)
+            write_frames(stage, "pasted", "pasted", pasted, options.fps, written)
         record["files"] = sorted(written)
         record["warnings"] = warnings
-        _write(stage, "result.json", (json.dumps(record, indent=2) + "\n").encode(), written)
-        _replace_dir(stage, dest)
+        write_output(stage, "result.json", (json.dumps(record, indent=2) + "\n").encode(), written)
+        replace_dir(stage, dest)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -652,15 +476,6 @@ def clean_stale_partials(out: Path) -> list[Path]:
     return removed
 
 
-def _check_output(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} is a file; give a folder for -o")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create the output folder {out} ({err.strerror or err})") from None
-
-
 def _stop_disk_full(out: Path, path: Path, done: list[dict], created: bool, write_summary, failed: list[dict]) -> None:
     """The disk filled up while ``path`` was written: its staging folder is gone already (process_input removes
     it), so no partial result stays; record why in summary.json if it still fits (an ``OUT`` this run created
@@ -710,7 +525,7 @@ def run_command(args) -> int:
     model_notes = model_warnings(pipe.facts) + view_warnings(pipe.facts, options.views, options.to_frontal,
                                                              options.sweep)
     created = not out.exists()
-    _check_output(out)
+    check_output_folder(out)
     clean_stale_partials(out)
 
     from deblur_rotate.files import atomic_write_json, disk_full

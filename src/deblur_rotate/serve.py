@@ -196,7 +196,7 @@ def check_upload(path: str | os.PathLike, name: str) -> np.ndarray:
     before decoding)."""
     from PIL import Image
 
-    from deblur_rotate.pipeline import read_image
+    from deblur_rotate.images import read_image
 
     path = Path(path)
     if is_video(path):
@@ -255,7 +255,7 @@ class RequestResult:
 
 def _png(path: Path, image: np.ndarray) -> str:
     """Write uint8 ``image`` [H, W, 3] as a PNG at ``path`` (folders made); returns the path as text."""
-    from deblur_rotate.run import encode_png
+    from deblur_rotate.outputs import encode_png
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_png(image))
@@ -377,8 +377,8 @@ class ServeApp:
         import torch
 
         from deblur_rotate.files import to_uint8
+        from deblur_rotate.outputs import contact_sheet, encode_gif, encode_mp4, view_name
         from deblur_rotate.pipeline import prepare_image, sweep_views
-        from deblur_rotate.run import contact_sheet, encode_gif, encode_mp4, view_name
 
         def step(fraction: float, desc: str) -> None:
             """Report progress to the page (when there is one)."""
@@ -477,7 +477,7 @@ class ServeApp:
         the input, one for the frontal view; the page shows the MP4s and the first output frames."""
         import json
 
-        from deblur_rotate.run import view_name
+        from deblur_rotate.outputs import view_name
         from deblur_rotate.video import VideoOptions, iter_frames, process_video
 
         step(0.05, "reading the video")

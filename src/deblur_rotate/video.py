@@ -176,10 +176,10 @@ def _spec_paths(spec: str) -> list[Path]:
     """An ``-i`` argument -> the paths it names (glob patterns expanded, in natural order)."""
     import glob
 
-    from deblur_rotate.run import _natural_key
+    from deblur_rotate.images import natural_key
 
     if any(ch in spec for ch in "*?[") and not Path(spec).exists():
-        return sorted((Path(f) for f in glob.glob(spec, recursive=True)), key=_natural_key)
+        return sorted((Path(f) for f in glob.glob(spec, recursive=True)), key=natural_key)
     return [Path(spec)]
 
 
@@ -268,7 +268,7 @@ def probe_video(path: str | os.PathLike, fps: float | Fraction | None = None) ->
     UserError naming the path when it does not exist, is not a readable video, has no video stream, has no
     frames (zero-length), has no usable frame rate and none is given, or has frames smaller than
     MIN_IMAGE_SIDE pixels."""
-    from deblur_rotate.pipeline import MIN_IMAGE_SIDE
+    from deblur_rotate.images import MIN_IMAGE_SIDE
 
     path = Path(path)
     if path.is_dir():
@@ -318,13 +318,12 @@ def _probe_file(path: Path, fps: float | Fraction | None) -> VideoInfo:
 
 
 def _probe_folder(path: Path, fps: float | Fraction | None) -> VideoInfo:
-    from deblur_rotate.pipeline import read_image
-    from deblur_rotate.run import IMAGE_EXTS, _natural_key
+    from deblur_rotate.images import IMAGE_EXTS, natural_key, read_image
 
     if fps is None:
         raise UserError(f"{path}: a folder of frames needs its frame rate: give --fps")
     rate = _as_fraction(fps, "--fps")
-    files = sorted((f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS), key=_natural_key)
+    files = sorted((f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS), key=natural_key)
     if not files:
         raise UserError(f"{path}: the folder has no image files to use as frames ({', '.join(sorted(IMAGE_EXTS))}); "
                         "the video has no frames")
@@ -339,7 +338,7 @@ def iter_frames(info: VideoInfo) -> Iterator[np.ndarray]:
     UserError naming the file and frame (counted from 1) when the data is damaged on the way, or a folder's
     frame has another size than its first."""
     if info.kind == "frames":
-        from deblur_rotate.pipeline import read_image
+        from deblur_rotate.images import read_image
 
         for k, file in enumerate(info.frame_files):
             image = read_image(file)
@@ -814,7 +813,7 @@ class _Renderer:
 
     def __init__(self, pipe, options: VideoOptions, info: VideoInfo, stage: Path, tracks: list[FaceTrack] | None,
                  factor: int):
-        from deblur_rotate.run import view_name
+        from deblur_rotate.outputs import view_name
 
         self.pipe, self.options, self.info, self.stage = pipe, options, info, stage
         self.tracks = tracks                  # None: --aligned (one face, the whole frame)
@@ -852,6 +851,7 @@ class _Renderer:
     def push(self, index: int, image: np.ndarray) -> None:
         """Encode input frame ``index`` (uint8 [H, W, 3]) and write the frames that are now ready."""
         import torch
+
         from deblur_rotate.data.align import warp_image
         from deblur_rotate.pipeline import AlignedFace, _square_resize, alignment_matrix
 
@@ -903,6 +903,7 @@ class _Renderer:
 
     def _emit(self) -> None:
         import torch
+
         from deblur_rotate.files import save_png, to_uint8
         from deblur_rotate.pipeline import paste_back
 
@@ -1009,8 +1010,8 @@ def process_video(source: str | os.PathLike | VideoInfo, dest: str | os.PathLike
     of this input (see the module docstring) or of the request (a --factor the model cannot do)."""
     from tqdm import tqdm
 
-    from deblur_rotate.pipeline import _replace_dir
-    from deblur_rotate.run import view_name
+    from deblur_rotate.files import replace_dir
+    from deblur_rotate.outputs import view_name
 
     info = source if isinstance(source, VideoInfo) else probe_video(source, options.fps)
     dest = Path(dest)
@@ -1086,7 +1087,7 @@ def process_video(source: str | os.PathLike | VideoInfo, dest: str | os.PathLike
         from deblur_rotate.files import atomic_write_json
 
         atomic_write_json(stage / RESULT, record)
-        _replace_dir(stage, dest)
+        replace_dir(stage, dest)
     except BaseException:
         if renderer is not None:
             renderer.abort()
@@ -1103,8 +1104,8 @@ def run_video_command(args, run_options) -> int:
     all checked first (a bad one: UserError, nothing written); then each goes to ``OUT/<stem>/`` and
     ``OUT/summary.json`` lists them. Returns 0."""
     from deblur_rotate.files import atomic_write_json
+    from deblur_rotate.outputs import check_output_folder, output_names
     from deblur_rotate.pipeline import DeblurRotatePipeline, bundled_model_dir
-    from deblur_rotate.run import _check_output, output_names
 
     paths: list[Path] = []
     for spec in args.input:
@@ -1139,7 +1140,7 @@ def run_video_command(args, run_options) -> int:
     _check_factor(options.factor, pipe.num_frames)
     if run_options.save_pose and not pipe.has_pose:
         raise UserError(f"{pipe.name} has no face3d_encoder (E_3D): there is no pose for --save-pose")
-    _check_output(out)
+    check_output_folder(out)
     finder = None
     if not options.aligned:
         from deblur_rotate.pipeline import FaceFinder

@@ -49,17 +49,16 @@ import numpy as np
 from deblur_rotate.data.align import FaceAligner, ffhq_transform, transform_points, warp_image
 from deblur_rotate.data.prepare_options import EXPECTED, add_prepare_parser, configure_prepare_parser  # noqa: F401
 from deblur_rotate.data.readers import (
-    IMAGE_EXTS,
     INDEX,
     LANDMARKS,
     Clip,
     FrameFolder,
-    _natural_key,
     find_clips,
     pts_landmarks,
 )
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import atomic_write_bytes, atomic_write_json, save_png
+from deblur_rotate.images import IMAGE_EXTS, natural_key
 
 __all__ = ["prepare", "add_prepare_parser", "configure_prepare_parser", "run_prepare", "EXPECTED", "segment_bounds",
            "clip_landmarks"]
@@ -258,12 +257,12 @@ def _frames_of(source, stop: int | None = None):
 
 def _prepare_image(run: _Run, path: Path, rel: str, size: int, aligner: FaceAligner) -> dict:
     """Align the largest face of the image ``path`` into ``OUT/rel``; the item's record."""
-    from deblur_rotate.data.readers import _read_image
+    from deblur_rotate.images import read_image
 
     try:
-        image = _read_image(path)
-    except UserError as err:
-        return {"skipped": f"unreadable image ({str(err).split('(', 1)[-1].split(');')[0]})"}
+        image = read_image(path, min_side=1)
+    except UserError as err:  # "PATH: not a readable image (reason)" -> "unreadable image (reason)"
+        return {"skipped": f"unreadable image ({str(err).split('(', 1)[-1].rstrip(')')})"}
     lm = aligner(image)
     if lm is None:
         return {"skipped": "no face found"}
@@ -386,7 +385,7 @@ def _items(kind: str, src: Path, segment: int) -> tuple[list, list[dict]]:
         if perf.parent.name.startswith("."):
             continue
         views = sorted((v for v in perf.iterdir() if v.is_dir() and re.fullmatch(r"view_\d+", v.name)),
-                       key=_natural_key)
+                       key=natural_key)
         if not views:
             why = ("a view folder directly under a subject" if re.fullmatch(r"view_\d+", perf.name)
                    else "no view_K folders")

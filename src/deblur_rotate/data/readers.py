@@ -43,22 +43,30 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from deblur_rotate.data.blur import (NUM_TARGETS, apply_kernels, mirror_images, mirror_landmarks, mirror_pose,
-                                     mirror_view, random_motion_kernels, target_indices, valid_centers)
+from deblur_rotate.data.blur import (
+    NUM_TARGETS,
+    apply_kernels,
+    mirror_images,
+    mirror_landmarks,
+    mirror_pose,
+    mirror_view,
+    random_motion_kernels,
+    target_indices,
+    valid_centers,
+)
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import from_uint8
+from deblur_rotate.images import IMAGE_EXTS, natural_key, read_image
 
 __all__ = [
-    "IMAGE_EXTS", "VIDEO_EXTS", "FrameFolder", "VideoFile", "read_pts", "square_resize", "mirror_sample",
+    "VIDEO_EXTS", "read_frame", "FrameFolder", "VideoFile", "read_pts", "square_resize", "mirror_sample",
     "stack_samples", "collate_samples", "StillImages", "VideoClips", "MultiViewClips", "Vidtimit",
     "MixedDataset", "MixedBatchSampler", "batch_counts", "sample_jitter", "apply_jitter", "jitter_batch",
     "open_dataset",
     "open_training_dataset", "detect_kind", "mixed_loader", "KINDS",
 ]
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 VIDEO_EXTS = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 KINDS = ("images", "300vw", "multiview", "vidtimit")
 INDEX = "index.json"
@@ -70,19 +78,13 @@ def _seed(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def _natural_key(path: Path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
-
-
-def _read_image(path: Path) -> np.ndarray:
+def read_frame(path: Path) -> np.ndarray:
+    """A dataset image as uint8 RGB ``[H, W, 3]`` (:func:`deblur_rotate.images.read_image`, the reader photos
+    go through too); UserError naming the file and the way out when it cannot be read."""
     try:
-        with Image.open(path) as img:
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            return np.array(img)  # a writable copy (torch.from_numpy warns on read-only arrays)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise UserError(f"cannot read image {path} ({err}); remove it, or run `deblur-rotate prepare`, "
-                        "which skips unreadable files") from err
+        return read_image(path, min_side=1)
+    except UserError as err:
+        raise UserError(f"{err}; remove it, or run `deblur-rotate prepare`, which skips unreadable files") from None
 
 
 # -------------------------------------------------------------------------------------------- frame sources
@@ -104,19 +106,19 @@ class FrameFolder:
         frames = [p for p in entries if p.suffix.lower() in IMAGE_EXTS]
         if not frames:
             frames = [p for p in entries if p.suffix == "" and p.name.isdigit()]
-        return sorted(frames, key=_natural_key)
+        return sorted(frames, key=natural_key)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         """uint8 frames ``[len(indices), H, W, 3]``."""
-        return np.stack([_read_image(self.files[i]) for i in indices])
+        return np.stack([read_frame(self.files[i]) for i in indices])
 
     def frames(self):
         """Iterate over all frames in order (uint8 [H, W, 3]); unreadable ones raise UserError."""
         for f in self.files:
-            yield _read_image(f)
+            yield read_frame(f)
 
 
 class VideoFile:
@@ -438,7 +440,7 @@ class StillImages(_FaceDataset):
         return len(self.files)
 
     def load(self, i: int) -> dict:
-        image = _read_image(self.files[i])
+        image = read_frame(self.files[i])
         sharp, affine = square_resize(image[None], self.size)  # [1, 3, S, S]
         generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch, i))
         kernel = random_motion_kernels(1, generator, size=self.kernel_size)
@@ -496,7 +498,7 @@ def find_clips(root: Path) -> list[Clip]:
         rel = folder.relative_to(root)
         if any(part.startswith(".") for part in rel.parts) or folder.name == "annot":
             continue
-        files = sorted((p for p in folder.iterdir() if p.is_file()), key=_natural_key)
+        files = sorted((p for p in folder.iterdir() if p.is_file()), key=natural_key)
         for video in (p for p in files if p.suffix.lower() in VIDEO_EXTS):
             annot = folder / "annot"
             clips.append(Clip(str(video.relative_to(root)), VideoFile(video), annot=annot if annot.is_dir() else None))

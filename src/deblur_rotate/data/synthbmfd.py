@@ -31,8 +31,8 @@ import torch
 from deblur_rotate.data.blur import target_indices, valid_centers, window_indices
 from deblur_rotate.data.motion import MotionConfig, sample_performance
 from deblur_rotate.errors import UserError
-from deblur_rotate.face3d.camera import euler_to_matrix, intrinsics, look_at_rig, matrix_to_euler
 from deblur_rotate.files import atomic_write_bytes, atomic_write_json, from_uint8, load_png, save_png, to_uint8
+from deblur_rotate.render.camera import euler_to_matrix, intrinsics, look_at_rig, matrix_to_euler
 from deblur_rotate.render.shading import rotate_sh_lighting
 
 __all__ = ["SynthConfig", "generate", "SynthBMFD", "SynthBMFDMultiView", "FORMAT_VERSION", "view_yaws"]

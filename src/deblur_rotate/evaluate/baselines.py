@@ -144,7 +144,7 @@ def vertex_visibility(vertices_cam: torch.Tensor, triangles: torch.Tensor, camer
     front-most one at some pixel, or (b) its depth passes the z-buffer test at its (nearest) pixel.
     Returns ``[N, V]`` bool.
     """
-    from deblur_rotate.face3d.camera import project
+    from deblur_rotate.render.camera import project
     from deblur_rotate.render.rasterizer import rasterize, supersample_camera
 
     with torch.no_grad():
@@ -196,7 +196,7 @@ def texture_warp_rotate(image: torch.Tensor, coeffs: torch.Tensor, morphable_mod
     Returns the rotated image ``[N, 3, R, R]`` in [-1, 1]; background and never-seen surface are black (-1).
     Differentiable w.r.t. ``image`` (the geometry and visibility are not).
     """
-    from deblur_rotate.face3d.camera import euler_to_matrix, project, transform
+    from deblur_rotate.render.camera import euler_to_matrix, project, transform
     from deblur_rotate.render.rasterizer import render
 
     if image.dim() != 4 or image.shape[1] != 3:

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 
 from deblur_rotate.errors import UserError
+from deblur_rotate.models.io import check_codes_match
+from deblur_rotate.render.camera import wrap_angle
 
 __all__ = [
     "ALL_TABLES",
@@ -207,11 +209,6 @@ def select_instants(total: int, limit: int | None) -> list[int]:
     return sorted(set(np.linspace(0, total - 1, limit).round().astype(int).tolist()))
 
 
-def _wrap(angles: torch.Tensor) -> torch.Tensor:
-    """Radians wrapped to [-pi, pi)."""
-    return torch.remainder(angles + math.pi, 2 * math.pi) - math.pi
-
-
 def _scale_camera(camera: torch.Tensor, from_size: int, to_size: int) -> torch.Tensor:
     """Intrinsics ``[3, 3]`` of a from_size image -> the same field of view at to_size (pixel centres at integers)."""
     from deblur_rotate.render.rasterizer import supersample_camera
@@ -319,7 +316,7 @@ class Resources:
 def _face3d_bundle(pipe, model_dir: Path, dataset, device: torch.device) -> tuple[object | None, str]:
     """E_3D with its morphable model and camera: from the model's face3d_encoder/face_model.json, else the
     dataset's procedural model and camera (when the layouts agree)."""
-    from deblur_rotate.train.face3d import FACE_MODEL_FILE, Face3DBundle, build_face_model, load_face3d
+    from deblur_rotate.face3d.loading import FACE_MODEL_FILE, Face3DBundle, build_face_model, load_face3d
 
     if pipe.face3d_encoder is None:
         return None, "the model has no face3d_encoder (E_3D)"
@@ -360,9 +357,8 @@ def load_resources(options: EvaluateOptions) -> Resources:
     fc3 = None
     if options.fc3 is not None:
         fc3 = _load_fusion(Path(options.fc3), device).eval()
-        if (fc3.num_ws, fc3.w_dim) != (pipe.generator.num_ws, pipe.generator.w_dim):
-            raise UserError(f"--fc3 {options.fc3}: the network works on codes [num_ws {fc3.num_ws}, w_dim {fc3.w_dim}] "
-                            f"but the model's generator takes [{pipe.generator.num_ws}, {pipe.generator.w_dim}]")
+        check_codes_match(fc3, pipe.generator.num_ws, pipe.generator.w_dim, f"--fc3 {options.fc3}",
+                          "the model's generator", "give an FC3 trained for this model's preset")
     baseline = None
     if options.baseline is not None:
         baseline = _load_baseline(Path(options.baseline), device).eval()
@@ -418,8 +414,8 @@ def collect(res: Resources, tables: Sequence[int], figure_instants: int = 3,
 
     from deblur_rotate.evaluate.baselines import texture_warp_rotate
     from deblur_rotate.evaluate.metrics import detect_landmarks, face_descriptors, landmark_error, psnr, ssim
-    from deblur_rotate.face3d.losses import pose_error_deg
     from deblur_rotate.files import to_uint8
+    from deblur_rotate.render.camera import pose_error_deg
 
     pipe, ds, dev, r = res.pipe, res.dataset, res.device, res.resolution
     tables = set(tables)
@@ -447,7 +443,7 @@ def collect(res: Resources, tables: Sequence[int], figure_instants: int = 3,
         gt_lm = s["target_landmarks"]                    # [V, 5, 68, 2] projected, pixels at R
         pose = s["pose"].to(dev)                         # [V, 3] radians
         codes, est_pose = pipe.encode(blurry)            # [V, 5, num_ws, w_dim], [V, 3] or None
-        dp_gt = _wrap(pose[others] - pose[iv])           # [K, 3] Δp input view -> view k
+        dp_gt = wrap_angle(pose[others] - pose[iv])           # [K, 3] Δp input view -> view k
         store.add("dyaw_deg", torch.rad2deg(dp_gt[:, 1]))
         store.add("other_views", other_views)
         # same-view reconstructions: all views for Table 1, else the input view only
@@ -477,7 +473,7 @@ def collect(res: Resources, tables: Sequence[int], figure_instants: int = 3,
                     continue
                 if label != main_label and 3 not in tables:
                     continue
-                dp = dp_gt if source == "gt" else _wrap(est_pose[others] - est_pose[iv])
+                dp = dp_gt if source == "gt" else wrap_angle(est_pose[others] - est_pose[iv])
                 turned = net(codes[iv].expand(len(others), *codes.shape[1:]), dp)   # [K, 5, num_ws, w_dim]
                 novel[label] = quantize(pipe.synthesize(turned))
                 if source == "e3d":
@@ -548,7 +544,7 @@ def _identity_sample(store: _Store, res: Resources, variants, code_mid: torch.Te
         turned = net(code_mid.expand(len(angles), -1, -1), angles)                   # [A, num_ws, w_dim]
         store.add(f"t2_rot/{label}", desc(quantize(pipe.synthesize(turned)))[None])   # [1, A, 128]
     # ground truth: the view whose true yaw change from the input view is nearest each angle
-    dyaw = torch.rad2deg(_wrap(pose[:, 1] - pose[iv, 1])).cpu()                       # [V]
+    dyaw = torch.rad2deg(wrap_angle(pose[:, 1] - pose[iv, 1])).cpu()                       # [V]
     dyaw[iv] = float("inf")
     nearest = [int((dyaw - a).abs().argmin()) for a in IDENTITY_ANGLES_DEG]
     store.add("t2_gt_views", torch.tensor([[res.views[i] for i in nearest]]))

@@ -27,7 +27,7 @@ We cannot ship BFM; users who hold it point :func:`load_bfm` at their files. Two
    ``tri [F, 3]`` and ``keypoints [68]`` (both 1-based), plus masks we do not use. Lengths in decimetres
    (BFM / 1e5), the standard deviations already folded into the bases, same axes as BFM.
 
-Conversion to our conventions (see :mod:`deblur_rotate.face3d.camera`): lengths in centimetres; y and z
+Conversion to our conventions (see :mod:`deblur_rotate.render.camera`): lengths in centimetres; y and z
 negated (a 180-degree rotation about x, so y points down and the face looks along -z; being a rotation it
 keeps the triangles' winding); the mean shape centred on the mean of its vertices; albedo divided by 255
 to [0, 1]; standard deviations folded into every basis so coefficients are ~N(0, 1). The triangle winding

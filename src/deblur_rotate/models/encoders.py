@@ -4,7 +4,7 @@
 * :class:`BlurEncoder` (E_v): blurry face ``[N, 3, R, R]`` -> one W+ code per sharp frame
   ``[N, T, num_ws, w_dim]`` (T = 5 by default).
 * :class:`FaceCoefficientEncoder` (E_3D): face ``[N, 3, R, R]`` -> 3DMM coefficients ``[N, C]`` in the
-  layout of :class:`deblur_rotate.face3d.model.CoeffLayout` ([id | tex | exp | 27 SH | R (pitch, yaw,
+  layout of :class:`deblur_rotate.models.coefficients.CoeffLayout` ([id | tex | exp | 27 SH | R (pitch, yaw,
   roll, radians) | t]).
 
 Each is "backbone -> global average pool -> fully connected", as the paper describes. The backbone is
@@ -309,7 +309,7 @@ class FaceCoefficientEncoder(nn.Module):
                  pretrained_backbone: str | None = None,  # torchvision state dict to start from (not saved)
                  ):
         super().__init__()
-        from deblur_rotate.face3d.model import CoeffLayout
+        from deblur_rotate.models.coefficients import CoeffLayout
 
         self.layout = CoeffLayout(int(n_id), int(n_tex), int(n_exp))
         self.config = dict(n_id=int(n_id), n_tex=int(n_tex), n_exp=int(n_exp),

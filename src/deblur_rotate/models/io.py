@@ -278,3 +278,12 @@ def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
         parts.append("shape mismatch: " + few(shapes, lambda k: f"{k} (checkpoint {list(state[k].shape)}, "
                                                                f"model {list(own[k].shape)})"))
     raise UserError(f"{source} does not fit {type(module).__name__}: " + "; ".join(parts))
+
+
+def check_codes_match(network: nn.Module, num_ws: int, w_dim: int, what: str, wanted_by: str, remedy: str) -> None:
+    """UserError when ``network`` (a code encoder or F) works on W+ codes of another shape than
+    ``[num_ws, w_dim]``, the shape ``wanted_by`` (the generator, a preset) takes; ``what`` names the network
+    (e.g. its option and folder), ``remedy`` says what to give instead."""
+    if (network.num_ws, network.w_dim) != (num_ws, w_dim):
+        raise UserError(f"{what} gives codes {network.num_ws} x {network.w_dim} (num_ws x w_dim) but {wanted_by} "
+                        f"needs {num_ws} x {w_dim}; {remedy}")

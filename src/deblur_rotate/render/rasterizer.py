@@ -1,6 +1,6 @@
 """Differentiable triangle rasterizer in pure PyTorch (CPU and CUDA, no compiled extension).
 
-Conventions follow :mod:`deblur_rotate.face3d.camera`: vertices are in the OpenCV camera frame (x right,
+Conventions follow :mod:`deblur_rotate.render.camera`: vertices are in the OpenCV camera frame (x right,
 y down, z forward, z > 0 in front of the camera), pixel (row i, column j) has its centre at (u=j, v=i).
 A triangle is front-facing iff ``dot(cross(v1 - v0, v2 - v0), centroid) < 0`` (counter-clockwise seen
 from outside, seen from the camera); for a camera with positive focal lengths that is the same as a
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as nnf
 
-from deblur_rotate.face3d.camera import project
+from deblur_rotate.render.camera import project
 
 __all__ = ["Fragments", "RenderOutput", "rasterize", "interpolate", "render", "supersample_camera"]
 

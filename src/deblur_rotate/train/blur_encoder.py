@@ -8,9 +8,10 @@ way time ran, so the loss keeps the better of the two orders per sample::
     L = mean_b min( |E_v(x_b) - z_b|, |E_v(x_b) - reversed(z_b)| )
 
 with ``|.|`` the mean absolute (``--latent-loss l1``, default) or squared (``l2``) difference over
-frames, W+ entries and channels (:func:`ordered_latent_loss`). An optional image term (``--lambda-image``,
-default 0: the paper has none) adds the L1 between ``G.synthesis(E_v(x))`` and the sharp targets, in the
-order the latent minimum chose; G is the fine-tuned generator of stage 2, frozen.
+frames, W+ entries and channels (eq. 2, :func:`deblur_rotate.losses.objectives.blur_encoder_loss`). An
+optional image term (``--lambda-image``, default 0: the paper has none) adds the L1 between
+``G.synthesis(E_v(x))`` and the sharp targets, in the order the latent minimum chose; G is the fine-tuned
+generator of stage 2, frozen.
 
 Choices the paper leaves open, made here and written to RUN/config.json:
 
@@ -47,7 +48,7 @@ from pathlib import Path
 import torch
 
 from deblur_rotate.errors import UserError
-from deblur_rotate.losses import LATENT_LOSSES, ordered_latent_loss  # noqa: F401  (re-exported)
+from deblur_rotate.losses import LATENT_LOSSES
 from deblur_rotate.train import distributed as dist_utils
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
     "BlurEncoderStage",
     "BlurSequences",
     "open_blur_dataset",
-    "ordered_latent_loss",
     "run_blur_encoder",
 ]
 
@@ -70,14 +70,6 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "tiny": {"batch": 8, "ema_images": 2_000.0, "jitter": False},
     "micro": {"batch": 4, "ema_images": 100.0, "jitter": False},
 }
-
-
-# ------------------------------------------------------------------------------------------------- loss
-
-def _in_order(video: torch.Tensor, reversed_: torch.Tensor) -> torch.Tensor:
-    """``video [N, T, ...]`` with the frames of the samples where ``reversed_ [N]`` (bool) is True reversed."""
-    mask = reversed_.view(-1, *([1] * (video.dim() - 1)))
-    return torch.where(mask, video.flip(1), video)
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -203,8 +195,7 @@ class BlurEncoderStage:
 
     def __init__(self, config: BlurEncoderConfig):
         from deblur_rotate.models.encoders import BlurEncoder, encoder_config
-        from deblur_rotate.train.gan import ema_beta_for
-        from deblur_rotate.train.loop import MixedPrecision, Trainer, linear_decay
+        from deblur_rotate.train.loop import MixedPrecision, Trainer, ema_beta_for, linear_decay
 
         self.config = c = config.resolved()
         self.info = info = dist_utils.setup(c.device)
@@ -285,7 +276,7 @@ class BlurEncoderStage:
 
     def _load_sharp_encoder(self):
         """The teacher E_s (any backbone) whose codes fit G (num_ws, w_dim); UserError otherwise."""
-        from deblur_rotate.models.io import load_pretrained
+        from deblur_rotate.models.io import check_codes_match, load_pretrained
 
         c = self.config
         if not c.sharp_encoder:
@@ -296,10 +287,8 @@ class BlurEncoderStage:
             raise UserError(f"sharp encoder folder {folder} not found; give RUN/sharp_encoder of "
                             "`deblur-rotate train sharp-encoder` (config.json + model.safetensors)")
         E_s = load_pretrained("encoders.sharp", folder)  # UserError on another kind or damaged files
-        if (E_s.num_ws, E_s.w_dim) != (self.G.num_ws, self.G.w_dim):
-            raise UserError(f"sharp encoder {folder} gives codes of {E_s.num_ws} x {E_s.w_dim} (num_ws x w_dim), "
-                            f"but the generator of preset {c.preset} needs {self.G.num_ws} x {self.G.w_dim}: "
-                            "give the E_s trained with this generator (same --preset)")
+        check_codes_match(E_s, self.G.num_ws, self.G.w_dim, f"sharp encoder {folder}",
+                          f"the generator of preset {c.preset}", "give the E_s trained with this generator (same --preset)")
         return E_s
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -332,7 +321,8 @@ class BlurEncoderStage:
 
     def step_fn(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         """One Adam step of E_v on the order-invariant latent loss (+ the optional image term)."""
-        from deblur_rotate.evaluate.metrics import psnr
+        from deblur_rotate.image_metrics import psnr
+        from deblur_rotate.losses.objectives import blur_encoder_loss
 
         c, amp, dev = self.config, self.amp, self.info.device
         batch = {k: batch[k].to(dev, non_blocking=True).float() for k in ("blurry", "targets")}
@@ -342,23 +332,22 @@ class BlurEncoderStage:
         self.opt.zero_grad(set_to_none=True)
         with amp.autocast():
             pred = self.E_ddp(blurry)  # [B, 5, num_ws, w_dim]
-        per_sample, rev = ordered_latent_loss(pred.float(), z, c.latent_loss)
-        terms = {"latent": per_sample.mean()}
-        total = terms["latent"]
-        frames = None
-        if c.lambda_image > 0:
-            pick = self.image_frame_indices(step)  # [K] frames of this step's image term
+
+        def decode(codes: torch.Tensor) -> torch.Tensor:  # [B, K, num_ws, w_dim] -> [B, K, 3, R, R]
             with amp.autocast():
-                frames = self.decode(pred[:, pick])  # [B, K, 3, R, R]
-            in_order = _in_order(targets, rev)[:, pick]
-            terms["image"] = (frames - in_order).abs().mean()
-            total = total + c.lambda_image * terms["image"]
+                return self.decode(codes)
+
+        pick = self.image_frame_indices(step) if c.lambda_image > 0 else None  # [K] frames of the image term
+        total, terms, rev, decoded = blur_encoder_loss(pred.float(), z,
+                                                       kind=c.latent_loss, lambda_image=c.lambda_image,
+                                                       decode=decode, targets=targets, frame_indices=pick)
         amp.backward(total)
         amp.step(self.opt)
         out = {k: v.detach() for k, v in terms.items()}
         out["total"] = total.detach()
         out["reversed"] = rev.float().mean()  # fraction of samples where the reversed order won
-        if frames is not None:
+        if decoded is not None:
+            frames, in_order = decoded
             out["psnr"] = psnr(frames.detach().flatten(0, 1), in_order.flatten(0, 1)).mean()
         return out
 

@@ -3,7 +3,8 @@
 E_3D (:class:`deblur_rotate.models.encoders.FaceCoefficientEncoder`) sees the BLURRY image, as at
 inference. Its coefficients are rendered with the morphable model and our differentiable rasterizer in the
 dataset's camera, and compared with the sharp middle frame ``targets[2]`` and its 68 landmarks; the loss
-terms are the pure functions of :mod:`deblur_rotate.face3d.losses` (paper weights in ``FACE3D_WEIGHTS``)::
+objective is eq. 3, :func:`deblur_rotate.losses.objectives.face3d_loss`, over the terms of
+:mod:`deblur_rotate.losses.face3d` (the paper's weights are the defaults of :class:`Face3DConfig`)::
 
     L = 5 L1_mask + 30 Edge_mask + 0.5 L_id + 1 L_lan + 0.25 L_mview + 1e-4 (|alpha|^2 + |beta|^2 + |delta|^2)
 
@@ -21,7 +22,7 @@ default auto-detected). Mixing several datasets in one run (the paper's 2:1:1) i
   single view; the horizontal mirror of a sample is its second view (paper §4: "for data without multiple
   views, mirrored frames are used as the second view"), with landmarks flipped and renumbered. L_mview then
   asks a face and its mirror for the same identity, albedo and expression, exact for the left-right
-  symmetric modes only (see :func:`deblur_rotate.face3d.losses.multiview_loss`).
+  symmetric modes only (see :func:`deblur_rotate.losses.face3d.multiview_loss`).
 
 Real data has no calibrated camera, so it is rendered with a fixed pinhole camera framed like the SynthBMFD
 rig (:func:`rig_camera_matrix`): focal length ``focal_factor`` x the image side (3.5, SynthConfig's), the
@@ -63,39 +64,39 @@ import numpy as np
 import torch
 
 from deblur_rotate.errors import UserError
+from deblur_rotate.face3d.loading import (
+    FACE_MODEL_FILE,
+    build_face_model,
+    procedural_sizes,
+    resize_images,
+)
 from deblur_rotate.train import distributed as dist_utils
 from deblur_rotate.train.options import DATA_KINDS  # the CLI's choices, re-exported
 
 if TYPE_CHECKING:
-    from deblur_rotate.face3d.losses import RenderedFace
+    from deblur_rotate.losses.face3d import RenderedFace
 
 __all__ = [
     "DATA_KINDS",
-    "FACE_MODEL_FILE",
     "PRESET_DEFAULTS",
     "SINGLE_VIEW_KINDS",
-    "Face3DBundle",
     "Face3DConfig",
     "Face3DPairs",
     "Face3DStage",
     "ViewPairs",
-    "build_face_model",
     "coefficient_prior",
     "face_model_spec",
     "fit_rigid_pose",
     "fit_translation",
-    "load_face3d",
     "open_view_pairs",
     "procedural_model_from",
     "reader_has_landmarks",
     "reader_has_poses",
-    "resize_images",
     "rig_camera_matrix",
     "rig_coefficient_prior",
     "run_face3d",
 ]
 
-FACE_MODEL_FILE = "face_model.json"  # beside config.json in RUN/face3d_encoder: which model, which camera
 _NETWORK = "E3D"  # the network's name in checkpoints
 # dataset kinds of --kind: DATA_KINDS (train/options.py); single-view kinds pair each sample with its mirror image
 SINGLE_VIEW_KINDS = ("images", "300vw", "video", "vidtimit")
@@ -201,20 +202,6 @@ class Face3DConfig:
 
 # ------------------------------------------------------------------------------------------------- model
 
-_PROCEDURAL_KEYS = ("n_id", "n_exp", "n_tex", "n_lat", "n_lon", "seed")  # build_procedural_model's arguments
-
-
-def _procedural_sizes(sizes: dict, what: str) -> dict:
-    """The procedural model's arguments as ints; UserError naming ``what`` on unknown keys or bad values."""
-    unknown = sorted(set(sizes) - set(_PROCEDURAL_KEYS))
-    if unknown:
-        raise UserError(f"{what}: unknown procedural model sizes {unknown} (known: {', '.join(_PROCEDURAL_KEYS)})")
-    try:
-        return {k: int(v) for k, v in sizes.items()}
-    except (TypeError, ValueError):
-        raise UserError(f"{what}: procedural model sizes must be integers (got {sizes})") from None
-
-
 def face_model_spec(config: Face3DConfig, index: dict | None) -> dict:
     """JSON description of the morphable model a run uses (what :func:`build_face_model` rebuilds).
 
@@ -223,17 +210,17 @@ def face_model_spec(config: Face3DConfig, index: dict | None) -> dict:
     ``deblur-rotate synth`` renders with). UserError when both are given and differ."""
     if config.bfm is None:
         if index is not None:
-            sizes = _procedural_sizes(index["model"], "the SynthBMFD index.json")
+            sizes = procedural_sizes(index["model"], "the SynthBMFD index.json")
             if config.procedural_model is not None and \
-                    _procedural_sizes(config.procedural_model, "--model-from") != sizes:
+                    procedural_sizes(config.procedural_model, "--model-from") != sizes:
                 raise UserError(f"the SynthBMFD folder was rendered with the procedural model {sizes}, not "
                                 f"{config.procedural_model}; drop --model-from (it is for real data)")
             return {"kind": "procedural", **sizes}
         if config.procedural_model is not None:
-            return {"kind": "procedural", **_procedural_sizes(config.procedural_model, "--model-from")}
+            return {"kind": "procedural", **procedural_sizes(config.procedural_model, "--model-from")}
         from deblur_rotate.data.synthbmfd import SynthConfig
 
-        return {"kind": "procedural", **_procedural_sizes(SynthConfig().model, "SynthConfig")}
+        return {"kind": "procedural", **procedural_sizes(SynthConfig().model, "SynthConfig")}
     n_id, n_tex, n_exp = config.bfm_modes if config.bfm_modes is not None else (None, None, None)
 
     def resolve(p: str | None) -> str | None:
@@ -241,26 +228,6 @@ def face_model_spec(config: Face3DConfig, index: dict | None) -> dict:
 
     return {"kind": "bfm", "path": resolve(config.bfm), "expression_path": resolve(config.bfm_expression),
             "landmarks_path": resolve(config.bfm_landmarks), "n_id": n_id, "n_tex": n_tex, "n_exp": n_exp}
-
-
-def build_face_model(spec: dict):
-    """The :class:`deblur_rotate.face3d.model.MorphableModel` of a spec from :func:`face_model_spec` (CPU).
-    The procedural model is cached on disk after its first build; BFM files are read again."""
-    kind = spec.get("kind")
-    if kind == "procedural":
-        from deblur_rotate.face3d.procedural import build_procedural_model
-
-        sizes = _procedural_sizes({k: v for k, v in spec.items() if k != "kind"}, "procedural model")
-        try:
-            return build_procedural_model(**sizes)
-        except ValueError as err:
-            raise UserError(f"procedural model {sizes}: {err}") from None
-    if kind == "bfm":
-        from deblur_rotate.face3d.bfm import load_bfm
-
-        return load_bfm(spec["path"], spec.get("expression_path"), spec.get("landmarks_path"), n_id=spec.get("n_id"),
-                        n_tex=spec.get("n_tex"), n_exp=spec.get("n_exp"))
-    raise UserError(f"unknown morphable model kind {kind!r} (expected procedural or bfm)")
 
 
 def coefficient_prior(root: str | os.PathLike, subjects: list[str], layout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,7 +273,7 @@ def rig_camera_matrix(size: int, focal_factor: float | None = None) -> torch.Ten
     the rig's head is ~1 m away, so a ``size``-pixel image spans ~29 cm there) and the principal point at the
     image centre ((size - 1) / 2, pixel centres at integers)."""
     from deblur_rotate.data.synthbmfd import SynthConfig
-    from deblur_rotate.face3d.camera import intrinsics
+    from deblur_rotate.render.camera import intrinsics
 
     factor = SynthConfig.focal_factor if focal_factor is None else float(focal_factor)
     return intrinsics(size * factor, size)
@@ -324,7 +291,7 @@ def rig_coefficient_prior(layout, performances: int = 16, seed: int = 0) -> tupl
     """
     from deblur_rotate.data.motion import MotionConfig, sample_performance
     from deblur_rotate.data.synthbmfd import SynthConfig, _head_pivot, _rig_target
-    from deblur_rotate.face3d.camera import euler_to_matrix
+    from deblur_rotate.render.camera import euler_to_matrix
 
     config = SynthConfig()
     pivot = _head_pivot().double()  # [3] cm, the point the head turns about (model frame)
@@ -350,7 +317,7 @@ def fit_rigid_pose(face_model, landmarks: torch.Tensor, camera_matrix: torch.Ten
     pixels, NaN where unknown; camera_matrix: ``[3, 3]``. Returns (rotation ``[K, 3]`` (pitch, yaw, roll)
     radians, translation ``[K, 3]`` cm, fitted ``[K]`` bool: at least 6 finite points), float32 on the CPU.
     """
-    from deblur_rotate.face3d.camera import euler_to_matrix, project, transform
+    from deblur_rotate.render.camera import euler_to_matrix, project, transform
 
     pts = torch.as_tensor(landmarks, dtype=torch.float64).detach().cpu().reshape(-1, 68, 2)  # [K, 68, 2]
     num = pts.shape[0]
@@ -398,45 +365,6 @@ def fit_translation(face_model, landmarks: torch.Tensor, camera_matrix: torch.Te
         return None
     t = translation[fitted].mean(0)
     return t if bool(torch.isfinite(t).all()) else None
-
-
-@dataclass
-class Face3DBundle:
-    """A trained E_3D with what it needs to be rendered (see :func:`load_face3d`)."""
-
-    encoder: torch.nn.Module  # FaceCoefficientEncoder, eval mode
-    face_model: torch.nn.Module  # MorphableModel its coefficients belong to
-    camera_matrix: torch.Tensor  # [3, 3] intrinsics of the training renders (pixels at image_size)
-    image_size: int  # side of the training renders and landmarks, pixels
-    input_size: int  # side of the images the encoder was trained on, pixels
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Coefficients [N, C] (float32) of face crops [N, 3, S, S] in [-1, 1] (any S: resized to input_size)."""
-        return self.encoder(resize_images(images, self.input_size)).float()
-
-
-def load_face3d(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Face3DBundle:
-    """Load ``RUN/face3d_encoder`` (config.json + model.safetensors + face_model.json) for the pipeline
-    and evaluation. UserError when a file is missing or does not fit."""
-    from deblur_rotate.models.io import load_pretrained
-
-    folder = Path(folder)
-    encoder = load_pretrained("encoders.face3d", folder, device)
-    path = folder / FACE_MODEL_FILE
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{folder}: no {FACE_MODEL_FILE} (written by `deblur-rotate train face3d`); it names the "
-                        "morphable model and camera the encoder was trained with") from None
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: unreadable ({err})") from None
-    face_model = build_face_model(info["face_model"]).to(device)
-    if face_model.layout != encoder.layout:
-        raise UserError(f"{folder}: the encoder predicts {encoder.layout} but {FACE_MODEL_FILE} names a model with "
-                        f"{face_model.layout}")
-    return Face3DBundle(encoder=encoder, face_model=face_model,
-                        camera_matrix=torch.tensor(info["camera_matrix"], dtype=torch.float32, device=device),
-                        image_size=int(info["image_size"]), input_size=int(info["input_size"]))
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -608,24 +536,13 @@ def procedural_model_from(folder: str | os.PathLike) -> dict:
     path = Path(folder) / "index.json"
     try:
         index = json.loads(path.read_text())
-        return _procedural_sizes(dict(index["model"]), str(path))
+        return procedural_sizes(dict(index["model"]), str(path))
     except FileNotFoundError:
         raise UserError(f"--model-from {folder}: no index.json; give a SynthBMFD folder (`deblur-rotate synth`)") \
             from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"--model-from {folder}: {path} names no procedural model ({err}); give a SynthBMFD "
                         "folder (`deblur-rotate synth`)") from None
-
-
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """[N, 3, S, S] -> [N, 3, size, size] (area when shrinking, bilinear when growing; unchanged when S == size)."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    import torch.nn.functional as F
-
-    if images.shape[-1] > size:
-        return F.interpolate(images, size=(size, size), mode="area")
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
 
 
 # ------------------------------------------------------------------------------------------------- stage
@@ -770,58 +687,44 @@ class Face3DStage:
             return encoder(resize_images(blurry, self.input_size)).float()
 
     def losses(self, coeffs: torch.Tensor, target: torch.Tensor, landmarks: torch.Tensor
-               ) -> tuple[dict[str, torch.Tensor], RenderedFace]:
-        """Every loss term (unweighted) of coefficients [2P, C] (pairs of views next to each other) against the
-        sharp targets [2P, 3, S, S] and landmarks [2P, 68, 2] (NaN where unknown: left out of L_lan; the
-        identity chips of an image without all 68 points are cut along its rendered landmarks instead);
-        returns (terms, the RenderedFace)."""
-        from deblur_rotate.face3d.losses import (
-            coefficient_regularizer,
-            identity_chip_loss,
-            landmark_loss,
-            masked_edge_loss,
-            multiview_loss,
-            photometric_loss,
-            render_coefficients_image,
-        )
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], RenderedFace]:
+        """Eq. 3 for coefficients [2P, C] (pairs of views next to each other) against the sharp targets
+        [2P, 3, S, S] and landmarks [2P, 68, 2] (NaN where unknown: left out of L_lan; the identity chips of an
+        image without all 68 points are cut along its rendered landmarks instead); returns (the weighted
+        total, every term unweighted, the RenderedFace)."""
+        from deblur_rotate.losses.face3d import render_coefficients_image
+        from deblur_rotate.losses.objectives import face3d_loss
         from deblur_rotate.skin import skin_weights
 
-        c, layout = self.config, self.face_model.layout
+        c = self.config
         rendered = render_coefficients_image(self.face_model, coeffs, self.camera_matrix, self.image_size,
                                              edge_softness_px=c.edge_softness)
         skin = skin_weights(target, c.skin_weight) if c.skin_weight != 1 else None
-        pairs = coeffs.view(-1, 2, coeffs.shape[-1])
-        terms = {
-            "data": photometric_loss(rendered.image, target, rendered.mask, skin),
-            "edge": masked_edge_loss(rendered.image, target, rendered.mask, skin),
-            "lan": landmark_loss(rendered.landmarks, landmarks, self.image_size),
-            "mview": multiview_loss(pairs[:, 0], pairs[:, 1], layout),
-            "c": coefficient_regularizer(coeffs, layout),
-        }
+        chips = None
         if self.identity_net is not None:
             from deblur_rotate.models.identity import chip_transforms_from_landmarks
 
             complete = torch.isfinite(landmarks).all(-1).all(-1)  # [2P] every point known
             points = torch.where(complete[:, None, None], landmarks, rendered.landmarks.detach())  # [2P, 68, 2]
-            chips = torch.from_numpy(chip_transforms_from_landmarks(points.detach().cpu()))
-            terms["id"] = identity_chip_loss(rendered.image, target, chips.to(target), self.identity_net)
-        return terms, rendered
+            chips = torch.from_numpy(chip_transforms_from_landmarks(points.detach().cpu())).to(target)
+        total, terms = face3d_loss(rendered, coeffs, target, landmarks, self.face_model.layout, weights=c.weights(),
+                                   image_width=self.image_size, pixel_weights=skin,
+                                   identity_net=self.identity_net, chip_to_image=chips)
+        return total, terms, rendered
 
     def step_fn(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         """One Adam step on a batch of view pairs: ``blurry``/``target`` [P, 2, 3, S, S], ``landmarks``
         [P, 2, 68, 2] (NaN where unknown), ``pose`` [P, 2, 3]. Returns the total, every (unweighted) term, and
         the metrics ``lan_px`` (mean error of the known landmarks, pixels; 0 when the batch has none) and, on
         data with ground-truth poses, ``pose_err_deg`` (mean absolute pitch/yaw/roll error, degrees)."""
-        from deblur_rotate.face3d.losses import pose_error_deg
+        from deblur_rotate.render.camera import pose_error_deg
 
         dev = self.info.device
         blurry = batch["blurry"].to(dev, non_blocking=True).float().flatten(0, 1)  # [2P, 3, S, S]
         target = batch["target"].to(dev, non_blocking=True).float().flatten(0, 1)
         landmarks = batch["landmarks"].to(dev).float().flatten(0, 1)  # [2P, 68, 2]
         coeffs = self.predict(blurry)  # [2P, C]
-        terms, rendered = self.losses(coeffs, target, landmarks)
-        weights = self.config.weights()
-        total = sum(weights[k] * v for k, v in terms.items())
+        total, terms, rendered = self.losses(coeffs, target, landmarks)
         self.opt.zero_grad(set_to_none=True)
         self.amp.backward(total)
         self.amp.step(self.opt)
@@ -848,7 +751,7 @@ class Face3DStage:
     @torch.no_grad()
     def image_fn(self, step: int) -> dict[str, torch.Tensor]:
         """Writes RUN/samples/step-XXXXXXXX.png: rows input (blurry), render, target; returns it for TensorBoard."""
-        from deblur_rotate.face3d.losses import render_coefficients_image
+        from deblur_rotate.losses.face3d import render_coefficients_image
         from deblur_rotate.train.loop import write_sample_grid
 
         dev = self.info.device

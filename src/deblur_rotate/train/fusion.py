@@ -55,13 +55,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deblur_rotate.data.blur import mirror_pose  # re-exported (in __all__)
+from deblur_rotate.data.blur import mirror_pose
 from deblur_rotate.errors import UserError
-from deblur_rotate.losses import ordered_latent_loss  # re-exported (in __all__)
+from deblur_rotate.losses import order_invariant_latent_loss
+from deblur_rotate.render.camera import wrap_angle
 from deblur_rotate.train import distributed as dist_utils
 
-__all__ = ["PRESET_DEFAULTS", "FusionConfig", "FusionPairs", "FusionStage", "mirror_pose",
-           "ordered_latent_loss", "run_fusion", "wrap_angle"]
+__all__ = ["PRESET_DEFAULTS", "FusionConfig", "FusionPairs", "FusionStage", "run_fusion"]
 
 _NETWORK = "F"  # the network's name in checkpoints
 
@@ -74,10 +74,6 @@ PRESET_DEFAULTS: dict[str, dict] = {
 
 
 # ------------------------------------------------------------------------------------------------- pure helpers
-
-def wrap_angle(angles: torch.Tensor) -> torch.Tensor:
-    """Angles (radians, any shape) wrapped to [-pi, pi)."""
-    return torch.remainder(angles + math.pi, 2 * math.pi) - math.pi
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -236,8 +232,7 @@ class FusionStage:
     def __init__(self, config: FusionConfig):
         from deblur_rotate.models.fusion import FusionNetwork, fusion_config
         from deblur_rotate.models.stylegan2 import stylegan2_config
-        from deblur_rotate.train.gan import ema_beta_for
-        from deblur_rotate.train.loop import MixedPrecision, Trainer, linear_decay
+        from deblur_rotate.train.loop import MixedPrecision, Trainer, ema_beta_for, linear_decay
 
         self.config = c = config.resolved()
         self.info = info = dist_utils.setup(c.device)
@@ -326,14 +321,13 @@ class FusionStage:
 
     def _load_teacher(self, kind: str, value: str, option: str, what: str) -> torch.nn.Module:
         """A frozen network (eval mode, on the device); UserError when missing or of another preset."""
-        from deblur_rotate.models.io import load_pretrained
+        from deblur_rotate.models.io import check_codes_match, load_pretrained
 
         folder = self._folder(value, option, what)
         net = load_pretrained(kind, folder, self.info.device).requires_grad_(False)
-        if kind != "encoders.face3d" and (net.num_ws, net.w_dim) != (self.num_ws, self.w_dim):
-            raise UserError(f"{option} {folder} gives codes [num_ws {net.num_ws}, w_dim {net.w_dim}] but --preset "
-                            f"{self.config.preset} needs [num_ws {self.num_ws}, w_dim {self.w_dim}]; give the "
-                            "networks of one preset")
+        if kind != "encoders.face3d":
+            check_codes_match(net, self.num_ws, self.w_dim, f"{option} {folder}", f"--preset {self.config.preset}",
+                              "give the networks of one preset")
         return net
 
     def _check_face3d_input_size(self, folder: Path) -> None:
@@ -341,7 +335,7 @@ class FusionStage:
         another size than this preset's; folders without that file are taken as they are."""
         import json
 
-        from deblur_rotate.train.face3d import FACE_MODEL_FILE
+        from deblur_rotate.face3d.loading import FACE_MODEL_FILE
 
         path = folder / FACE_MODEL_FILE
         if not path.is_file():
@@ -486,25 +480,20 @@ class FusionStage:
     def fusion_step(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One optimizer step of F on the teacher quantities ``t`` of :meth:`teacher_inputs`; returns the
         logged terms (scalars)."""
-        from deblur_rotate.losses import l1_loss
+        from deblur_rotate.losses.objectives import fusion_loss
 
         c, amp = self.config, self.amp
         self.opt.zero_grad(set_to_none=True)
         with amp.autocast():
             pred = self.F_ddp(t["inputs"], t["delta_pose"]).float()      # [2P, 5, num_ws, w_dim]
-        per_sample, reversed_ = ordered_latent_loss(pred, t["targets"])
-        terms = {"latent": per_sample.mean()}
-        if c.lambda_image > 0:
-            ordered = torch.where(reversed_[:, None, None, None], pred.flip(1), pred)  # the latent term's order
-            frames = self.synthesize(ordered)
-            terms["image"] = l1_loss(frames, t["images"])
-        total = terms["latent"] + c.lambda_image * terms.get("image", 0.0)
+        total, terms, reversed_ = fusion_loss(pred, t["targets"], lambda_image=c.lambda_image,
+                                              decode=self.synthesize, target_frames=t["images"])
         amp.backward(total)
         amp.step(self.opt)
         out = {k: v.detach() for k, v in terms.items()}
         out["total"] = total.detach()
         with torch.no_grad():
-            out["latent_unrotated"] = ordered_latent_loss(t["inputs"], t["targets"])[0].mean()  # F = identity
+            out["latent_unrotated"] = order_invariant_latent_loss(t["inputs"], t["targets"])[0].mean()  # F = identity
             out["reversed"] = reversed_.float().mean()
             deg = 180.0 / math.pi
             out["dp_abs_deg"] = t["delta_pose"].abs().mean() * deg

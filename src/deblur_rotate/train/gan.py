@@ -33,7 +33,6 @@ __all__ = [
     "GeneratorStage",
     "SharpImages",
     "d_loss_logistic",
-    "ema_beta_for",
     "g_loss_nonsaturating",
     "lazy_adam",
     "path_length_penalty",
@@ -106,16 +105,6 @@ def lazy_adam(params, lr: float, betas: tuple[float, float], reg_every: int | No
         c = reg_every / (reg_every + 1)
         lr, betas = lr * c, (betas[0] ** c, betas[1] ** c)
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8)
-
-
-def ema_beta_for(batch: int, half_life_images: float, rampup: float | None = None, step: int = 0) -> float:
-    """EMA decay per iteration so that weights halve their influence after ``half_life_images`` images
-    (StyleGAN2: 0.5 ** (batch / (ema_kimg * 1000))). ``rampup`` (e.g. 0.05) caps the half-life at
-    ``rampup * images seen so far`` early in training, as NVlabs' ``ema_rampup``."""
-    half = float(half_life_images)
-    if rampup is not None:
-        half = min(half, (step + 1) * batch * rampup)
-    return 0.5 ** (batch / max(half, 1e-8))
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -231,7 +220,7 @@ class GeneratorStage:
 
     def __init__(self, config: GeneratorConfig):
         from deblur_rotate.models.stylegan2 import Discriminator, Generator, stylegan2_config
-        from deblur_rotate.train.loop import MixedPrecision, Trainer
+        from deblur_rotate.train.loop import MixedPrecision, Trainer, ema_beta_for
 
         self.config = c = config.resolved()
         self.info = info = dist_utils.setup(c.device)

@@ -73,7 +73,7 @@ from deblur_rotate.train.checkpoint import (
     write_checkpoint,
 )
 
-__all__ = ["MixedPrecision", "StepFn", "Trainer", "ema_update", "linear_decay", "write_sample_grid"]
+__all__ = ["MixedPrecision", "StepFn", "Trainer", "ema_beta_for", "ema_update", "linear_decay", "write_sample_grid"]
 
 StepFn = Callable[[Any, int], Mapping[str, "torch.Tensor | float"]]
 
@@ -108,6 +108,16 @@ def linear_decay(total_steps: int, fraction: float, final: float = 0.0) -> Calla
         return 1.0 - (1.0 - final) * (step - start) / max(total_steps - start, 1e-9)
 
     return factor
+
+
+def ema_beta_for(batch: int, half_life_images: float, rampup: float | None = None, step: int = 0) -> float:
+    """EMA decay per iteration so that weights halve their influence after ``half_life_images`` images
+    (StyleGAN2: 0.5 ** (batch / (ema_kimg * 1000))). ``rampup`` (e.g. 0.05) caps the half-life at
+    ``rampup * images seen so far`` early in training, as NVlabs' ``ema_rampup``."""
+    half = float(half_life_images)
+    if rampup is not None:
+        half = min(half, (step + 1) * batch * rampup)
+    return 0.5 ** (batch / max(half, 1e-8))
 
 
 @torch.no_grad()

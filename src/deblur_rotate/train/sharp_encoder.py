@@ -6,7 +6,8 @@ E_s maps a sharp face y to W+ codes; G.synthesis renders them back. Both are tra
         + lambda_g(step) |G_init - G|^2                                                   (G kept near its start)
         + lambda_s |1 - |E_s(y)| / |w|_ref|                                               (codes at W's scale)
 
-with the paper's weights (lambda_id 0.5, lambda_per 1e-6, lambda_edge 0.2, lambda_g 1, lambda_s 1) and
+(eq. 1, :func:`deblur_rotate.losses.objectives.sharp_encoder_loss`) with the paper's weights (lambda_id 0.5,
+lambda_per 1e-6, lambda_edge 0.2, lambda_g 1, lambda_s 1: the defaults of :class:`SharpEncoderConfig`) and
 skin pixels counting double in L_1 and L_edge (:class:`deblur_rotate.skin.SkinWeights`).
 
 Choices the paper leaves open, made here and written to RUN/config.json:
@@ -229,8 +230,7 @@ class SharpEncoderStage:
         from deblur_rotate.models.encoders import SharpEncoder, encoder_config
         from deblur_rotate.models.identity import load_dlib_face_recognition
         from deblur_rotate.skin import SkinWeights
-        from deblur_rotate.train.gan import ema_beta_for
-        from deblur_rotate.train.loop import MixedPrecision, Trainer, linear_decay
+        from deblur_rotate.train.loop import MixedPrecision, Trainer, ema_beta_for, linear_decay
 
         self.config = c = config.resolved()
         self.info = info = dist_utils.setup(c.device)
@@ -345,29 +345,11 @@ class SharpEncoderStage:
         return dist_utils.resumable_batches(self.dataset, self.batch_per_rank, c.seed, start_step, c.workers,
                                             self.info.device)
 
-    # ------------------------------------------------------------------------------------------ losses
-    def reconstruction_losses(self, recon: torch.Tensor, target: torch.Tensor, chips: torch.Tensor,
-                              ws: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The image and code terms of l_s (unweighted), each a scalar.
-
-        recon, target: [N, 3, R, R] in [-1, 1]; chips: [N, 2, 3] chip -> image maps; ws: [N, num_ws, w_dim]."""
-        from deblur_rotate.losses import edge_loss, identity_loss, l1_loss, latent_norm_loss, perceptual_loss
-        from deblur_rotate.models.identity import extract_face_chips
-
-        weights = self.skin(target) if self.skin is not None else None
-        terms = {"l1": l1_loss(recon, target, weights), "edge": edge_loss(recon, target, weights),
-                 "s": latent_norm_loss(ws, self.w_norm_ref)}
-        if self.identity_net is not None:
-            terms["id"] = identity_loss(extract_face_chips(recon, chips), extract_face_chips(target, chips),
-                                        self.identity_net)
-        if self.perceptual is not None:
-            terms["per"] = perceptual_loss(recon, target, self.perceptual)
-        return terms
-
     def step_fn(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         """One iteration: E_s and G together on a batch of sharp faces."""
-        from deblur_rotate.evaluate.metrics import psnr
-        from deblur_rotate.losses import parameter_drift_loss
+        from deblur_rotate.image_metrics import psnr
+        from deblur_rotate.losses.objectives import sharp_encoder_loss
+        from deblur_rotate.models.identity import extract_face_chips
 
         c, amp, dev = self.config, self.amp, self.info.device
         target = batch["image"].to(dev, non_blocking=True).float()
@@ -378,14 +360,16 @@ class SharpEncoderStage:
         with amp.autocast():
             ws = self.E_ddp(target)
             recon = self.G_synthesis(ws, noise_mode="const").float()
-        terms = self.reconstruction_losses(recon, target, chips, ws.float())
-        weights = {"l1": c.lambda_l1, "edge": c.lambda_edge, "s": c.lambda_s, "id": c.lambda_id,
-                   "per": c.lambda_per}
-        total = sum(weights[k] * v for k, v in terms.items())
+        identity_chips = None
+        if self.identity_net is not None:  # chips [B, 3, 150, 150] of the reconstruction and the target
+            identity_chips = (extract_face_chips(recon, chips), extract_face_chips(target, chips))
         lambda_g = g_weight_at(step, c.lambda_g, c.g_relax_steps)
-        if c.lr_generator > 0 and lambda_g > 0:
-            terms["g_drift"] = parameter_drift_loss(self.G.synthesis, self.G_init)
-            total = total + lambda_g * terms["g_drift"]
+        total, terms = sharp_encoder_loss(
+            recon, target, ws.float(), lambda_l1=c.lambda_l1, lambda_edge=c.lambda_edge, lambda_s=c.lambda_s,
+            lambda_id=c.lambda_id, lambda_per=c.lambda_per, lambda_g=lambda_g, w_norm_ref=self.w_norm_ref,
+            pixel_weights=self.skin(target) if self.skin is not None else None, identity_chips=identity_chips,
+            identity_net=self.identity_net, perceptual=self.perceptual,
+            generator=self.G.synthesis if c.lr_generator > 0 else None, generator_init=self.G_init)
         amp.backward(total)
         amp.step(self.opt_E)
         if c.lr_generator > 0:

@@ -1,13 +1,9 @@
-"""Loss terms of the paper (§3.2, §3.6), as pure functions.
+"""Image and code loss terms of the paper (§3.2, §3.3, §3.5, §3.6), as pure functions.
 
 Images are ``[N, 3, H, W]`` in [-1, 1]; optional per-pixel ``weights [N, 1, H, W]`` (e.g. skin counting
 double, :func:`deblur_rotate.skin.skin_weights`). Every function returns a scalar tensor (mean over the
-batch) unless it says otherwise.
-
-The sharp-encoder objective is
-``l_s = lambda_id L_id + lambda_per L_per + lambda_edge L_edge + L_1 + lambda_g |G_init - G|^2
-+ lambda_s |1 - |E_s(y)||``
-with the paper's weights ``SHARP_ENCODER_WEIGHTS``.
+batch) unless it says otherwise. The objectives that weigh these terms (eq. 1-4) are in
+:mod:`deblur_rotate.losses.objectives`.
 """
 from __future__ import annotations
 
@@ -22,14 +18,11 @@ from torch import nn
 from deblur_rotate.errors import UserError
 
 __all__ = [
-    "SHARP_ENCODER_WEIGHTS", "l1_loss", "edge_loss", "identity_loss", "perceptual_loss", "latent_norm_loss",
-    "parameter_drift_loss", "PerceptualFeatures", "ordered_latent_loss", "LATENT_LOSSES", "blur_consistency_loss",
+    "l1_loss", "edge_loss", "identity_loss", "perceptual_loss", "latent_norm_loss", "parameter_drift_loss",
+    "PerceptualFeatures", "order_invariant_latent_loss", "LATENT_LOSSES", "blur_consistency_loss",
 ]
 
 LATENT_LOSSES = ("l1", "l2")
-
-# lambda_id, lambda_per, lambda_edge, lambda_g (relaxed during training), lambda_s; L1 has weight 1.
-SHARP_ENCODER_WEIGHTS = {"id": 0.5, "per": 1e-6, "edge": 0.2, "g": 1.0, "s": 1.0, "l1": 1.0}
 
 
 def _weighted_mean(per_pixel: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -99,10 +92,10 @@ def parameter_drift_loss(module: nn.Module, initial_state: dict[str, torch.Tenso
     return total
 
 
-def ordered_latent_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1"
+def order_invariant_latent_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1"
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward/backward-invariant distance between code sequences (paper §3.3, §3.5): a blurry image
-    does not tell which way time ran.
+    """Time-order invariant distance between code sequences (paper §3.3, §3.5, eq. 2 and 4): a blurry
+    image does not tell which way time ran, so the target counts as matched in either order.
 
     pred, target: ``[N, T, ...]`` (e.g. ``[N, T, num_ws, w_dim]``: E_v's or F's codes and E_s's codes of
     the T sharp frames). kind: ``"l1"`` (mean absolute difference) or ``"l2"`` (mean squared difference),

@@ -24,6 +24,8 @@ import math
 import torch
 
 __all__ = [
+    "wrap_angle",
+    "pose_error_deg",
     "euler_to_matrix",
     "matrix_to_euler",
     "intrinsics",
@@ -31,6 +33,17 @@ __all__ = [
     "transform",
     "look_at_rig",
 ]
+
+
+def wrap_angle(angles: torch.Tensor) -> torch.Tensor:
+    """Angles (radians, any shape) wrapped to [-pi, pi)."""
+    return torch.remainder(angles + math.pi, 2 * math.pi) - math.pi
+
+
+def pose_error_deg(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Absolute angle errors in degrees, wrapped to [0, 180]: pred, true [..., 3] (pitch, yaw, roll) radians
+    -> [..., 3] (no reduction)."""
+    return wrap_angle(pred - true).abs() * (180.0 / math.pi)
 
 
 def euler_to_matrix(angles: torch.Tensor) -> torch.Tensor:

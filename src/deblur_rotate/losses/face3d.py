@@ -8,23 +8,22 @@ with the sharp middle frame and its landmarks::
     L_total  = l_im + lambda_lan * landmark_loss + lambda_mview * multiview_loss
                + lambda_c * coefficient_regularizer
 
-Paper weights: :data:`FACE3D_WEIGHTS`. Images are ``[N, 3, H, W]`` in [-1, 1]; masks and weights are
+The weighted sum is :func:`deblur_rotate.losses.objectives.face3d_loss`; the paper's weights are the defaults of
+``train.face3d.Face3DConfig``. Images are ``[N, 3, H, W]`` in [-1, 1]; masks and weights are
 ``[N, 1, H, W]``; landmarks ``[N, 68, 2]`` (u, v) pixels with pixel centres at integers. Every loss
 returns a scalar tensor (mean over the batch) and has no side effects.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from deblur_rotate.face3d.model import CoeffLayout, MorphableModel
-from deblur_rotate.losses import edge_loss, identity_loss, l1_loss
+from deblur_rotate.losses.terms import edge_loss, identity_loss, l1_loss
 
 __all__ = [
-    "FACE3D_WEIGHTS",
     "RenderedFace",
     "coefficient_regularizer",
     "identity_chip_loss",
@@ -32,13 +31,8 @@ __all__ = [
     "masked_edge_loss",
     "multiview_loss",
     "photometric_loss",
-    "pose_error_deg",
     "render_coefficients_image",
 ]
-
-# lambda_data, lambda_edge, lambda_id, lambda_lan, lambda_mview, lambda_c (paper §3.4 / §3.6)
-FACE3D_WEIGHTS = {"data": 5.0, "edge": 30.0, "id": 0.5, "lan": 1.0, "mview": 0.25, "c": 1e-4}
-
 
 # ------------------------------------------------------------------------------------------------ rendering
 
@@ -182,12 +176,3 @@ def coefficient_regularizer(coeffs: torch.Tensor, layout: CoeffLayout) -> torch.
     """
     parts = layout.split(coeffs)
     return sum(parts[name].square().sum(-1) for name in ("id", "tex", "exp")).mean()
-
-
-# ------------------------------------------------------------------------------------------------ metrics
-
-def pose_error_deg(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """Absolute angle errors in degrees, wrapped to [0, 180]: pred, true [..., 3] (pitch, yaw, roll) radians
-    -> [..., 3] (no reduction)."""
-    d = torch.remainder(pred - true + math.pi, 2 * math.pi) - math.pi
-    return d.abs() * (180.0 / math.pi)
