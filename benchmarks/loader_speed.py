@@ -53,7 +53,7 @@ def build(root: Path, size: int, frames: int, views: int, stills: int) -> None:
 
 
 def loader_rate(datasets, ratio, batch: int, workers: int, batches: int) -> float:
-    from deblur_rotate.data.readers import mixed_loader
+    from deblur_rotate.data.mixing import mixed_loader
 
     loader = mixed_loader(datasets, batch_size=batch, ratio=ratio, workers=workers, batches_per_epoch=batches + 2,
                           seed=0)

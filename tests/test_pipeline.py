@@ -10,20 +10,11 @@ from PIL import Image
 
 from deblur_rotate.data.align import ffhq_transform, transform_points
 from deblur_rotate.errors import UserError
+from deblur_rotate.faces import alignment_matrix, crop_from_landmarks, face_mask, paste_back, prepare_image
 from deblur_rotate.images import read_image
 from deblur_rotate.models.fusion import FusionNetwork
 from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
-from deblur_rotate.pipeline import (
-    PIPELINE_FILE,
-    DeblurRotatePipeline,
-    alignment_matrix,
-    assemble_model,
-    crop_from_landmarks,
-    face_mask,
-    paste_back,
-    prepare_image,
-    sweep_views,
-)
+from deblur_rotate.pipeline import PIPELINE_FILE, DeblurRotatePipeline, assemble_model, sweep_views
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +43,7 @@ def blurry():
 
 @pytest.fixture(scope="module")
 def finder():
-    from deblur_rotate.pipeline import FaceFinder
+    from deblur_rotate.faces import FaceFinder
 
     return FaceFinder()  # loads dlib's models once for the module
 

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_video
 
 from deblur_rotate.data.align import FaceAligner, ffhq_transform, transform_points, warp_image
 from deblur_rotate.data.prepare import add_prepare_parser, prepare, segment_bounds
-from deblur_rotate.data.readers import MultiViewClips, StillImages, VideoClips, Vidtimit, read_pts
-from conftest import write_video
+from deblur_rotate.data.readers import MultiViewClips, StillImages, VideoClips, Vidtimit
+from deblur_rotate.data.sources import read_pts
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import load_png, save_png
 
@@ -148,9 +149,11 @@ def test_prepare_images_names_differing_only_in_extension_do_not_collide(tmp_pat
 def test_prepare_images_rerun_repairs_a_folder_with_colliding_names(tmp_path, aligner, monkeypatch):
     """A folder prepared when face.png and face.jpg both went to images/face.png is repaired by a rerun;
     items without a collision keep their old names and are not redone."""
-    import deblur_rotate.data.prepare as prepare_module
     from pathlib import Path
+
     from PIL import Image
+
+    import deblur_rotate.data.prepare as prepare_module
 
     src = tmp_path / "src"
     src.mkdir()

@@ -4,12 +4,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import write_video
 
 from deblur_rotate.data.blur import IBUG68_MIRROR, apply_kernels, random_motion_kernels
-from deblur_rotate.data.readers import (MixedBatchSampler, MultiViewClips, StillImages, VideoClips, Vidtimit,
-                                        _seed, apply_jitter, batch_counts, collate_samples, detect_kind, jitter_batch,
-                                        mixed_loader, mirror_sample, sample_jitter)
-from conftest import write_video
+from deblur_rotate.data.mixing import (
+    MixedBatchSampler,
+    apply_jitter,
+    batch_counts,
+    jitter_batch,
+    mixed_loader,
+    sample_jitter,
+)
+from deblur_rotate.data.readers import (
+    MultiViewClips,
+    StillImages,
+    VideoClips,
+    Vidtimit,
+    collate_samples,
+    detect_kind,
+    mirror_sample,
+    seed_from,
+)
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import from_uint8, save_png
 
@@ -61,7 +76,7 @@ def test_still_images_kernel_targets_and_determinism(tmp_path):
     s0 = ds[0]
     assert s0["targets"].shape == (5, 3, 64, 64)
     assert torch.equal(s0["targets"][0], sharp) and torch.equal(s0["targets"][4], sharp)
-    g = torch.Generator().manual_seed(_seed(3, 0, 0))
+    g = torch.Generator().manual_seed(seed_from(3, 0, 0))
     want = apply_kernels(sharp[None], random_motion_kernels(1, g, size=9))[0]
     assert torch.allclose(s0["blurry"], want, atol=1e-6)
     assert s0["view"] == 0 and s0["coeffs"] is None and torch.isnan(s0["landmarks"]).all()

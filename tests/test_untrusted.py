@@ -59,7 +59,7 @@ def astronaut():
 
 @pytest.fixture(scope="module")
 def finder():
-    from deblur_rotate.pipeline import FaceFinder
+    from deblur_rotate.faces import FaceFinder
 
     return FaceFinder()
 
@@ -447,9 +447,9 @@ def test_false_faces_are_dropped_with_reasons(astronaut, finder):
 
 def test_run_reports_dropped_detections_and_pastes_one_face(astronaut, model_dir, finder, tmp_path, capsys,
                                                             monkeypatch):
-    import deblur_rotate.pipeline as pipeline_module
+    import deblur_rotate.faces as faces_module
 
-    monkeypatch.setattr(pipeline_module, "FaceFinder", lambda: finder)  # dlib's models loaded once for the module
+    monkeypatch.setattr(faces_module, "FaceFinder", lambda: finder)  # dlib's models loaded once for the module
     Image.fromarray(astronaut).save(tmp_path / "astronaut.jpg", quality=95)
     code, _, _ = _run_cli(["run", "-i", tmp_path / "astronaut.jpg", "-o", tmp_path / "out", "--model", model_dir,
                            "--paste-back", "--no-progress", "--yaw", "0"], capsys)
@@ -466,9 +466,10 @@ def test_run_reports_dropped_detections_and_pastes_one_face(astronaut, model_dir
 
 def test_readme_examples_run_with_the_bundled_model(astronaut, finder, tmp_path, capsys, monkeypatch):
     """The corrected "Running it on photos" examples, as written (no --model: the bundled model)."""
+    import deblur_rotate.faces as faces_module
     import deblur_rotate.pipeline as pipeline_module
 
-    monkeypatch.setattr(pipeline_module, "FaceFinder", lambda: finder)
+    monkeypatch.setattr(faces_module, "FaceFinder", lambda: finder)
     monkeypatch.chdir(tmp_path)
     photo = np.asarray(Image.fromarray(astronaut).resize((256, 256), Image.LANCZOS))
     Image.fromarray(photo).save("photo.jpg")

@@ -13,7 +13,8 @@ from PIL import Image
 
 from deblur_rotate.cli import main
 from deblur_rotate.errors import UserError
-from deblur_rotate.pipeline import DEFAULT_CROP, DeblurRotatePipeline, assemble_model
+from deblur_rotate.faces import DEFAULT_CROP
+from deblur_rotate.pipeline import DeblurRotatePipeline, assemble_model
 from deblur_rotate.video import (
     FaceTracker,
     Mp4Writer,
@@ -338,9 +339,9 @@ class _FakeFinder:
 
 
 def test_detected_faces_pasted_back_into_full_frames(tmp_path, model_dir, monkeypatch):
-    import deblur_rotate.pipeline as pipeline_module
+    import deblur_rotate.faces as faces_module
 
-    monkeypatch.setattr(pipeline_module, "FaceFinder", _FakeFinder)
+    monkeypatch.setattr(faces_module, "FaceFinder", _FakeFinder)
     clip = tmp_path / "two.avi"
     frames = _smooth_frames(4, 95, 127)                      # odd sides: the MP4 gets one black pixel of padding
     write_video(clip, frames, fps=5)
@@ -411,9 +412,9 @@ def test_bad_video_input_is_one_clear_error_and_writes_nothing(tmp_path, model_d
         def find(self, image):
             return []
 
-    import deblur_rotate.pipeline as pipeline_module
+    import deblur_rotate.faces as faces_module
 
-    monkeypatch.setattr(pipeline_module, "FaceFinder", NoFaces)
+    monkeypatch.setattr(faces_module, "FaceFinder", NoFaces)
     clip = tmp_path / "nobody.avi"
     write_video(clip, _smooth_frames(6), fps=10)
     assert "no face found in any of its 6 frames" in fails(clip, "--yaw", "0")
@@ -497,8 +498,8 @@ def test_interrupted_run_leaves_no_partial_video(tmp_path, model_dir, monkeypatc
 
 
 def test_to_frontal_turns_by_the_pose_smoothed_over_the_track(tmp_path, model_dir):
+    from deblur_rotate.faces import square_resize
     from deblur_rotate.files import from_uint8
-    from deblur_rotate.pipeline import _square_resize
 
     frames = _smooth_frames(7, 36, 36, seed=4)
     clip = tmp_path / "clip.avi"
@@ -509,7 +510,7 @@ def test_to_frontal_turns_by_the_pose_smoothed_over_the_track(tmp_path, model_di
     record = process_video(clip, tmp_path / "out", pipe, options)
     assert [v["name"] for v in record["views"]] == ["frontal", "frontal_yaw+20"]
     assert _video_facts(tmp_path / "out" / "video_frontal.mp4")["frames"] == 35
-    crops = torch.stack([from_uint8(_square_resize(f, pipe.resolution)) for f in frames])
+    crops = torch.stack([from_uint8(square_resize(f, pipe.resolution)) for f in frames])
     raw = np.degrees(pipe.encode(crops)[1].numpy())                              # [7, 3] E_3D pose per frame
     logged = np.array([[e["faces"][0]["pose_deg"][k] for k in ("pitch", "yaw", "roll")] for e in
                        map(json.loads, (tmp_path / "out" / "track.jsonl").read_text().splitlines())])

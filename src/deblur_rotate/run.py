@@ -321,9 +321,10 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
     too small, no face, ``dest`` is a file)."""
     import torch
 
+    from deblur_rotate.faces import paste_back, prepare_image
     from deblur_rotate.files import replace_dir, to_uint8
     from deblur_rotate.images import grey_like, is_grey, read_image
-    from deblur_rotate.pipeline import paste_back, prepare_image, sweep_views
+    from deblur_rotate.pipeline import sweep_views
 
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{path}: its output path {dest} is a file; move it away or choose another -o")
@@ -496,7 +497,8 @@ def run_command(args) -> int:
     """``deblur-rotate run``: returns 0 when every input was done, 1 when some failed."""
     from tqdm import tqdm
 
-    from deblur_rotate.pipeline import DeblurRotatePipeline, FaceFinder
+    from deblur_rotate.faces import FaceFinder
+    from deblur_rotate.pipeline import DeblurRotatePipeline
 
     options = _options(args)
     # --- video input (issue 14): a video file, or a folder of frames with --fps -> deblur_rotate.video

@@ -298,7 +298,7 @@ class ServeApp:
                  finder=None,                   # a FaceFinder (default: one made here, models load on first use)
                  ):
         """Keep the pipeline and a face finder for every request; make root/results."""
-        from deblur_rotate.pipeline import FaceFinder
+        from deblur_rotate.faces import FaceFinder
 
         self.pipe = pipe
         self.root = Path(root)
@@ -376,9 +376,10 @@ class ServeApp:
         page, for problems of this upload or request."""
         import torch
 
+        from deblur_rotate.faces import prepare_image
         from deblur_rotate.files import to_uint8
         from deblur_rotate.outputs import contact_sheet, encode_gif, encode_mp4, view_name
-        from deblur_rotate.pipeline import prepare_image, sweep_views
+        from deblur_rotate.pipeline import sweep_views
 
         def step(fraction: float, desc: str) -> None:
             """Report progress to the page (when there is one)."""

@@ -52,13 +52,13 @@ How the frames are made consistent over time (the part single-image tools get wr
 * **Smoothing.** The filled landmark track is smoothed by a local linear fit with Gaussian weights
   (sigma ``--track-smoothing`` input frames, default 1; a window of +-2 sigma), which removes detector jitter
   but keeps steady motion exactly (no lag, no shrinking at the ends); the crop (the similarity transform of
-  :func:`deblur_rotate.pipeline.alignment_matrix`) is computed from the smoothed landmarks.
+  :func:`deblur_rotate.faces.alignment_matrix`) is computed from the smoothed landmarks.
   The head pose from E_3D is smoothed over the track the same way (``--pose-smoothing``). It sets the
   turn of ``--to-frontal`` (delta p = view - pose); views relative to the input (``--yaw``/``--pitch``
   without ``--to-frontal``) do not depend on the pose, so there the smoothed pose is only recorded.
 * **--paste-back.** The background is **repeated**: each input frame (itself the exposure's blurred
   background) is shown K times, and the face of output frame k is warped back into it with the soft
-  face mask of :func:`deblur_rotate.pipeline.paste_back` (the crop of the smoothed track).
+  face mask of :func:`deblur_rotate.faces.paste_back` (the crop of the smoothed track).
 
 Memory does not grow with the video length: frames are streamed in and out (at most ``1 + lag`` decoded
 frames are held, lag = max(1, 2 x pose sigma) input frames, for the pose smoothing and the order look-ahead),
@@ -853,11 +853,11 @@ class _Renderer:
         import torch
 
         from deblur_rotate.data.align import warp_image
-        from deblur_rotate.pipeline import AlignedFace, _square_resize, alignment_matrix
+        from deblur_rotate.faces import AlignedFace, alignment_matrix, square_resize
 
         r = self.pipe.resolution
         if self.tracks is None:
-            faces = [AlignedFace(_square_resize(image, r), None, None, None)]
+            faces = [AlignedFace(square_resize(image, r), None, None, None)]
         else:
             faces = []
             for track in self.tracks:
@@ -905,7 +905,7 @@ class _Renderer:
         import torch
 
         from deblur_rotate.files import save_png, to_uint8
-        from deblur_rotate.pipeline import paste_back
+        from deblur_rotate.faces import paste_back
 
         item = self.pending.popleft()
         following = self.pending[0] if self.pending else None
@@ -1005,7 +1005,7 @@ def process_video(source: str | os.PathLike | VideoInfo, dest: str | os.PathLike
     outputs of the module docstring, in ``dest`` (replaced when complete; nothing is left there on an error).
 
     pipe: a :class:`~deblur_rotate.pipeline.DeblurRotatePipeline`; finder: a face finder with
-    ``find(image) -> [(box, landmarks [68, 2]), ...]`` (default :class:`~deblur_rotate.pipeline.FaceFinder`; not
+    ``find(image) -> [(box, landmarks [68, 2]), ...]`` (default :class:`~deblur_rotate.faces.FaceFinder`; not
     used with ``options.aligned``). Returns the record written to ``dest/result.json``. UserError for problems
     of this input (see the module docstring) or of the request (a --factor the model cannot do)."""
     from tqdm import tqdm
@@ -1026,7 +1026,7 @@ def process_video(source: str | os.PathLike | VideoInfo, dest: str | os.PathLike
     tracks, n = None, info.num_frames
     if not options.aligned:
         if finder is None:
-            from deblur_rotate.pipeline import FaceFinder
+            from deblur_rotate.faces import FaceFinder
 
             finder = FaceFinder()
         tracks, n = _scan_faces(info, finder, options)
@@ -1143,7 +1143,7 @@ def run_video_command(args, run_options) -> int:
     check_output_folder(out)
     finder = None
     if not options.aligned:
-        from deblur_rotate.pipeline import FaceFinder
+        from deblur_rotate.faces import FaceFinder
 
         finder = FaceFinder()
     done = []

@@ -1,4 +1,5 @@
-"""Readers of real face data (paper §4), the mixing batch sampler and colour jitter.
+"""Readers of real face data (paper §4). Frame sources (folders of frames, video files, 300VW annotations) are
+:mod:`deblur_rotate.data.sources`; the 2:1:1 mixing sampler and colour jitter :mod:`deblur_rotate.data.mixing`.
 
 Every reader yields the sample structure of :class:`~deblur_rotate.data.synthbmfd.SynthBMFD`:
 
@@ -32,7 +33,6 @@ default ``persistent_workers=False``).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections import OrderedDict
@@ -55,213 +55,23 @@ from deblur_rotate.data.blur import (
     target_indices,
     valid_centers,
 )
+from deblur_rotate.data.sources import VIDEO_EXTS, FrameFolder, VideoFile, pts_landmarks, read_frame
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import from_uint8
-from deblur_rotate.images import IMAGE_EXTS, natural_key, read_image
+from deblur_rotate.images import IMAGE_EXTS, natural_key
 
 __all__ = [
-    "VIDEO_EXTS", "read_frame", "FrameFolder", "VideoFile", "read_pts", "square_resize", "mirror_sample",
-    "stack_samples", "collate_samples", "StillImages", "VideoClips", "MultiViewClips", "Vidtimit",
-    "MixedDataset", "MixedBatchSampler", "batch_counts", "sample_jitter", "apply_jitter", "jitter_batch",
-    "open_dataset",
-    "open_training_dataset", "detect_kind", "mixed_loader", "KINDS",
+    "seed_from", "square_resize", "mirror_sample", "stack_samples", "collate_samples", "StillImages", "VideoClips",
+    "MultiViewClips", "Vidtimit", "Clip", "find_clips", "open_dataset", "open_training_dataset", "detect_kind", "KINDS",
 ]
-
-VIDEO_EXTS = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 KINDS = ("images", "300vw", "multiview", "vidtimit")
 INDEX = "index.json"
 LANDMARKS = "landmarks.npy"
 
 
-def _seed(*values: int) -> int:
+def seed_from(*values: int) -> int:
     """A 63-bit seed from integers (order matters)."""
     return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def read_frame(path: Path) -> np.ndarray:
-    """A dataset image as uint8 RGB ``[H, W, 3]`` (:func:`deblur_rotate.images.read_image`, the reader photos
-    go through too); UserError naming the file and the way out when it cannot be read."""
-    try:
-        return read_image(path, min_side=1)
-    except UserError as err:
-        raise UserError(f"{err}; remove it, or run `deblur-rotate prepare`, which skips unreadable files") from None
-
-
-# -------------------------------------------------------------------------------------------- frame sources
-
-class FrameFolder:
-    """A clip stored as one image file per frame, in natural name order (``frame_2`` before ``frame_10``).
-
-    Files with an image extension count as frames; a folder with none (VIDTIMIT's ``001 002 ...``) uses its
-    extension-less files instead.
-    """
-
-    def __init__(self, path: str | os.PathLike, files: list[Path] | None = None):
-        self.path = Path(path)
-        self.files = files if files is not None else self.list_frames(self.path)
-
-    @staticmethod
-    def list_frames(path: Path) -> list[Path]:
-        entries = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-        frames = [p for p in entries if p.suffix.lower() in IMAGE_EXTS]
-        if not frames:
-            frames = [p for p in entries if p.suffix == "" and p.name.isdigit()]
-        return sorted(frames, key=natural_key)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 frames ``[len(indices), H, W, 3]``."""
-        return np.stack([read_frame(self.files[i]) for i in indices])
-
-    def frames(self):
-        """Iterate over all frames in order (uint8 [H, W, 3]); unreadable ones raise UserError."""
-        for f in self.files:
-            yield read_frame(f)
-
-
-class VideoFile:
-    """A video file decoded lazily with PyAV: ``read`` seeks to the keyframe before the first frame asked
-    for and decodes forward. Frame ``k`` is the one whose timestamp is ``k / fps`` after the stream start
-    (constant frame rate assumed, as in 300VW). The container stays open between reads (per process)."""
-
-    def __init__(self, path: str | os.PathLike, num_frames: int | None = None):
-        self.path = Path(path)
-        self._container = None
-        self._pid = None  # process that opened the container
-        self._num_frames = num_frames
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_container"] = None  # containers do not pickle; each worker process reopens
-        return state
-
-    def _open(self):
-        if self._container is not None and self._pid != os.getpid():
-            self._container = None  # inherited through fork: the parent's decoder state is not ours to share
-        if self._container is None:
-            import av
-
-            self._pid = os.getpid()
-
-            try:
-                self._container = av.open(str(self.path))
-                self._stream = self._container.streams.video[0]
-            except (OSError, IndexError, av.error.FFmpegError) as err:
-                self._container = None
-                raise UserError(f"cannot open video {self.path} ({err}); remove it, or run `deblur-rotate prepare`, "
-                                "which skips unreadable videos") from err
-            # Single-threaded decoding: FFmpeg's decoder threads in a process that later forks DataLoader
-            # workers can leave the children deadlocked (seen in the test suite); the windows read per
-            # sample are short, so threads gain little here.
-            rate = self._stream.average_rate or self._stream.guessed_rate or 25
-            self._fps = float(rate)
-            self._tb = float(self._stream.time_base)
-            self._start = self._stream.start_time or 0
-        return self._container
-
-    def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = None
-
-    def __len__(self) -> int:
-        if self._num_frames is None:
-            container = self._open()
-            container.seek(0)
-            self._num_frames = sum(1 for p in container.demux(self._stream) if p.size)
-            self.close()  # listing many videos must not keep them all open
-        return self._num_frames
-
-    def _index_of(self, frame) -> int:
-        return int(round((frame.pts - self._start) * self._tb * self._fps))
-
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 frames ``[len(indices), H, W, 3]``."""
-        import av
-
-        wanted = sorted(set(int(i) for i in indices))
-        first, last = wanted[0], wanted[-1]
-        container = self._open()
-        got: dict[int, np.ndarray] = {}
-        try:
-            target = self._start + int(math.floor(first / self._fps / self._tb))
-            container.seek(target, stream=self._stream, backward=True, any_frame=False)
-            for frame in container.decode(self._stream):
-                k = self._index_of(frame) if frame.pts is not None else None
-                if k is None:
-                    break
-                if k > last:
-                    break
-                if k in wanted:
-                    got[k] = frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as err:
-            self.close()
-            raise UserError(f"cannot decode frames {first}..{last} of {self.path} ({err}); run "
-                            "`deblur-rotate prepare`, which skips damaged videos") from err
-        if len(got) < len(wanted):  # no usable timestamps: decode from the start, counting frames
-            got = {k: v for k, v in enumerate(self._sequential(last + 1)) if k in wanted}
-        if len(got) < len(wanted):
-            raise UserError(f"{self.path} has no frame {max(set(wanted) - set(got))} (it decodes to fewer frames than "
-                            "its header says); run `deblur-rotate prepare` on it")
-        return np.stack([got[int(i)] for i in indices])
-
-    def _sequential(self, count: int):
-        container = self._open()
-        container.seek(0)
-        for k, frame in enumerate(container.decode(self._stream)):
-            if k >= count:
-                break
-            yield frame.to_ndarray(format="rgb24")
-
-    def frames(self):
-        """Iterate over all frames in order (uint8 [H, W, 3]); one decode pass, nothing kept."""
-        import av
-
-        try:
-            container = av.open(str(self.path))
-        except (OSError, av.error.FFmpegError) as err:
-            raise UserError(f"cannot open video {self.path} ({err})") from err
-        try:
-            stream = container.streams.video[0]
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as err:
-            raise UserError(f"video {self.path} is damaged ({err})") from err
-        finally:
-            container.close()
-
-
-def read_pts(path: str | os.PathLike) -> np.ndarray:
-    """Landmarks ``[N, 2]`` float32 from an iBUG ``.pts`` file, converted from its 1-based pixel
-    coordinates to ours (pixel centres at 0..W-1): ``u = x - 1``. ValueError when malformed."""
-    text = Path(path).read_text(errors="replace")
-    match = re.search(r"\{(.*)\}", text, re.S)
-    if match is None:
-        raise ValueError(f"{path} is not a .pts file (no {{ }} block)")
-    values = np.array(match.group(1).split(), dtype=np.float64)
-    if values.size % 2:
-        raise ValueError(f"{path} has an odd number of coordinates")
-    return (values.reshape(-1, 2) - 1.0).astype(np.float32)
-
-
-def pts_landmarks(annot: Path, num_frames: int) -> np.ndarray:
-    """Landmarks ``[num_frames, 68, 2]`` from a 300VW ``annot`` folder (``000001.pts`` is frame 0); NaN
-    where a file is missing or malformed."""
-    out = np.full((num_frames, 68, 2), np.nan, np.float32)
-    for f in annot.glob("*.pts"):
-        if not f.stem.isdigit():
-            continue
-        k = int(f.stem) - 1
-        if 0 <= k < num_frames:
-            try:
-                pts = read_pts(f)
-            except (OSError, ValueError):
-                continue
-            if pts.shape == (68, 2):
-                out[k] = pts
-    return out
 
 
 # --------------------------------------------------------------------------------------------- geometry
@@ -381,7 +191,7 @@ class _FaceDataset(torch.utils.data.Dataset):
         sample = self._finish(self.load(int(i)))
         if self.mirror == "pair":
             return stack_samples([sample, mirror_sample(sample)])
-        if self.mirror == "random" and np.random.default_rng(_seed(self.seed, self.epoch, i, 1)).random() < 0.5:
+        if self.mirror == "random" and np.random.default_rng(seed_from(self.seed, self.epoch, i, 1)).random() < 0.5:
             return mirror_sample(sample)
         return sample
 
@@ -442,7 +252,7 @@ class StillImages(_FaceDataset):
     def load(self, i: int) -> dict:
         image = read_frame(self.files[i])
         sharp, affine = square_resize(image[None], self.size)  # [1, 3, S, S]
-        generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch, i))
+        generator = torch.Generator().manual_seed(seed_from(self.seed, self.epoch, i))
         kernel = random_motion_kernels(1, generator, size=self.kernel_size)
         blurry = apply_kernels(sharp, kernel)[0].clamp(-1, 1)
         if self.landmarks is not None:
@@ -744,7 +554,7 @@ class MultiViewClips(VideoClips):
         if not self.pairs:
             return super().__getitem__(i)
         perf, center = self.instants[i]
-        rng = np.random.default_rng(_seed(self.seed, self.epoch, i, 2))
+        rng = np.random.default_rng(seed_from(self.seed, self.epoch, i, 2))
         available = sorted(self.performances[perf])
         if len(available) < 2:
             raise UserError(f"{self.root / perf} has a single view; pairs need two")
@@ -826,171 +636,3 @@ def open_training_dataset(kind: str, root: str | os.PathLike, size: int, m: int 
     return ds
 
 
-# ------------------------------------------------------------------------------------------------- mixing
-
-class MixedDataset(torch.utils.data.Dataset):
-    """Several datasets behind one index space (dataset k's item j is global index offsets[k] + j);
-    every sample gets ``source_index`` (int k) so a batch can be split by source."""
-
-    def __init__(self, datasets: Sequence[torch.utils.data.Dataset]):
-        if not datasets:
-            raise UserError("mixing needs at least one dataset")
-        self.datasets = list(datasets)
-        self.sizes = [len(d) for d in self.datasets]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int).tolist()
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
-
-    def locate(self, i: int) -> tuple[int, int]:
-        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        return k, i - self.offsets[k]
-
-    def set_epoch(self, epoch: int) -> None:
-        for d in self.datasets:
-            if hasattr(d, "set_epoch"):
-                d.set_epoch(epoch)
-
-    def __getitem__(self, i: int) -> dict:
-        k, j = self.locate(int(i))
-        sample = dict(self.datasets[k][j])
-        sample["source_index"] = k
-        return sample
-
-
-def batch_counts(batch_size: int, ratio: Sequence[float], num_batches: int) -> np.ndarray:
-    """Samples per source in each of ``num_batches`` batches: ``[num_batches, K]`` ints, every row summing to
-    ``batch_size``. Each row holds floor(B r_k / sum r); the leftover slots go to the sources furthest behind
-    their share so far, so that over many batches the counts follow the ratio to within one sample."""
-    r = np.asarray(ratio, dtype=np.float64)
-    if r.ndim != 1 or r.size < 1 or (r < 0).any() or r.sum() <= 0:
-        raise UserError(f"mixing ratio must be non-negative numbers with a positive sum (got {list(ratio)})")
-    if batch_size < 1:
-        raise UserError(f"batch size must be >= 1 (got {batch_size})")
-    quota = batch_size * r / r.sum()
-    base = np.floor(quota).astype(int)
-    left = batch_size - base.sum()
-    owed = np.zeros_like(quota)
-    out = np.zeros((num_batches, r.size), dtype=int)
-    for b in range(num_batches):
-        owed += quota - base
-        counts = base.copy()
-        if left:
-            order = np.lexsort((np.arange(r.size), -owed))  # most owed first, ties to the lower source
-            chosen = order[:left]
-            counts[chosen] += 1
-            owed[chosen] -= 1
-        out[b] = counts
-    return out
-
-
-class MixedBatchSampler(torch.utils.data.Sampler):
-    """Batches of global indices into a :class:`MixedDataset`, with ``batch_size`` samples per rank per
-    batch split among the sources by ``ratio`` (default 2:1:1, the paper's FFHQ : 300VW : BMFD).
-
-    Each source is read as an endless stream of shuffled passes (a fresh permutation per pass, seeded by
-    (seed, epoch, source, pass)); under DDP, rank r takes stream positions r, r + W, r + 2W, ... (W =
-    world_size), so ranks see disjoint samples and the whole is a pure function of
-    (seed, epoch, rank, world_size). Use as ``DataLoader(mixed, batch_sampler=sampler, collate_fn=collate_samples)``.
-    """
-
-    def __init__(self, sizes: Sequence[int],  # len() of each source, in MixedDataset order
-                 batch_size: int,  # samples per batch on this rank
-                 ratio: Sequence[float] = (2, 1, 1),  # relative share of each source in every batch
-                 seed: int = 0,
-                 rank: int = 0,  # this process's rank under DDP
-                 world_size: int = 1,  # number of DDP processes
-                 batches_per_epoch: int | None = None):  # default: ceil(sum(sizes) / (batch_size * world_size))
-        self.sizes, self.ratio = [int(s) for s in sizes], list(ratio)
-        if len(self.sizes) != len(self.ratio):
-            raise UserError(f"{len(self.sizes)} datasets but a mixing ratio of {len(self.ratio)} numbers "
-                            f"({':'.join(map(str, self.ratio))}); give one number per dataset")
-        for k, (n, r) in enumerate(zip(self.sizes, self.ratio)):
-            if r > 0 and n == 0:
-                raise UserError(f"dataset {k} of the mix is empty but has ratio {r}")
-        if not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} is outside 0..{world_size - 1}")
-        self.batch_size, self.seed, self.rank, self.world_size = int(batch_size), int(seed), int(rank), int(world_size)
-        self.batches_per_epoch = batches_per_epoch or max(1, math.ceil(sum(self.sizes) / (batch_size * world_size)))
-        self.epoch = 0
-        self.counts = batch_counts(self.batch_size, self.ratio, self.batches_per_epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
-    def _stream(self, k: int):
-        n, w, pass_no, position = self.sizes[k], self.world_size, 0, 0
-        while True:
-            g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, k, pass_no))
-            perm = torch.randperm(n, generator=g).tolist()
-            for j in perm:
-                if position % w == self.rank:
-                    yield j
-                position += 1
-            pass_no += 1
-
-    def __iter__(self):
-        offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
-        streams = [self._stream(k) if self.sizes[k] else None for k in range(len(self.sizes))]
-        for counts in self.counts:
-            batch = []
-            for k, c in enumerate(counts):
-                batch.extend(int(offsets[k] + next(streams[k])) for _ in range(c))
-            yield batch
-
-
-def mixed_loader(datasets: Sequence[torch.utils.data.Dataset], batch_size: int, ratio: Sequence[float] = (2, 1, 1),
-                 seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 2,
-                 batches_per_epoch: int | None = None, **loader_kwargs) -> torch.utils.data.DataLoader:
-    """A DataLoader of mixed batches (see :class:`MixedBatchSampler`); collated by :func:`collate_samples`."""
-    mixed = MixedDataset(datasets)
-    sampler = MixedBatchSampler(mixed.sizes, batch_size, ratio, seed=seed, rank=rank, world_size=world_size,
-                                batches_per_epoch=batches_per_epoch)
-    return torch.utils.data.DataLoader(mixed, batch_sampler=sampler, collate_fn=collate_samples, num_workers=workers,
-                                       **loader_kwargs)
-
-
-# ------------------------------------------------------------------------------------------ colour jitter
-
-def sample_jitter(n: int, generator: torch.Generator, brightness: float = 0.2, contrast: float = 0.2,
-                  saturation: float = 0.2, hue: float = 0.05) -> dict[str, torch.Tensor]:
-    """Jitter parameters for ``n`` samples, each ``[n]``: brightness offset in [-b, b] (on [0, 1] images),
-    contrast and saturation factors in [1 - c, 1 + c], hue shift in [-h, h] of a full turn (converted to
-    radians)."""
-    def u(spread):
-        return (torch.rand(n, generator=generator) * 2 - 1) * spread
-    return {"brightness": u(brightness), "contrast": 1 + u(contrast), "saturation": 1 + u(saturation),
-            "hue": u(hue) * 2 * math.pi}
-
-
-def apply_jitter(images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Colour jitter with kornia on ``images [N, ..., 3, H, W]`` in [-1, 1]: every image of sample i (all the
-    axes between N and 3: targets, views) gets the same parameters ``params[*][i]``. Order: brightness,
-    contrast, saturation, hue. Output has the input's shape, in [-1, 1]."""
-    from kornia.enhance import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
-
-    shape = images.shape
-    n = shape[0]
-    per = int(np.prod(shape[1:-3])) if images.dim() > 4 else 1
-    x = ((images.reshape(n * per, *shape[-3:]) + 1) * 0.5).clamp(0, 1)
-
-    def rep(key):
-        return params[key].to(x).repeat_interleave(per)
-    x = adjust_brightness(x, rep("brightness"))
-    x = adjust_contrast(x, rep("contrast"))
-    x = adjust_saturation(x, rep("saturation"))
-    x = adjust_hue(x, rep("hue"))
-    return (x.clamp(0, 1) * 2 - 1).reshape(shape)
-
-
-def jitter_batch(batch: dict, generator: torch.Generator, **spreads: float) -> dict:
-    """A collated batch with ``blurry`` and ``targets`` colour-jittered alike per sample (see
-    :func:`sample_jitter` for the spreads). Pure: returns a new dict."""
-    params = sample_jitter(batch["blurry"].shape[0], generator, **spreads)
-    out = dict(batch)
-    out["blurry"] = apply_jitter(batch["blurry"], params)
-    out["targets"] = apply_jitter(batch["targets"], params)
-    return out

@@ -285,5 +285,5 @@ def check_codes_match(network: nn.Module, num_ws: int, w_dim: int, what: str, wa
     ``[num_ws, w_dim]``, the shape ``wanted_by`` (the generator, a preset) takes; ``what`` names the network
     (e.g. its option and folder), ``remedy`` says what to give instead."""
     if (network.num_ws, network.w_dim) != (num_ws, w_dim):
-        raise UserError(f"{what} gives codes {network.num_ws} x {network.w_dim} (num_ws x w_dim) but {wanted_by} "
-                        f"needs {num_ws} x {w_dim}; {remedy}")
+        raise UserError(f"{what} gives codes [num_ws {network.num_ws}, w_dim {network.w_dim}] but {wanted_by} "
+                        f"needs {num_ws} x {w_dim} (num_ws x w_dim); {remedy}")

@@ -234,7 +234,7 @@ def training_crop(data: str, size: int, m: int | None) -> dict:
     import numpy as np
 
     from deblur_rotate.data.synthbmfd import SynthBMFD
-    from deblur_rotate.pipeline import crop_from_landmarks
+    from deblur_rotate.faces import crop_from_landmarks
 
     ds = SynthBMFD(data, split="train", m=m or 32, size=size)
     idx = np.linspace(0, len(ds) - 1, min(256, len(ds))).round().astype(int)

@@ -302,7 +302,7 @@ class BlurEncoderStage:
         """Colour jitter (when on), drawn from a generator seeded by (seed, step, rank): exact on resume."""
         if not self.config.jitter:
             return batch
-        from deblur_rotate.data.readers import jitter_batch
+        from deblur_rotate.data.mixing import jitter_batch
 
         g = torch.Generator().manual_seed((self.config.seed * 1_000_003 + step) * 64 + self.info.rank)
         return jitter_batch(batch, g)
