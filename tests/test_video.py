@@ -13,20 +13,11 @@ from PIL import Image
 
 from deblur_rotate.cli import main
 from deblur_rotate.errors import UserError
+from deblur_rotate.face_tracks import FaceTracker, fill_missing, local_linear_smooth
 from deblur_rotate.faces import DEFAULT_CROP
 from deblur_rotate.pipeline import DeblurRotatePipeline, assemble_model
-from deblur_rotate.video import (
-    FaceTracker,
-    Mp4Writer,
-    VideoOptions,
-    _frame_rate,
-    choose_order,
-    crop_to_crop,
-    fill_missing,
-    is_video_request,
-    local_linear_smooth,
-    process_video,
-)
+from deblur_rotate.video import VideoOptions, choose_order, crop_to_crop, is_video_request, process_video
+from deblur_rotate.video_io import Mp4Writer, _frame_rate
 
 av = pytest.importorskip("av")
 

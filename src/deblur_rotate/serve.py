@@ -154,7 +154,7 @@ def view_range(config: dict | None) -> dict[str, tuple[float, float]]:
 
 def is_video(path: str | os.PathLike) -> bool:
     """True for an upload that goes through the video path (by its extension, as ``deblur-rotate run``)."""
-    from deblur_rotate.video import VIDEO_EXTS
+    from deblur_rotate.video_io import VIDEO_EXTS
 
     return Path(path).suffix.lower() in VIDEO_EXTS
 
@@ -172,7 +172,7 @@ def check_video(path: str | os.PathLike, name: str):
     """Probe an uploaded video (:func:`deblur_rotate.video.probe_video`) -> its VideoInfo. UserError with a
     readable sentence for a missing, too large, unreadable or empty video, frames over MAX_SIDE pixels a side,
     or more than MAX_VIDEO_FRAMES frames."""
-    from deblur_rotate.video import probe_video
+    from deblur_rotate.video_io import probe_video
 
     path = Path(path)
     _check_file(path, name)
@@ -200,7 +200,7 @@ def check_upload(path: str | os.PathLike, name: str) -> np.ndarray:
 
     path = Path(path)
     if is_video(path):
-        from deblur_rotate.video import iter_frames
+        from deblur_rotate.video_io import iter_frames
 
         return next(iter(iter_frames(check_video(path, name))))
     _check_file(path, name)
@@ -479,7 +479,8 @@ class ServeApp:
         import json
 
         from deblur_rotate.outputs import view_name
-        from deblur_rotate.video import VideoOptions, iter_frames, process_video
+        from deblur_rotate.video import VideoOptions, process_video
+        from deblur_rotate.video_io import iter_frames
 
         step(0.05, "reading the video")
         info = check_video(path, name)
