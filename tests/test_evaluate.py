@@ -12,7 +12,7 @@ from PIL import Image
 
 from deblur_rotate.cli import main
 from deblur_rotate.errors import UserError
-from deblur_rotate.evaluate.tables import Availability, plan_tables, select_instants
+from deblur_rotate.evaluate.inputs import Availability, plan_tables, select_instants
 
 torch.set_num_threads(1)
 

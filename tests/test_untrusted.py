@@ -565,7 +565,7 @@ def test_help_and_argument_errors_import_neither_torch_nor_dlib(argv):
 
 def test_evaluate_fc3_model_folder_is_validated_too(copy_of, tmp_path):
     """`evaluate --fc3 MODEL_FOLDER` reads that folder's fusion network through the same validation."""
-    from deblur_rotate.evaluate.tables import _load_fusion
+    from deblur_rotate.evaluate.inputs import _load_fusion
 
     assert _load_fusion(copy_of, torch.device("cpu")).arch_name == "FC3R"
     outside = tmp_path / "outside_fusion"

@@ -5,6 +5,8 @@
   summaries. Pure functions.
 * :mod:`deblur_rotate.evaluate.baselines`: the "Jin et al. + Zhou et al." cascade of Table 5:
   ``DirectDeblurNet`` (blurry -> 5 sharp frames) and ``texture_warp_rotate`` (3DMM texture-warp rotation).
+* :mod:`deblur_rotate.evaluate.inputs`: the options, which tables can run (``plan_tables``), the dataset check
+  and the loaded networks (``load_resources``).
 * :mod:`deblur_rotate.evaluate.tables`: the paper's Tables 1-5 on a SynthBMFD split (``evaluate(options)``).
 * :mod:`deblur_rotate.evaluate.report`: report.md, table<k>.csv, report.json and the figures.
 * :mod:`deblur_rotate.evaluate.command`: ``deblur-rotate evaluate``.
@@ -12,4 +14,4 @@
 Importing this package imports neither submodule (they pull in torch, kornia and dlib); import them directly.
 """
 
-__all__ = ["baselines", "command", "metrics", "report", "tables"]
+__all__ = ["baselines", "command", "inputs", "metrics", "report", "tables"]

@@ -91,8 +91,9 @@ def run_command(args: argparse.Namespace) -> int:
     import tempfile
 
     from deblur_rotate.errors import UserError
+    from deblur_rotate.evaluate.inputs import EvaluateOptions, plan_tables
     from deblur_rotate.evaluate.report import check_out_folder, quality_lines, table_markdown, write_report
-    from deblur_rotate.evaluate.tables import EvaluateOptions, evaluate, plan_tables
+    from deblur_rotate.evaluate.tables import evaluate
 
     check_out_folder(args.out)  # fail before the (long) evaluation
     if args.limit is not None and args.limit < 1:
@@ -141,6 +142,6 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _nothing():
-    from deblur_rotate.evaluate.tables import Availability
+    from deblur_rotate.evaluate.inputs import Availability
 
     return Availability()
