@@ -10,7 +10,8 @@ import torch
 from conftest import write_video
 
 from deblur_rotate.data.align import FaceAligner, ffhq_transform, transform_points, warp_image
-from deblur_rotate.data.prepare import add_prepare_parser, prepare, segment_bounds
+from deblur_rotate.data.prepare import prepare, segment_bounds
+from deblur_rotate.data.prepare_options import add_prepare_parser
 from deblur_rotate.data.readers import MultiViewClips, StillImages, VideoClips, Vidtimit
 from deblur_rotate.data.sources import read_pts
 from deblur_rotate.errors import UserError

@@ -47,14 +47,14 @@ from pathlib import Path
 import numpy as np
 
 from deblur_rotate.data.align import FaceAligner, ffhq_transform, transform_points, warp_image
-from deblur_rotate.data.prepare_options import EXPECTED, add_prepare_parser, configure_prepare_parser  # noqa: F401
+from deblur_rotate.data.prepare_options import EXPECTED
 from deblur_rotate.data.readers import INDEX, LANDMARKS, Clip, find_clips
 from deblur_rotate.data.sources import FrameFolder, pts_landmarks
 from deblur_rotate.errors import UserError
 from deblur_rotate.files import atomic_write_bytes, atomic_write_json, save_png
 from deblur_rotate.images import IMAGE_EXTS, natural_key
 
-__all__ = ["prepare", "add_prepare_parser", "configure_prepare_parser", "run_prepare", "EXPECTED", "segment_bounds",
+__all__ = ["prepare", "run_prepare", "EXPECTED", "segment_bounds",
            "clip_landmarks"]
 
 FORMAT_VERSION = 1

@@ -43,6 +43,7 @@ def configure_prepare_parser(p) -> None:
 
 
 def _run_prepare(args) -> int:
-    from deblur_rotate.data.prepare import run_prepare
+    """``func`` of the parser: imports the worker (torch, dlib) only when the command runs."""
+    import importlib
 
-    return run_prepare(args)
+    return importlib.import_module("deblur_rotate.data.prepare").run_prepare(args)
