@@ -22,14 +22,11 @@ from deblur_rotate.losses.face3d import (
     render_coefficients_image,
 )
 from deblur_rotate.render.camera import pose_error_deg
-from deblur_rotate.train.face3d import (
-    Face3DConfig,
-    Face3DPairs,
-    Face3DStage,
+from deblur_rotate.train.face3d import Face3DConfig, Face3DStage
+from deblur_rotate.train.face3d_data import Face3DPairs, open_view_pairs, procedural_model_from
+from deblur_rotate.train.face3d_priors import (
     coefficient_prior,
     fit_translation,
-    open_view_pairs,
-    procedural_model_from,
     rig_camera_matrix,
     rig_coefficient_prior,
 )

@@ -18,7 +18,7 @@ from deblur_rotate.models.fusion import FusionNetwork, fusion_config
 from deblur_rotate.models.io import load_pretrained, read_weights, save_pretrained
 from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
 from deblur_rotate.render.camera import wrap_angle
-from deblur_rotate.train.face3d import ViewPairs
+from deblur_rotate.train.face3d_data import ViewPairs
 from deblur_rotate.train.fusion import (
     FusionConfig,
     FusionPairs,

@@ -52,8 +52,6 @@ cm). Usage::
 from __future__ import annotations
 
 import copy
-import itertools
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -71,6 +69,19 @@ from deblur_rotate.face3d.loading import (
     resize_images,
 )
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.face3d_data import (
+    Face3DPairs,
+    open_view_pairs,
+    procedural_model_from,
+    reader_has_landmarks,
+    reader_has_poses,
+)
+from deblur_rotate.train.face3d_priors import (
+    coefficient_prior,
+    fit_translation,
+    rig_camera_matrix,
+    rig_coefficient_prior,
+)
 from deblur_rotate.train.options import DATA_KINDS  # the CLI's choices, re-exported
 
 if TYPE_CHECKING:
@@ -79,27 +90,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DATA_KINDS",
     "PRESET_DEFAULTS",
-    "SINGLE_VIEW_KINDS",
     "Face3DConfig",
-    "Face3DPairs",
     "Face3DStage",
-    "ViewPairs",
-    "coefficient_prior",
     "face_model_spec",
-    "fit_rigid_pose",
-    "fit_translation",
-    "open_view_pairs",
-    "procedural_model_from",
-    "reader_has_landmarks",
-    "reader_has_poses",
-    "rig_camera_matrix",
-    "rig_coefficient_prior",
     "run_face3d",
 ]
 
 _NETWORK = "E3D"  # the network's name in checkpoints
-# dataset kinds of --kind: DATA_KINDS (train/options.py); single-view kinds pair each sample with its mirror image
-SINGLE_VIEW_KINDS = ("images", "300vw", "video", "vidtimit")
 
 # per-preset default total batch (images; two views per instant, so always even)
 PRESET_DEFAULTS: dict[str, dict] = {
@@ -228,321 +225,6 @@ def face_model_spec(config: Face3DConfig, index: dict | None) -> dict:
 
     return {"kind": "bfm", "path": resolve(config.bfm), "expression_path": resolve(config.bfm_expression),
             "landmarks_path": resolve(config.bfm_landmarks), "n_id": n_id, "n_tex": n_tex, "n_exp": n_exp}
-
-
-def coefficient_prior(root: str | os.PathLike, subjects: list[str], layout) -> tuple[torch.Tensor, torch.Tensor]:
-    """E_3D's starting point and per-coefficient step, from the ground truth of a SynthBMFD split.
-
-    root: the SynthBMFD folder; subjects: subject names whose ``meta.npz`` files are read (all views, frames
-    and performances); layout: the :class:`~deblur_rotate.face3d.model.CoeffLayout` of the model in use
-    (the data's lighting and pose are the last 33 entries of any layout, so a BFM layout works too).
-    Returns (offset [C], scale [C]): offset zero for the modes and the rotation (frontal), the mean lighting
-    and mean translation (cm); scale 1 for the modes (they are ~N(0, 1)), the data's standard deviation for
-    lighting (>= 0.02), rotation (radians, >= 0.05) and translation (cm, >= 0.5).
-    """
-    tails = []
-    for subject in subjects:
-        for meta in sorted((Path(root) / subject).glob("*/meta.npz")):
-            with np.load(meta) as data:
-                coeffs = data["coeffs"]  # [V, T, C_data]
-            tails.append(coeffs.reshape(-1, coeffs.shape[-1])[:, -33:].astype(np.float64))
-    if not tails:
-        raise UserError(f"{root}: no meta.npz under the subjects {subjects[:3]}...; the dataset is damaged, "
-                        "regenerate it with `deblur-rotate synth`")
-    return _prior_from_tails(np.concatenate(tails), layout)
-
-
-def _prior_from_tails(tail: np.ndarray, layout) -> tuple[torch.Tensor, torch.Tensor]:
-    """(offset [C], scale [C]) float32 from example coefficient tails ``[K, 33]`` = light (27) | rotation (3)
-    radians | translation (3) cm: see :func:`coefficient_prior` for the rules."""
-    mean, std = tail.mean(0), tail.std(0)
-    s = layout.slices()
-    offset = torch.zeros(layout.size, dtype=torch.float64)
-    scale = torch.ones(layout.size, dtype=torch.float64)
-    offset[s["light"]] = torch.from_numpy(mean[:27])
-    offset[s["translation"]] = torch.from_numpy(mean[30:])
-    scale[s["light"]] = torch.from_numpy(np.maximum(std[:27], 0.02))
-    scale[s["rotation"]] = torch.from_numpy(np.maximum(std[27:30], 0.05))
-    scale[s["translation"]] = torch.from_numpy(np.maximum(std[30:], 0.5))
-    return offset.float(), scale.float()
-
-
-def rig_camera_matrix(size: int, focal_factor: float | None = None) -> torch.Tensor:
-    """The fixed pinhole camera ``[3, 3]`` real data is rendered with (its own camera is unknown): the SynthBMFD
-    rig's framing, focal length ``focal_factor`` x ``size`` pixels (default ``SynthConfig.focal_factor`` = 3.5;
-    the rig's head is ~1 m away, so a ``size``-pixel image spans ~29 cm there) and the principal point at the
-    image centre ((size - 1) / 2, pixel centres at integers)."""
-    from deblur_rotate.data.synthbmfd import SynthConfig
-    from deblur_rotate.render.camera import intrinsics
-
-    factor = SynthConfig.focal_factor if focal_factor is None else float(focal_factor)
-    return intrinsics(size * factor, size)
-
-
-def rig_coefficient_prior(layout, performances: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """E_3D's starting point and per-coefficient step for real data (no 3D ground truth): the coefficient tails
-    a camera straight in front of the SynthBMFD rig would see over ``performances`` sampled SynthBMFD
-    performances (their head motion, translation and world lighting; nothing is rendered).
-
-    layout: the :class:`~deblur_rotate.face3d.model.CoeffLayout` in use. Returns (offset [C], scale [C]) as
-    :func:`coefficient_prior`: offset zero for the modes and the rotation, the mean lighting, and the
-    translation of the rig's head seen from 1 m (about (0, -3, 103) cm); the scales are the spreads of the
-    sampled lighting, rotation (radians) and translation (cm), with the same floors. Deterministic.
-    """
-    from deblur_rotate.data.motion import MotionConfig, sample_performance
-    from deblur_rotate.data.synthbmfd import SynthConfig, _head_pivot, _rig_target
-    from deblur_rotate.render.camera import euler_to_matrix
-
-    config = SynthConfig()
-    pivot = _head_pivot().double()  # [3] cm, the point the head turns about (model frame)
-    camera_t = torch.tensor([0.0, 0.0, config.distance_cm], dtype=torch.float64) - \
-        torch.tensor(_rig_target(), dtype=torch.float64)  # frontal camera: p_cam = p_world + camera_t
-    tails = []
-    for k in range(performances):
-        perf = sample_performance(np.random.default_rng([seed, k]), config.num_frames, config.fps, 10,
-                                  MotionConfig(), blink_mode=None)
-        rotation = torch.from_numpy(perf.rotation).double()  # [T, 3] radians
-        head_t = pivot - euler_to_matrix(rotation) @ pivot + torch.from_numpy(perf.translation).double()  # [T, 3]
-        tails.append(np.concatenate([perf.light, perf.rotation, (head_t + camera_t).numpy()], 1))
-    return _prior_from_tails(np.concatenate(tails).astype(np.float64), layout)
-
-
-def fit_rigid_pose(face_model, landmarks: torch.Tensor, camera_matrix: torch.Tensor, iterations: int = 40
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per image, the rotation and translation that put the mean face's 68 landmarks on ``landmarks`` (a PnP
-    fit: least squares of the reprojection error in pixels over the finite points, L-BFGS from a frontal
-    start whose translation comes from a linear solve; identity and expression stay at the mean).
-
-    face_model: the :class:`~deblur_rotate.face3d.model.MorphableModel`; landmarks: ``[K, 68, 2]`` (u, v)
-    pixels, NaN where unknown; camera_matrix: ``[3, 3]``. Returns (rotation ``[K, 3]`` (pitch, yaw, roll)
-    radians, translation ``[K, 3]`` cm, fitted ``[K]`` bool: at least 6 finite points), float32 on the CPU.
-    """
-    from deblur_rotate.render.camera import euler_to_matrix, project, transform
-
-    pts = torch.as_tensor(landmarks, dtype=torch.float64).detach().cpu().reshape(-1, 68, 2)  # [K, 68, 2]
-    num = pts.shape[0]
-    model = face_model.mean_shape[face_model.landmark_indices].detach().double().cpu()  # [68, 3] model frame, cm
-    k = torch.as_tensor(camera_matrix, dtype=torch.float64).detach().cpu()
-    valid = torch.isfinite(pts).all(-1)  # [K, 68]
-    fitted = valid.sum(-1) >= 6  # [K]
-    target = pts.nan_to_num(0.0)
-    # start: frontal, with the translation of the linear solve of u (Z + tz) - cx (Z + tz) = f (X + tx) per image
-    start = torch.zeros(num, 3, dtype=torch.float64)
-    start[:, 2] = 100.0
-    for i in torch.nonzero(fitted).flatten().tolist():
-        d = pts[i, valid[i]] - k[:2, 2]  # [P, 2]
-        xyz = model[valid[i]]
-        a = torch.zeros(2 * d.shape[0], 3, dtype=torch.float64)
-        a[: d.shape[0], 0], a[d.shape[0]:, 1] = k[0, 0], k[1, 1]
-        a[:, 2] = -torch.cat([d[:, 0], d[:, 1]])
-        b = torch.cat([d[:, 0] * xyz[:, 2] - k[0, 0] * xyz[:, 0], d[:, 1] * xyz[:, 2] - k[1, 1] * xyz[:, 1]])
-        t = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
-        if bool(torch.isfinite(t).all()) and float(t[2] + xyz[:, 2].mean()) > 1.0:
-            start[i] = t
-    angles = torch.zeros(num, 3, dtype=torch.float64, requires_grad=True)
-    shift = torch.zeros(num, 3, dtype=torch.float64, requires_grad=True)  # translation change in 10 cm units
-    opt = torch.optim.LBFGS([angles, shift], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
-    weight = valid.to(torch.float64)[..., None]  # [K, 68, 1]
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        cam = transform(model.expand(num, -1, -1), euler_to_matrix(angles), start + 10.0 * shift)
-        err = ((project(cam, k) - target).square() * weight).sum() / weight.sum().clamp_min(1.0)
-        err.backward()
-        return err
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return angles.detach().float(), (start + 10.0 * shift).detach().float(), fitted
-
-
-def fit_translation(face_model, landmarks: torch.Tensor, camera_matrix: torch.Tensor) -> torch.Tensor | None:
-    """The mean translation ``[3]`` (cm, camera frame) of the faces with ``landmarks [K, 68, 2]`` (pixels, NaN
-    where unknown) seen by ``camera_matrix [3, 3]``: the mean over the images of :func:`fit_rigid_pose`, or
-    None when no image has 6 finite points. Used as E_3D's starting translation on real data."""
-    _, translation, fitted = fit_rigid_pose(face_model, landmarks, camera_matrix)
-    if not bool(fitted.any()):
-        return None
-    t = translation[fitted].mean(0)
-    return t if bool(torch.isfinite(t).all()) else None
-
-
-# ------------------------------------------------------------------------------------------------- data
-
-class Face3DPairs(torch.utils.data.Dataset):
-    """Every unordered pair of views {u, v} (u != v) of every instant of a SynthBMFD split.
-
-    Item = ``{"blurry": [2, 3, S, S], "target": [2, 3, S, S] (the sharp middle frames), "landmarks":
-    [2, 68, 2] (pixels), "pose": [2, 3] (radians)}`` at the dataset's size. A pure function of the index.
-    """
-
-    def __init__(self, dataset):  # dataset: a SynthBMFD with at least two views
-        if len(dataset.views) < 2:
-            raise UserError("E_3D training needs at least two views per instant (for L_mview)")
-        self.dataset = dataset
-        self.pairs = list(itertools.combinations(dataset.views, 2))
-
-    def __len__(self) -> int:
-        return len(self.dataset.instants) * len(self.pairs)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        instant, pair = divmod(int(i), len(self.pairs))
-        subject, perf, center = self.dataset.instants[instant]
-        s = self.dataset.load_views(subject, perf, center, list(self.pairs[pair]))
-        return {"blurry": s["blurry"], "target": s["targets"][:, 2], "landmarks": s["landmarks"], "pose": s["pose"]}
-
-
-class ViewPairs(torch.utils.data.Dataset):
-    """Two views of one instant from a reader of :mod:`deblur_rotate.data.readers` (no SynthBMFD ground truth).
-
-    * :class:`~deblur_rotate.data.readers.MultiViewClips` (the BMFD layout): true views, every unordered pair
-      {u, v} (u < v) of the views each performance has, at every instant; with ``mirror_copies`` each pair
-      also comes left-right mirrored (both views flipped, landmarks renumbered, view k -> 9 - k).
-    * A single-view reader (StillImages, VideoClips, Vidtimit) opened with ``mirror='pair'``: view u is the
-      sample, view v its horizontal mirror (paper §4), with landmarks flipped and renumbered
-      (:func:`deblur_rotate.data.readers.mirror_sample`) and the pose mirrored where known.
-
-    Item (leading [2] axis = the views u, v; S = the reader's size)::
-
-        blurry     [2, 3, S, S]     in [-1, 1]
-        targets    [2, 5, 3, S, S]  the 5 sharp frames of each view (``middle_only``: ``target [2, 3, S, S]``,
-                                    the middle frame only)
-        landmarks  [2, 68, 2]       middle-frame landmarks, (u, v) pixels; NaN where unknown
-        pose       [2, 3]           (pitch, yaw, roll) radians; NaN where unknown
-        view       [2]              int64 rig views (0: unknown)
-        mirrored   [2]              bool: the view is a left-right flipped copy
-
-    Attributes: ``second_view`` ("true" or "mirror"), ``copies`` (2 when mirrored copies are interleaved:
-    odd items are the mirrored ones), ``pairs`` (the view pairs used; empty for single-view data). A pure
-    function of the index (and of the reader's seed and epoch, which draw the stills' blur kernels).
-    """
-
-    def __init__(self,
-                 reader,                      # MultiViewClips, or a single-view reader with mirror='pair'
-                 mirror_copies: bool = False,  # MultiViewClips only: add left-right mirrored copies of every pair
-                 middle_only: bool = False):   # return the middle sharp frame ``target`` instead of ``targets``
-        from deblur_rotate.data.readers import MultiViewClips
-
-        self.reader = reader
-        self.middle_only = bool(middle_only)
-        if isinstance(reader, MultiViewClips):
-            self.second_view = "true"
-            self.copies = 2 if mirror_copies else 1
-            self.perf_pairs = {perf: list(itertools.combinations(sorted(views), 2))
-                               for perf, views in reader.performances.items()}
-            self.instants = [(perf, c) for perf, c in reader.instants if self.perf_pairs[perf]]
-            if not self.instants:
-                raise UserError(f"{reader.root}: every performance has a single view, so there are no view pairs; "
-                                "give at least two views per performance (view_1, view_2, ...)")
-            counts = [len(self.perf_pairs[perf]) for perf, _ in self.instants]
-            self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # [instants + 1]
-            self.pairs = sorted({pair for pairs in self.perf_pairs.values() for pair in pairs})
-        else:
-            if getattr(reader, "mirror", None) != "pair":
-                raise ValueError("a single-view reader must be opened with mirror='pair' (its mirror is view v)")
-            self.second_view = "mirror"
-            self.copies = 1
-            self.pairs = []
-
-    def __len__(self) -> int:
-        n = int(self.offsets[-1]) if self.second_view == "true" else len(self.reader)
-        return n * self.copies
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        from deblur_rotate.data.readers import mirror_sample, stack_samples
-
-        i, flip = divmod(int(i), self.copies)
-        if self.second_view == "true":
-            k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-            perf, center = self.instants[k]
-            views = self.perf_pairs[perf][i - int(self.offsets[k])]
-            samples = [self.reader.load_view(perf, v, center) for v in views]
-            if flip:
-                samples = [mirror_sample(x) for x in samples]
-            s = stack_samples(samples)
-        else:
-            s = self.reader[i]  # the sample and its mirror, stacked
-        out = {"blurry": s["blurry"].float(), "landmarks": s["landmarks"].float(), "pose": s["pose"].float(),
-               "view": torch.as_tensor(s["view"]).long(), "mirrored": torch.as_tensor(s["mirrored"]).bool()}
-        if self.middle_only:
-            out["target"] = s["targets"][:, 2].float()
-        else:
-            out["targets"] = s["targets"].float()
-        return out
-
-
-def open_view_pairs(kind: str, root: str | os.PathLike, size: int, m: int | None = None, stride: int = 1,
-                    seed: int = 0, mirror_copies: bool = False, middle_only: bool = False) -> ViewPairs:
-    """:class:`ViewPairs` of a real-data folder: ``kind`` 'multiview' (true views) or one of
-    :data:`SINGLE_VIEW_KINDS` (the mirror image as the second view). size: output side, pixels; m: blur
-    half-window (None: the kind's own; ignored for stills); stride: centre-frame step of video kinds;
-    seed: the stills' blur kernels; mirror_copies / middle_only: see :class:`ViewPairs`."""
-    from deblur_rotate.data.readers import open_dataset
-
-    if kind == "multiview":
-        reader = open_dataset("multiview", root, size=size, m=m, stride=stride, seed=seed)
-    elif kind in SINGLE_VIEW_KINDS:
-        extra = {} if kind == "images" else {"stride": stride}
-        reader = open_dataset(kind, root, size=size, m=m, mirror="pair", seed=seed, **extra)
-    else:
-        raise UserError(f"no view pairs for dataset kind {kind!r}: expected multiview or one of "
-                        f"{', '.join(SINGLE_VIEW_KINDS)}")
-    pairs = ViewPairs(reader, mirror_copies=mirror_copies, middle_only=middle_only)
-    if len(pairs) == 0:
-        raise UserError(f"{root} holds no usable samples ({kind})")
-    return pairs
-
-
-def _npz_keys(path: Path) -> set[str]:
-    """Array names of an .npz file (nothing loaded); empty when missing or unreadable."""
-    if not path.is_file():
-        return set()
-    try:
-        with np.load(path) as data:
-            return set(data.files)
-    except (OSError, ValueError):
-        return set()
-
-
-def reader_has_landmarks(reader) -> bool:
-    """Whether a reader of :mod:`deblur_rotate.data.readers` has any landmarks to give (a prepared index's
-    ``landmarks.npy``, 300VW ``.pts`` files, a multi-view ``meta.npz``), without loading samples."""
-    from deblur_rotate.data.readers import MultiViewClips, StillImages
-
-    if isinstance(reader, StillImages):
-        return reader.landmarks is not None and bool(np.isfinite(reader.landmarks).any())
-    for clip in getattr(reader, "clips", []):
-        if clip.annot is not None or clip._landmarks is not None or \
-                (clip.landmarks_file is not None and clip.landmarks_file.is_file()):
-            return True
-    if isinstance(reader, MultiViewClips):
-        return any("landmarks" in _npz_keys(reader.root / perf / "meta.npz") for perf in reader.performances)
-    return False
-
-
-def reader_has_poses(reader) -> bool:
-    """Whether every sample of a reader has a known head pose: only multi-view folders whose every
-    performance carries a ``meta.npz`` with ``pose`` (SynthBMFD read as the BMFD layout); real data has none."""
-    from deblur_rotate.data.readers import MultiViewClips
-
-    if not isinstance(reader, MultiViewClips):
-        return False
-    return all("pose" in _npz_keys(reader.root / perf / "meta.npz") for perf in reader.performances)
-
-
-def procedural_model_from(folder: str | os.PathLike) -> dict:
-    """The procedural model sizes a SynthBMFD folder was rendered with (its ``index.json`` ``model``), so E_3D
-    on real data can use the same model (``--model-from``). UserError when the folder is not a SynthBMFD one."""
-    path = Path(folder) / "index.json"
-    try:
-        index = json.loads(path.read_text())
-        return procedural_sizes(dict(index["model"]), str(path))
-    except FileNotFoundError:
-        raise UserError(f"--model-from {folder}: no index.json; give a SynthBMFD folder (`deblur-rotate synth`)") \
-            from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"--model-from {folder}: {path} names no procedural model ({err}); give a SynthBMFD "
-                        "folder (`deblur-rotate synth`)") from None
 
 
 # ------------------------------------------------------------------------------------------------- stage

@@ -354,7 +354,7 @@ class FusionStage:
         ``--no-mirror`` on single-view data."""
         from deblur_rotate.data.readers import detect_kind
         from deblur_rotate.data.synthbmfd import SynthBMFD
-        from deblur_rotate.train.face3d import SINGLE_VIEW_KINDS, open_view_pairs, reader_has_poses
+        from deblur_rotate.train.face3d_data import SINGLE_VIEW_KINDS, open_view_pairs, reader_has_poses
 
         c = self.config
         if not c.data:
