@@ -31,6 +31,13 @@ repeated 5 times, is scored against the same targets (no order question there). 
 ``--refine-steps N`` refines E_v's codes as ``run`` does (default: the model folder's pipeline.json
 ``refine``, 0 without ``--model``); ``--refine-steps 0`` gives the plain E_v + G figures.
 
+``--align landmarks`` frames every sample as ``run`` frames a photo's face before the networks see it: the
+blurry image and its 5 targets are warped alike (:func:`deblur_rotate.faces.alignment_matrix` with the model's
+``pipeline.json`` crop) along the sample's true 68 landmarks of the middle frame, and everything is scored in
+that crop (an oracle alignment: the landmarks are the data's, not dlib's detections on the blurry image). For
+data framed otherwise than the training data (``synth --focal-factor``); ``--align none`` (default) feeds the
+frames as they are stored.
+
 The data may be any SynthBMFD-layout folder at any stored size (``--data``, e.g. new subjects from
 ``deblur-rotate synth --seed 99``): frames are resized to G's resolution on reading. ``--model`` takes a
 whole model folder (``pipeline.json``) instead of ``--blur-encoder`` and ``--generator``.
@@ -75,6 +82,23 @@ def model_refine(model: Path | None, steps: int | None):
     return settings
 
 
+def align_sample(blurry: torch.Tensor, targets: torch.Tensor, landmarks: torch.Tensor, crop: dict | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blurry image ``[3, R, R]`` and targets ``[5, 3, R, R]`` (in [-1, 1]) warped into the model's crop along
+    ``landmarks [68, 2]`` (pixels of the same images), as ``run`` aligns a detected face."""
+    import numpy as np
+
+    from deblur_rotate.data.align import warp_image
+    from deblur_rotate.faces import alignment_matrix
+    from deblur_rotate.files import from_uint8, to_uint8
+
+    size = blurry.shape[-1]
+    a = alignment_matrix(landmarks.double().numpy(), size, crop)
+    images = to_uint8(torch.cat([blurry[None], targets]))  # [6, R, R, 3] uint8
+    warped = from_uint8(np.stack([warp_image(image, a, size) for image in images]))  # [6, 3, R, R]
+    return warped[0], warped[1:]
+
+
 def model_parts(model: Path | None, blur_encoder: Path | None, generator: Path | None) -> tuple[Path, Path]:
     """(E_v folder, G folder) from a model folder or the two folders given; UserError when neither is."""
     from deblur_rotate.errors import UserError
@@ -89,11 +113,23 @@ def model_parts(model: Path | None, blur_encoder: Path | None, generator: Path |
     return blur_encoder, generator
 
 
+def _middle_landmarks(dataset, i: int) -> torch.Tensor:
+    """The 68 landmarks ``[68, 2]`` (pixels at the read size) of sample ``i``'s middle target; UserError without."""
+    from deblur_rotate.errors import UserError
+
+    landmarks = dataset.dataset[i].get("landmarks")
+    if landmarks is None or not bool(torch.isfinite(torch.as_tensor(landmarks)).all()):
+        raise UserError("--align landmarks needs the data's 68 landmarks of every sample (SynthBMFD has them)")
+    lm = torch.as_tensor(landmarks).float()
+    return lm[0] if lm.dim() == 3 else lm
+
+
 @torch.no_grad()
 def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test", limit: int | None = 256,
              m: int | None = 32, kind: str = "auto", batch: int = 16, device: str = "cpu",
-             detect_faces: bool = True, refine=None) -> dict[str, float]:
-    """The figures listed in the module docstring, as a dict. ``refine``: RefineSettings (None: off)."""
+             detect_faces: bool = True, refine=None, align_crop: dict | None = None) -> dict[str, float]:
+    """The figures listed in the module docstring, as a dict. ``refine``: RefineSettings (None: off);
+    ``align_crop``: a pipeline.json ``crop`` to align every sample to (None: the frames as stored)."""
     from deblur_rotate.errors import UserError
     from deblur_rotate.evaluate.metrics import detect_landmarks, motion_ratio, psnr, ssim, video_metric
     from deblur_rotate.files import from_uint8, to_uint8
@@ -118,6 +154,10 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
     seconds = 0.0
     for start in range(0, count, batch):
         items = [dataset[i] for i in picks[start:start + batch]]
+        if align_crop is not None:
+            aligned = [align_sample(it["blurry"], it["targets"], _middle_landmarks(dataset, i), align_crop)
+                       for it, i in zip(items, picks[start:start + batch])]
+            items = [{"blurry": b, "targets": t} for b, t in aligned]
         blurry = torch.stack([it["blurry"] for it in items]).to(dev)  # [B, 3, R, R]
         targets = torch.stack([it["targets"] for it in items]).to(dev)  # [B, 5, 3, R, R]
         t0 = time.perf_counter()
@@ -159,6 +199,15 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
     }
 
 
+def model_crop(model: Path | None) -> dict | None:
+    """The model folder's pipeline.json ``crop`` (None without a model folder: the FFHQ framing)."""
+    import json
+
+    if model is None or not (model / "pipeline.json").is_file():
+        return None
+    return json.loads((model / "pipeline.json").read_text()).get("crop")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None,
@@ -180,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--refine-steps", type=int, default=None,
                         help="blur-consistency refinement steps (default: the model folder's pipeline.json, else 0)")
+    parser.add_argument("--align", choices=("none", "landmarks"), default="none",
+                        help="landmarks: warp every sample into the model's crop along its true landmarks, as run "
+                             "aligns a photo's face (default none: the frames as stored)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -191,10 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         refine = model_refine(args.model, args.refine_steps)
         figures = evaluate(blur_encoder, generator, args.data, split=args.split, limit=args.limit,
                            m=args.m, kind=args.kind, batch=max(1, args.batch), device=args.device,
-                           detect_faces=args.detect_faces, refine=refine)
+                           detect_faces=args.detect_faces, refine=refine,
+                           align_crop=(model_crop(args.model) or {"method": "ffhq"}) if args.align == "landmarks"
+                           else None)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    print(f"align: {args.align}")
     for name, value in figures.items():
         print(f"{name}: {value}" if isinstance(value, int) else f"{name}: {value:.4f}")
     return 0
