@@ -30,7 +30,7 @@ from PIL import Image
 
 from deblur_rotate.demo import examples_dir
 from deblur_rotate.errors import UserError
-from deblur_rotate.serve import DEFAULT_VIEW_RANGE, MAX_SIDE, check_upload, view_range
+from deblur_rotate.serve_app import DEFAULT_VIEW_RANGE, MAX_SIDE, check_upload, view_range
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("DEBLUR_ROTATE_CHROMIUM", "/usr/bin/chromium")
@@ -118,13 +118,14 @@ def _micro_pipeline(with_rotation: bool = True):
 
 
 def test_app_processes_every_face_and_view(tmp_path, monkeypatch):
-    from deblur_rotate import serve
+    from deblur_rotate import serve_app
 
     photo = tmp_path / "two faces.png"
     Image.fromarray(_two_faces()).save(photo)
-    app = serve.ServeApp(_micro_pipeline(), tmp_path / "root", model_label="micro")
+    app = serve_app.ServeApp(_micro_pipeline(), tmp_path / "root", model_label="micro")
     assert app.range == {"yaw_deg": (-40.0, 40.0), "pitch_deg": DEFAULT_VIEW_RANGE["pitch_deg"]}
-    assert app.view_choices() == [serve.VIEW_INPUT, serve.VIEW_NEW, serve.VIEW_FRONTAL, serve.VIEW_SWEEP]
+    assert app.view_choices() == [serve_app.VIEW_INPUT, serve_app.VIEW_NEW, serve_app.VIEW_FRONTAL,
+                                  serve_app.VIEW_SWEEP]
     calls = []
     result = app.process(photo, "two faces.png", False, app.view_choices(), -20, 10,
                          progress=lambda f, desc: calls.append(f))
@@ -145,38 +146,38 @@ def test_app_processes_every_face_and_view(tmp_path, monkeypatch):
     assert app.downloads(result, 1)[0] == result.zip_path and len(app.downloads(result, 1)) == 1 + 2 * 4 + 1
 
     with pytest.raises(UserError, match="outside the range the model was trained on \\(-40 to 40 degrees\\)"):
-        app.process(photo, "two faces.png", False, [serve.VIEW_NEW], 50, 0)
+        app.process(photo, "two faces.png", False, [serve_app.VIEW_NEW], 50, 0)
     with pytest.raises(UserError, match="choose at least one view"):
         app.process(photo, "two faces.png", False, [], 0, 0)
     with pytest.raises(UserError, match="no photo yet"):
         app.process(None)
     # only the newest KEEP_RESULTS request folders are kept
-    monkeypatch.setattr(serve, "KEEP_RESULTS", 2)
+    monkeypatch.setattr(serve_app, "KEEP_RESULTS", 2)
     for _ in range(2):
-        last = app.process(photo, "p.png", True, [serve.VIEW_INPUT], 0, 0)
+        last = app.process(photo, "p.png", True, [serve_app.VIEW_INPUT], 0, 0)
     assert max(p.name for p in (tmp_path / "root" / "results").iterdir()) == Path(last.folder).name
     assert len(list((tmp_path / "root" / "results").iterdir())) == 2 and not Path(result.folder).exists()
 
-    plain = serve.ServeApp(_micro_pipeline(with_rotation=False), tmp_path / "plain")
-    assert plain.view_choices() == [serve.VIEW_INPUT]
+    plain = serve_app.ServeApp(_micro_pipeline(with_rotation=False), tmp_path / "plain")
+    assert plain.view_choices() == [serve_app.VIEW_INPUT]
     with pytest.raises(UserError, match="cannot render the view"):
-        plain.process(photo, "p.png", True, [serve.VIEW_FRONTAL], 0, 0)
-    one = plain.process(photo, "p.png", True, [serve.VIEW_INPUT], 0, 0)
+        plain.process(photo, "p.png", True, [serve_app.VIEW_FRONTAL], 0, 0)
+    one = plain.process(photo, "p.png", True, [serve_app.VIEW_INPUT], 0, 0)
     assert one.faces[0].pose_deg is None and one.faces[0].box is None and len(one.faces[0].frames) == 5
 
 
 def test_app_sends_a_video_upload_through_the_video_path(tmp_path):
-    from deblur_rotate import serve
+    from deblur_rotate import serve_app
     from deblur_rotate.images import read_image
 
     frame = read_image(EXAMPLE)
     clip = tmp_path / "clip.avi"
     write_video(clip, np.stack([frame, np.roll(frame, 1, 1), np.roll(frame, 2, 1)]), fps=8)
-    app = serve.ServeApp(_micro_pipeline(), tmp_path / "root")
-    assert serve.is_video(clip) and not serve.is_video(EXAMPLE)
-    assert serve.check_upload(clip, "clip.avi").shape == frame.shape  # the preview: its first frame
-    result = app.process(clip, "clip.avi", False, [serve.VIEW_INPUT, serve.VIEW_NEW, serve.VIEW_FRONTAL,
-                                                   serve.VIEW_SWEEP], 20, 0)
+    app = serve_app.ServeApp(_micro_pipeline(), tmp_path / "root")
+    assert serve_app.is_video(clip) and not serve_app.is_video(EXAMPLE)
+    assert serve_app.check_upload(clip, "clip.avi").shape == frame.shape  # the preview: its first frame
+    result = app.process(clip, "clip.avi", False, [serve_app.VIEW_INPUT, serve_app.VIEW_NEW, serve_app.VIEW_FRONTAL,
+                                                   serve_app.VIEW_SWEEP], 20, 0)
     assert result.kind == "video" and result.views == ["input_view", "yaw+20", "frontal"]
     assert "3 frames at 8 fps -> 15 sharp frames at 40 fps" in result.notes[0]
     assert "sweep is for photos" in result.notes[1]
@@ -185,7 +186,7 @@ def test_app_sends_a_video_upload_through_the_video_path(tmp_path):
     assert [v for v, _shown, _mp4 in face.videos] == result.views and face.box is not None
     for _view, shown, mp4 in face.videos:
         assert shown == mp4 and Path(mp4).read_bytes()[4:8] == b"ftyp"
-    assert len(face.frames) == 3 * serve.VIDEO_FRAMES_SHOWN and set(face.pose_deg) == {"pitch", "yaw", "roll"}
+    assert len(face.frames) == 3 * serve_app.VIDEO_FRAMES_SHOWN and set(face.pose_deg) == {"pitch", "yaw", "roll"}
     with zipfile.ZipFile(result.zip_path) as zf:
         assert sum(n.endswith(".png") for n in zf.namelist()) == 3 * 15
     assert any(p.endswith("track.jsonl") for p in app.downloads(result, 0))
@@ -193,10 +194,10 @@ def test_app_sends_a_video_upload_through_the_video_path(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"no video in here")
     with pytest.raises(UserError) as err:
-        app.process(bad, "holiday.mp4", False, [serve.VIEW_INPUT], 0, 0)
+        app.process(bad, "holiday.mp4", False, [serve_app.VIEW_INPUT], 0, 0)
     assert str(err.value).startswith("holiday.mp4: ") and str(tmp_path) not in str(err.value)
     with pytest.raises(UserError, match="the sweep is for photos"):
-        app.process(clip, "clip.avi", False, [serve.VIEW_SWEEP], 0, 0)
+        app.process(clip, "clip.avi", False, [serve_app.VIEW_SWEEP], 0, 0)
 
 
 # ---------------------------------------------------------------------------------------------- the browser
