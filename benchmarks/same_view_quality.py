@@ -113,15 +113,21 @@ def model_parts(model: Path | None, blur_encoder: Path | None, generator: Path |
     return blur_encoder, generator
 
 
-def _middle_landmarks(dataset, i: int) -> torch.Tensor:
-    """The 68 landmarks ``[68, 2]`` (pixels at the read size) of sample ``i``'s middle target; UserError without."""
+def _aligned_item(dataset, i: int, crop: dict) -> dict[str, torch.Tensor]:
+    """Sample ``i`` of a BlurSequences (no mirroring) read once, with its images warped into ``crop`` along its
+    middle target's 68 landmarks; UserError when the data has no landmarks."""
     from deblur_rotate.errors import UserError
 
-    landmarks = dataset.dataset[i].get("landmarks")
+    sample = dataset.dataset[i]  # the reader's sample: images and landmarks from one read
+    blurry, targets = sample["blurry"].float(), sample["targets"].float()
+    landmarks = sample.get("landmarks")
     if landmarks is None or not bool(torch.isfinite(torch.as_tensor(landmarks)).all()):
         raise UserError("--align landmarks needs the data's 68 landmarks of every sample (SynthBMFD has them)")
-    lm = torch.as_tensor(landmarks).float()
-    return lm[0] if lm.dim() == 3 else lm
+    landmarks = torch.as_tensor(landmarks).float()
+    if blurry.dim() == 4:  # a pair of views: the first, as BlurSequences takes it
+        blurry, targets, landmarks = blurry[0], targets[0], landmarks[0]
+    blurry, targets = align_sample(blurry, targets, landmarks, crop)
+    return {"blurry": blurry, "targets": targets}
 
 
 @torch.no_grad()
@@ -153,11 +159,8 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
                              "found_generated", "found_true")}
     seconds = 0.0
     for start in range(0, count, batch):
-        items = [dataset[i] for i in picks[start:start + batch]]
-        if align_crop is not None:
-            aligned = [align_sample(it["blurry"], it["targets"], _middle_landmarks(dataset, i), align_crop)
-                       for it, i in zip(items, picks[start:start + batch])]
-            items = [{"blurry": b, "targets": t} for b, t in aligned]
+        chunk = picks[start:start + batch]
+        items = [dataset[i] if align_crop is None else _aligned_item(dataset, i, align_crop) for i in chunk]
         blurry = torch.stack([it["blurry"] for it in items]).to(dev)  # [B, 3, R, R]
         targets = torch.stack([it["targets"] for it in items]).to(dev)  # [B, 5, 3, R, R]
         t0 = time.perf_counter()
@@ -199,13 +202,15 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
     }
 
 
-def model_crop(model: Path | None) -> dict | None:
-    """The model folder's pipeline.json ``crop`` (None without a model folder: the FFHQ framing)."""
+def model_crop(model: Path | None) -> dict:
+    """The model folder's pipeline.json ``crop`` (the FFHQ framing, as the pipeline's default, without one)."""
     import json
 
+    from deblur_rotate.faces import DEFAULT_CROP
+
     if model is None or not (model / "pipeline.json").is_file():
-        return None
-    return json.loads((model / "pipeline.json").read_text()).get("crop")
+        return dict(DEFAULT_CROP)
+    return json.loads((model / "pipeline.json").read_text()).get("crop") or dict(DEFAULT_CROP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = evaluate(blur_encoder, generator, args.data, split=args.split, limit=args.limit,
                            m=args.m, kind=args.kind, batch=max(1, args.batch), device=args.device,
                            detect_faces=args.detect_faces, refine=refine,
-                           align_crop=(model_crop(args.model) or {"method": "ffhq"}) if args.align == "landmarks"
-                           else None)
+                           align_crop=model_crop(args.model) if args.align == "landmarks" else None)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,8 +10,8 @@ from PIL import Image
 
 from deblur_rotate.cli import main
 from deblur_rotate.files import from_uint8, to_uint8
-from deblur_rotate.pipeline import DeblurRotatePipeline, assemble_model
 from deblur_rotate.outputs import output_names, view_name
+from deblur_rotate.pipeline import DeblurRotatePipeline, assemble_model
 from deblur_rotate.run import list_inputs, views_from_angles
 
 

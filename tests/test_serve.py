@@ -96,8 +96,8 @@ def _two_faces() -> np.ndarray:
     """Two built-in examples side by side: a photo in which dlib finds two faces (the first two examples in
     which the face finder finds one: blurry 64 px faces are not always found, and the examples change with
     the bundled model)."""
-    from deblur_rotate.images import read_image
     from deblur_rotate.faces import FaceFinder
+    from deblur_rotate.images import read_image
 
     finder = FaceFinder()
     found = [image for image in (read_image(folder / "blurry.png") for folder in sorted(examples_dir().iterdir())

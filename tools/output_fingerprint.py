@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled one)")
     args = ap.parse_args(argv)
 
-    from skimage import data as skdata  # the astronaut photo ships with scikit-image
     import imageio.v3 as iio
+    from skimage import data as skdata  # the astronaut photo ships with scikit-image
 
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)

@@ -44,18 +44,14 @@ them fall back as :func:`deblur_rotate.model_folder.training_facts` says.
 (``views=[(0, 0)]``, no ``to_frontal``); a fusion network without E_3D can still turn by relative angles.
 The stored weights are the EMA weights of each training stage.
 
-``crop`` says how the faces the networks were trained on are framed, so that real photos are aligned the
-same way: with the FFHQ recipe (:func:`deblur_rotate.data.align.ffhq_transform`) the face's oriented square
-fills the whole crop; training faces that sit smaller or off-centre (SynthBMFD's rig camera) are described
-by the side of that square as a fraction of the image side (``face_side``) and its centre in fractions of
-the image (``face_center`` = (x, y) from the top-left outer corner). :func:`deblur_rotate.faces.crop_from_landmarks` measures
-both from the 68 landmarks of training images.
+``crop`` says how the faces the networks were trained on are framed, so that real photos are aligned the same
+way (the fields are explained in :mod:`deblur_rotate.faces`, which measures them from training landmarks with
+``crop_from_landmarks``).
 
-Real photos (:mod:`deblur_rotate.faces`): :func:`deblur_rotate.images.read_image` (any jpg/png/webp/bmp/tiff,
-grey, palette, RGBA, 16-bit -> 8-bit RGB), :func:`~deblur_rotate.faces.prepare_image` (dlib detection, HOG then CNN fallback, and the alignment above; or ``aligned=True``
-to just resize), :func:`paste_back` (the same-view sharp frame warped back into the photo with a feathered
-mask of the face). Where the crop reaches past the photo's edge it is filled by mirroring the photo;
-``AlignedFace.outside`` (:func:`face_outside_share`) says how much of the face itself was made up that way.
+Real photos: :func:`deblur_rotate.images.read_image` (any jpg/png/webp/bmp/tiff, grey, palette, RGBA, 16-bit ->
+8-bit RGB), then :mod:`deblur_rotate.faces`: ``prepare_image`` (dlib detection, HOG then CNN fallback, and the
+alignment above; or ``aligned=True`` to just resize) and ``paste_back`` (the same-view sharp frame warped back into
+the photo with a feathered mask of the face).
 """
 from __future__ import annotations
 

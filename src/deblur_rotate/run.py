@@ -372,7 +372,8 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
                 write_output(stage, f"{sub}sweep.gif", encode_gif(sweep[k], options.fps), written)
                 write_output(stage, f"{sub}sweep.mp4", encode_mp4(sweep[k], options.fps), written)
             input_yaw = None if result.pose is None else math.degrees(float(result.pose[k, 1]))
-            write_output(stage, f"{sub}contact_sheet.png", contact_sheet(face.image, frames[k], names, input_yaw), written)
+            sheet = contact_sheet(face.image, frames[k], names, input_yaw)
+            write_output(stage, f"{sub}contact_sheet.png", sheet, written)
             info: dict = {"folder": sub.rstrip("/") or ".",
                           "box": None if face.box is None else [round(b, 1) for b in face.box]}
             if face.detection is not None:  # detector, score, landmark_disagreement

@@ -20,7 +20,8 @@ import numpy as np
 from deblur_rotate.errors import UserError
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_VIEW_RANGE", "KEEP_RESULTS", "MAX_SIDE", "MAX_UPLOAD_MB",
-           "FaceResult", "RequestResult", "ServeApp", "boxed_photo", "check_upload", "check_video", "is_video", "view_range"]
+           "FaceResult", "RequestResult", "ServeApp", "boxed_photo", "check_upload", "check_video", "is_video",
+           "view_range"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860

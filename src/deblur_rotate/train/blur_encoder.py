@@ -288,7 +288,8 @@ class BlurEncoderStage:
                             "`deblur-rotate train sharp-encoder` (config.json + model.safetensors)")
         E_s = load_pretrained("encoders.sharp", folder)  # UserError on another kind or damaged files
         check_codes_match(E_s, self.G.num_ws, self.G.w_dim, f"sharp encoder {folder}",
-                          f"the generator of preset {c.preset}", "give the E_s trained with this generator (same --preset)")
+                          f"the generator of preset {c.preset}",
+                          "give the E_s trained with this generator (same --preset)")
         return E_s
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
