@@ -21,19 +21,20 @@ import torch
 
 from deblur_rotate.errors import UserError
 
-__all__ = ["DEFAULT_CROP", "AlignedFace", "Detection", "FaceFinder", "alignment_matrix", "crop_from_landmarks",
-           "crop_values", "face_mask", "face_outside_share", "paste_back", "prepare_image", "square_resize"]
+__all__ = ["DEFAULT_CROP", "AlignedFace", "Detection", "FaceFinder", "alignment_matrix", "check_crop",
+           "crop_from_landmarks", "crop_templates", "crop_values", "face_mask", "face_outside_share", "paste_back",
+           "prepare_image", "similarity_fits", "square_resize", "template_crop_from_landmarks"]
 
 # FFHQ framing: the face's oriented square fills the crop.
 DEFAULT_CROP: dict = {"method": "ffhq", "face_side": 1.0, "face_center": [0.5, 0.5], "source": "FFHQ alignment"}
 
 
 def crop_values(crop: dict | None) -> tuple[float, np.ndarray]:
-    """(face_side, face_center [2]) of a pipeline.json ``crop`` entry, validated."""
+    """(face_side, face_center [2]) of an ``ffhq`` pipeline.json ``crop`` entry, validated."""
     crop = DEFAULT_CROP if crop is None else crop
     if not isinstance(crop, dict) or crop.get("method", "ffhq") != "ffhq":
-        raise UserError(f"unsupported crop description {crop!r}: expected {{'method': 'ffhq', 'face_side': s, "
-                        "'face_center': [x, y]}")
+        raise UserError(f"unsupported crop description {str(crop)[:80]}: expected {{'method': 'ffhq', "
+                        "'face_side': s, 'face_center': [x, y]}")
     try:
         side = float(crop.get("face_side", 1.0))
         center = np.asarray(crop.get("face_center", [0.5, 0.5]), dtype=np.float64).reshape(2)
@@ -44,8 +45,35 @@ def crop_values(crop: dict | None) -> tuple[float, np.ndarray]:
     return side, center
 
 
+def crop_templates(crop: dict) -> np.ndarray:
+    """The landmark templates ``[K, 68, 2]`` (fractions of the crop side, (x, y) from the top-left outer corner)
+    of a ``template`` pipeline.json ``crop`` entry, validated."""
+    try:
+        templates = np.asarray(crop.get("templates"), dtype=np.float64)
+    except (TypeError, ValueError):
+        templates = np.zeros(0)
+    if templates.ndim != 3 or templates.shape[1:] != (68, 2) or len(templates) == 0:
+        raise UserError("crop description: a 'template' crop needs 'templates', a list of K >= 1 sets of 68 (x, y) "
+                        f"points; got an array of shape {templates.shape}")
+    if not np.isfinite(templates).all() or np.abs(templates).max() > 20:
+        raise UserError("crop description: 'templates' must be finite fractions of the crop side (|x| <= 20)")
+    spread = templates.std(axis=1).min()
+    if spread < 1e-3:
+        raise UserError("crop description: a template's 68 points all coincide")
+    return templates
+
+
+def check_crop(crop: dict | None) -> None:
+    """UserError unless ``crop`` is a crop description the pipeline can align faces with (``ffhq`` or
+    ``template``; None means the default FFHQ framing)."""
+    if isinstance(crop, dict) and crop.get("method") == "template":
+        crop_templates(crop)
+    else:
+        crop_values(crop)
+
+
 def crop_from_landmarks(landmarks: np.ndarray | torch.Tensor, size: int, source: str = "training landmarks") -> dict:
-    """Measure how training faces are framed, for pipeline.json's ``crop``.
+    """Measure how training faces are framed, for pipeline.json's ``crop`` (the ``ffhq`` description).
 
     landmarks: ``[N, 68, 2]`` (u, v) pixels of N training images of side ``size`` (e.g. SynthBMFD's
                ``landmarks``); NaN rows are skipped.
@@ -54,12 +82,7 @@ def crop_from_landmarks(landmarks: np.ndarray | torch.Tensor, size: int, source:
     """
     from deblur_rotate.data.align import ffhq_transform, invert_affine
 
-    lm = np.asarray(landmarks.detach().cpu() if isinstance(landmarks, torch.Tensor) else landmarks, np.float64)
-    if lm.ndim != 3 or lm.shape[1:] != (68, 2):
-        raise ValueError(f"expected landmarks [N, 68, 2], got {lm.shape}")
-    lm = lm[np.isfinite(lm).all(axis=(1, 2))]
-    if len(lm) == 0:
-        raise ValueError("no finite landmark set to measure the crop from")
+    lm = _finite_landmark_sets(landmarks)
     sides, centers = [], []
     for points in lm:
         a = ffhq_transform(points, size)  # training-image pixels -> FFHQ crop pixels
@@ -72,9 +95,99 @@ def crop_from_landmarks(landmarks: np.ndarray | torch.Tensor, size: int, source:
             "face_center": [float(v) for v in np.median(np.stack(centers), 0)], "source": f"{source} ({len(lm)})"}
 
 
+def _finite_landmark_sets(landmarks: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``[N, 68, 2]`` float64 without the sets holding a NaN; ValueError when the shape is wrong or none is left."""
+    lm = np.asarray(landmarks.detach().cpu() if isinstance(landmarks, torch.Tensor) else landmarks, np.float64)
+    if lm.ndim != 3 or lm.shape[1:] != (68, 2):
+        raise ValueError(f"expected landmarks [N, 68, 2], got {lm.shape}")
+    lm = lm[np.isfinite(lm).all(axis=(1, 2))]
+    if len(lm) == 0:
+        raise ValueError("no finite landmark set to measure the crop from")
+    return lm
+
+
+def similarity_fits(source: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares similarities (rotation, uniform scale, shift; no reflection) taking the points
+    ``source [P, 2]`` onto each of ``targets [K, P, 2]``: (``A [K, 2, 3]``, RMS residual ``[K]`` in target units).
+    Closed form: with points as complex numbers, the map is ``t = c s + d`` (Umeyama 1991 without reflection)."""
+    src = np.asarray(source, np.float64)
+    tgt = np.asarray(targets, np.float64)
+    mu_s, mu_t = src.mean(0), tgt.mean(1)                                 # [2], [K, 2]
+    s = (src[:, 0] - mu_s[0]) + 1j * (src[:, 1] - mu_s[1])                # [P]
+    t = (tgt[..., 0] - mu_t[:, None, 0]) + 1j * (tgt[..., 1] - mu_t[:, None, 1])  # [K, P]
+    c = (np.conj(s)[None] * t).sum(1) / max(float((np.abs(s) ** 2).sum()), 1e-12)  # [K]
+    residual = np.sqrt((np.abs(t - c[:, None] * s[None]) ** 2).mean(1))  # [K]
+    linear = np.stack([np.stack([c.real, -c.imag], -1), np.stack([c.imag, c.real], -1)], 1)  # [K, 2, 2]
+    offset = mu_t - np.einsum("kij,j->ki", linear, mu_s)                 # [K, 2]
+    return np.concatenate([linear, offset[..., None]], 2), residual
+
+
+TEMPLATE_COUNT = 32   # landmark templates in a ``template`` crop: pose clusters of the training faces
+TEMPLATE_BLEND = 3    # an alignment blends the similarities onto this many best-fitting templates
+
+
+def template_crop_from_landmarks(landmarks: np.ndarray | torch.Tensor, size: int, count: int = TEMPLATE_COUNT,
+                                 source: str = "training landmarks", seed: int = 0) -> dict:
+    """Describe how training faces are framed by landmark templates, for pipeline.json's ``crop``.
+
+    For training images framed by a fixed camera (SynthBMFD's rig) rather than by a face alignment: the FFHQ
+    square follows the eyes and mouth, which for a turned head sit off the head's centre, so a photo aligned
+    with it is framed unlike any training image. Here the training sets (``[N, 68, 2]`` pixels of images of side
+    ``size``) are clustered by shape (k-means on their similarity-normalised points: pose and expression) and
+    each cluster's mean set, in the training images' own framing, becomes a template. :func:`alignment_matrix`
+    maps a photo's landmarks onto the templates they fit best, which frames the face as training faces of that
+    pose were framed. Returns ``{"method": "template", "templates": [K][68][2] fractions of the side, ...}``.
+    """
+    lm = _finite_landmark_sets(landmarks)
+    count = max(1, min(int(count), len(lm)))
+    reference = lm.mean(0)
+    for _ in range(3):  # generalised Procrustes: every set onto the mean shape, then the mean again
+        fits, _ = zip(*(similarity_fits(points, reference[None]) for points in lm))
+        normalised = np.stack([points @ a[0, :, :2].T + a[0, :, 2] for points, a in zip(lm, fits)])
+        reference = normalised.mean(0)
+    features = normalised.reshape(len(lm), -1)
+    labels = _kmeans(features, count, seed)
+    templates = np.stack([lm[labels == k].mean(0) for k in range(count) if (labels == k).any()])
+    fractions = (templates + 0.5) / size
+    return {"method": "template", "templates": np.round(fractions, 4).tolist(),
+            "source": f"{source} ({len(lm)} sets, {len(templates)} templates)"}
+
+
+def _kmeans(features: np.ndarray, count: int, seed: int, iterations: int = 30) -> np.ndarray:
+    """Cluster labels ``[N]`` of ``features [N, D]``: k-means++ seeding (deterministic for ``seed``), Lloyd steps."""
+    rng = np.random.default_rng(seed)
+    centres = [features[rng.integers(len(features))]]
+    for _ in range(1, count):
+        d2 = np.min(((features[:, None] - np.stack(centres)[None]) ** 2).sum(-1), 1)
+        total = d2.sum()
+        centres.append(features[rng.choice(len(features), p=d2 / total)] if total > 0 else features[0])
+    centres = np.stack(centres)
+    labels = np.zeros(len(features), dtype=np.int64)
+    for _ in range(iterations):
+        labels = ((features[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        moved = np.stack([features[labels == k].mean(0) if (labels == k).any() else centres[k]
+                          for k in range(count)])
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    return labels
+
+
 def alignment_matrix(landmarks: np.ndarray, size: int, crop: dict | None = None) -> np.ndarray:
     """Similarity ``A`` (2 x 3 float64, photo pixels -> crop pixels) framing the face with ``landmarks
-    [68, 2]`` in a ``size`` x ``size`` crop as the training faces were framed (``crop``, default FFHQ)."""
+    [68, 2]`` in a ``size`` x ``size`` crop as the training faces were framed (``crop``, default FFHQ).
+
+    ``template`` crops: the similarities taking the landmarks onto the ``TEMPLATE_BLEND`` best-fitting templates,
+    averaged with weights 1 / residual^2 (a blend, so that a face turning slowly in a video is not framed in
+    jumps when the best template changes)."""
+    if isinstance(crop, dict) and crop.get("method") == "template":
+        points = np.asarray(landmarks, np.float64)
+        if points.shape != (68, 2) or not np.isfinite(points).all():
+            raise ValueError(f"landmarks must be a finite [68, 2] array, got shape {points.shape}")
+        fits, residual = similarity_fits(points, crop_templates(crop) * size - 0.5)
+        best = np.argsort(residual)[:TEMPLATE_BLEND]
+        weights = 1.0 / (residual[best] ** 2 + 1e-6 * size ** 2)
+        return np.einsum("k,kij->ij", weights / weights.sum(), fits[best])
     from deblur_rotate.data.align import ffhq_transform
 
     side, center = crop_values(crop)

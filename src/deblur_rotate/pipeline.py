@@ -70,7 +70,7 @@ import torch
 from torch import nn
 
 from deblur_rotate.errors import UserError
-from deblur_rotate.faces import DEFAULT_CROP, crop_values
+from deblur_rotate.faces import DEFAULT_CROP, check_crop
 from deblur_rotate.model_folder import FORMAT_VERSION, NETWORK_KINDS, PIPELINE_FILE, TrainingFacts
 from deblur_rotate.refine import RefineResult, RefineSettings
 from deblur_rotate.refine import refine as run_refinement
@@ -177,7 +177,7 @@ def assemble_model(out: str | os.PathLike, *,
         raise ValueError(f"dtype must be None, torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
     if not isinstance(preset, str) or not preset:
         raise ValueError("preset must be a non-empty name such as 'tiny'")
-    crop_values(crop)  # validate
+    check_crop(crop)  # validate
     sources = {"generator": generator, "blur_encoder": blur_encoder, "face3d_encoder": face3d_encoder, "fusion": fusion}
     parts = {"generator": _as_module(generator, "generator"), "blur_encoder": _as_module(blur_encoder, "blur_encoder"),
              "face3d_encoder": None if face3d_encoder is None else _as_module(face3d_encoder, "face3d_encoder"),
@@ -317,7 +317,7 @@ class DeblurRotatePipeline:
         if self.config["num_frames"] != blur_encoder.num_frames:
             raise UserError(f"{name}: {PIPELINE_FILE} says num_frames {self.config['num_frames']} but the blur "
                             f"encoder predicts {blur_encoder.num_frames}")
-        crop_values(self.config["crop"])
+        check_crop(self.config["crop"])
         try:  # the default blur-consistency refinement of E_v's codes (off when pipeline.json has none)
             self.refine: RefineSettings = RefineSettings.from_json(self.config.get("refine"))
         except (TypeError, ValueError) as err:
