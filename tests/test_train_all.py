@@ -1,6 +1,7 @@
 """`deblur-rotate train all`: every stage on a tiny SynthBMFD, the model folder, skip/resume, bad input."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,7 +35,9 @@ def test_train_all_builds_a_working_model_and_skips_finished_stages(tmp_path, sy
     model = run_all(_plan(synth_root, out))
     meta = json.loads((model / "pipeline.json").read_text())
     assert set(meta["networks"]) == {"generator", "blur_encoder", "face3d_encoder", "fusion"}
-    assert 0 < meta["crop"]["face_side"] <= 1.5
+    assert meta["crop"]["method"] == "template"  # the training framing as landmark templates (fractions of the side)
+    templates = np.asarray(meta["crop"]["templates"])
+    assert templates.ndim == 3 and templates.shape[1:] == (68, 2) and 0 < templates.min() and templates.max() < 1
     log = json.loads((out / "train_all.json").read_text())
     assert set(log["stages"]) == {"generator", "sharp_encoder", "blur_encoder", "face3d", "fusion"}
     assert all(v["steps"] == 2 and v["wall_s_total"] >= 0 for v in log["stages"].values())
