@@ -262,7 +262,7 @@ def test_symlinks_that_stay_inside_the_folder_are_fine(copy_of):
     ({"trained_on_synthetic_only": "yes"}, "pipeline.json: trained_on_synthetic_only: must be true or false"),
     ({"view_range_deg": {"yaw": [60, -60]}}, "pipeline.json: view_range_deg: must be"),
     ({"crop": {"method": "ffhq", "face_side": "big"}}, "pipeline.json: crop.face_side"),
-    ({"crop": {"method": "template", "templates": [[0.5, 0.5]]}}, "pipeline.json: crop description: a 'template'"),
+    ({"crop": {"method": "template", "templates": [[0.5, 0.5]]}}, "pipeline.json: crop.templates"),
 ])
 def test_pipeline_json_fields_are_checked(copy_of, change, match):
     from deblur_rotate.model_folder import validate_model_folder

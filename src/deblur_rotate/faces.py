@@ -29,20 +29,25 @@ __all__ = ["DEFAULT_CROP", "AlignedFace", "Detection", "FaceFinder", "alignment_
 DEFAULT_CROP: dict = {"method": "ffhq", "face_side": 1.0, "face_center": [0.5, 0.5], "source": "FFHQ alignment"}
 
 
+CROP_FORMS = ('{"method": "ffhq", "face_side": s, "face_center": [x, y]} or '
+              '{"method": "template", "templates": [[[x, y] x 68] x K]}')
+
+
 def crop_values(crop: dict | None) -> tuple[float, np.ndarray]:
     """(face_side, face_center [2]) of an ``ffhq`` pipeline.json ``crop`` entry, validated."""
     crop = DEFAULT_CROP if crop is None else crop
     if not isinstance(crop, dict) or crop.get("method", "ffhq") != "ffhq":
-        raise UserError(f"unsupported crop description {str(crop)[:80]}: expected {{'method': 'ffhq', "
-                        "'face_side': s, 'face_center': [x, y]}")
+        raise UserError(f"crop: must be {CROP_FORMS}; got {str(crop)[:80]}")
+    side, center = crop.get("face_side", 1.0), crop.get("face_center", [0.5, 0.5])
+    if isinstance(side, bool) or not isinstance(side, (int, float)) or not 0.05 <= side <= 20.0:
+        raise UserError(f"crop.face_side: must be a number in [0.05, 20]; got {side!r}")
     try:
-        side = float(crop.get("face_side", 1.0))
-        center = np.asarray(crop.get("face_center", [0.5, 0.5]), dtype=np.float64).reshape(2)
+        center = np.asarray(center, dtype=np.float64).reshape(2)
     except (TypeError, ValueError):
-        raise UserError(f"crop description {crop!r}: face_side must be a number and face_center two numbers") from None
-    if not (0.05 <= side <= 20.0) or not np.isfinite(center).all():
-        raise UserError(f"crop description {crop!r}: face_side must be in [0.05, 20] and face_center finite")
-    return side, center
+        center = np.full(2, np.nan)
+    if not np.isfinite(center).all() or np.abs(center).max() > 100:
+        raise UserError(f"crop.face_center: must be two numbers (x, y), fractions of the image; got {str(center)[:60]}")
+    return float(side), center
 
 
 def crop_templates(crop: dict) -> np.ndarray:
@@ -53,20 +58,25 @@ def crop_templates(crop: dict) -> np.ndarray:
     except (TypeError, ValueError):
         templates = np.zeros(0)
     if templates.ndim != 3 or templates.shape[1:] != (68, 2) or len(templates) == 0:
-        raise UserError("crop description: a 'template' crop needs 'templates', a list of K >= 1 sets of 68 (x, y) "
-                        f"points; got an array of shape {templates.shape}")
+        raise UserError("crop.templates: must be a list of K >= 1 sets of 68 (x, y) points; got an array of shape "
+                        f"{templates.shape}")
     if not np.isfinite(templates).all() or np.abs(templates).max() > 20:
-        raise UserError("crop description: 'templates' must be finite fractions of the crop side (|x| <= 20)")
+        raise UserError("crop.templates: must be finite fractions of the crop side (|x| <= 20)")
     spread = templates.std(axis=1).min()
     if spread < 1e-3:
-        raise UserError("crop description: a template's 68 points all coincide")
+        raise UserError("crop.templates: a template's 68 points all coincide")
     return templates
 
 
+def is_template_crop(crop: dict | None) -> bool:
+    """Whether a pipeline.json ``crop`` entry describes landmark templates (else the FFHQ square)."""
+    return isinstance(crop, dict) and crop.get("method") == "template"
+
+
 def check_crop(crop: dict | None) -> None:
-    """UserError unless ``crop`` is a crop description the pipeline can align faces with (``ffhq`` or
-    ``template``; None means the default FFHQ framing)."""
-    if isinstance(crop, dict) and crop.get("method") == "template":
+    """UserError (naming the field: ``crop.face_side: ...``) unless ``crop`` is a crop description the pipeline can
+    align faces with (``ffhq`` or ``template``; None means the default FFHQ framing)."""
+    if is_template_crop(crop):
         crop_templates(crop)
     else:
         crop_values(crop)
@@ -180,7 +190,7 @@ def alignment_matrix(landmarks: np.ndarray, size: int, crop: dict | None = None)
     ``template`` crops: the similarities taking the landmarks onto the ``TEMPLATE_BLEND`` best-fitting templates,
     averaged with weights 1 / residual^2 (a blend, so that a face turning slowly in a video is not framed in
     jumps when the best template changes)."""
-    if isinstance(crop, dict) and crop.get("method") == "template":
+    if is_template_crop(crop):
         points = np.asarray(landmarks, np.float64)
         if points.shape != (68, 2) or not np.isfinite(points).all():
             raise ValueError(f"landmarks must be a finite [68, 2] array, got shape {points.shape}")

@@ -252,24 +252,13 @@ def validate_pipeline_fields(meta: object, where: str) -> dict:
         RefineSettings.from_json(meta.get("refine"))
     except (TypeError, ValueError) as err:
         raise UserError(f"{where}: refine: {err}") from None
-    crop = meta.get("crop")
-    if isinstance(crop, dict) and crop.get("method") == "template":
-        from deblur_rotate.faces import crop_templates
+    if meta.get("crop") is not None:
+        from deblur_rotate.faces import check_crop
 
         try:
-            crop_templates(crop)
+            check_crop(meta["crop"])
         except UserError as err:
             raise UserError(f"{where}: {err}") from None
-    elif crop is not None:
-        if not isinstance(crop, dict) or crop.get("method", "ffhq") != "ffhq":
-            raise UserError(f"{where}: crop: must be "
-                            f"{{\"method\": \"ffhq\", \"face_side\": s, \"face_center\": [x, y]}} or "
-                            f"{{\"method\": \"template\", \"templates\": [[[x, y] x 68] x K]}}")
-        side, center = crop.get("face_side", 1.0), crop.get("face_center", [0.5, 0.5])
-        if not _is_number(side) or not 0.05 <= side <= 20.0:
-            raise UserError(f"{where}: crop.face_side: must be a number in [0.05, 20]; got {side!r}")
-        if not isinstance(center, list) or len(center) != 2 or not all(_is_number(c) and abs(c) <= 100 for c in center):
-            raise UserError(f"{where}: crop.face_center: must be two numbers (x, y); got {center!r}")
     return meta
 
 
