@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from deblur_rotate.models.io import register
+from deblur_rotate.models.stylegan2 import PRESETS, num_ws_for, stylegan2_config
 
 __all__ = ["FusionNetwork", "fusion_config"]
 
@@ -31,11 +32,11 @@ def fusion_config(preset: str, arch: str = "FC3R") -> dict:
     digits = name[2:-1] if residual else name[2:]
     if not name.startswith("FC") or not digits.isdigit() or int(digits) < 1:
         raise ValueError(f"fusion architecture must look like FC3 or FC3R, got {arch!r}")
-    sizes = {"micro": (8, 32, 32), "tiny": (10, 256, 256), "paper": (14, 512, 512)}
-    if preset not in sizes:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sizes)}")
-    num_ws, w_dim, hidden = sizes[preset]
-    return dict(num_ws=num_ws, w_dim=w_dim, num_layers=int(digits), hidden=hidden, residual=residual)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    g = stylegan2_config(preset, "generator")  # F's codes are the preset G's W+ codes; hidden width = w_dim
+    return dict(num_ws=num_ws_for(g["img_resolution"]), w_dim=g["w_dim"], num_layers=int(digits),
+                hidden=g["w_dim"], residual=residual)
 
 
 @register("fusion")

@@ -104,6 +104,11 @@ def preset_generator(preset: str, folder: str | Path | None = None) -> "Generato
     return Generator(**stylegan2_config(preset, "generator"), input_mode=input_mode)
 
 
+def num_ws_for(img_resolution: int) -> int:
+    """W+ entries of a synthesis network at ``img_resolution`` px (a power of two >= 4): 2 log2(R) - 2."""
+    return 2 * int(round(math.log2(img_resolution))) - 2
+
+
 def channels_for(img_resolution: int, channel_base: int, channel_max: int) -> list[int]:
     """Channels per resolution 4, 8, ..., img_resolution: min(channel_base // res, channel_max)."""
     return [min(channel_base // (2 ** i), channel_max) for i in range(2, int(math.log2(img_resolution)) + 1)]
@@ -513,7 +518,7 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"channels must list {log2 - 1} values (4..{img_resolution} px), got {len(channels)}")
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.block_resolutions = [2 ** i for i in range(2, log2 + 1)]
-        self.num_ws = 2 * log2 - 2
+        self.num_ws = num_ws_for(img_resolution)
         for k, res in enumerate(self.block_resolutions):
             setattr(self, f"b{res}", SynthesisBlock(channels[k - 1] if k > 0 else 0, channels[k], w_dim, res,
                                                     img_channels, use_noise, resample_filter, input_mode))

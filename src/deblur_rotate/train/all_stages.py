@@ -129,17 +129,10 @@ class TrainAllPlan:
 
 
 def _config_class(stage: str):
-    if stage == "generator":
-        from deblur_rotate.train.gan import GeneratorConfig as cls
-    elif stage == "sharp_encoder":
-        from deblur_rotate.train.sharp_encoder import SharpEncoderConfig as cls
-    elif stage == "blur_encoder":
-        from deblur_rotate.train.blur_encoder import BlurEncoderConfig as cls
-    elif stage == "face3d":
-        from deblur_rotate.train.face3d import Face3DConfig as cls
-    else:
-        from deblur_rotate.train.fusion import FusionConfig as cls
-    return cls
+    """The config dataclass of ``stage`` (a STAGE_ORDER name), torch-free."""
+    from deblur_rotate.train.configs import STAGE_CONFIGS
+
+    return STAGE_CONFIGS[stage.replace("_", "-")]
 
 
 # fields train all sets itself (from the plan and the stage order); a recipe or --set may not

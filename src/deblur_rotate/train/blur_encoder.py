@@ -42,14 +42,15 @@ import copy
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from deblur_rotate.errors import UserError
-from deblur_rotate.losses import LATENT_LOSSES
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.configs import config_from_args
+from deblur_rotate.train.configs.blur_encoder import NUM_FRAMES, BlurEncoderConfig  # re-exported: the stage's settings
 
 __all__ = [
     "NUM_FRAMES",
@@ -62,14 +63,6 @@ __all__ = [
 ]
 
 OUTPUT_FOLDER = "blur_encoder"
-NUM_FRAMES = 5  # sharp frames per blurry image (targets c-m, c-m/2, c, c+m/2, c+m)
-
-# per-preset defaults: total batch (the paper's 96 for E_v), EMA half-life (images), colour jitter
-PRESET_DEFAULTS: dict[str, dict] = {
-    "paper": {"batch": 96, "ema_images": 10_000.0, "jitter": True},
-    "tiny": {"batch": 8, "ema_images": 2_000.0, "jitter": False},
-    "micro": {"batch": 4, "ema_images": 100.0, "jitter": False},
-}
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -111,76 +104,6 @@ class BlurSequences(torch.utils.data.Dataset):
         if flip:
             blurry, targets = blurry.flip(-1), targets.flip(-1)
         return {"blurry": blurry, "targets": targets}
-
-
-# ------------------------------------------------------------------------------------------------- config
-
-@dataclass
-class BlurEncoderConfig:
-    """Everything that determines a blur-encoder run (written to RUN/config.json)."""
-
-    preset: str = "tiny"  # micro (32 px), tiny (64 px), paper (256 px): G's size and E_v's backbone
-    data: str = ""  # dataset folder (SynthBMFD, images, 300VW, multi-view)
-    sharp_encoder: str = ""  # folder of the trained sharp encoder E_s (RUN_ES/sharp_encoder), the teacher
-    generator: str = ""  # folder of the fine-tuned generator (RUN_ES/generator)
-    out: str = ""  # run folder
-    kind: str = "auto"  # dataset kind for open_dataset
-    split: str = "train"  # SynthBMFD split
-    m: int | None = None  # blur half-window in frames (default: the data's own, 32 for SynthBMFD)
-    mirror: bool = True  # add mirrored copies of every sample
-    jitter: bool | None = None  # colour jitter of blurry image and targets alike (default: paper preset only)
-    steps: int = 5000  # iterations
-    batch: int | None = None  # total batch over all processes (default per preset)
-    lr: float = 1e-4  # Adam learning rate (the paper's 1e-4)
-    latent_loss: str = "l1"  # l1 or l2 distance between code sequences
-    lambda_image: float = 0.0  # weight of the L1 between decoded frames and sharp targets (0: off, as the paper)
-    image_frames: int = 5  # frames per sample decoded for the image term (fewer: cheaper; a new draw each step)
-    head_grid: int = 0  # E_v head input: 0 global pool (paper), k a k x k pooled feature map (sees position)
-    head_bottleneck: int = 0  # 0: one Linear head; b: a rank-b head (keeps the bundled size with head_grid)
-    ema_images: float | None = None  # EMA half-life in images (default per preset)
-    backbone_weights: str | None = None  # torchvision ResNet weights to start E_v's backbone from
-    init_from: str = ""  # E_v folder (config.json + model.safetensors, same architecture) to fine-tune from
-    lr_decay: float = 0.0  # last fraction of the run over which the learning rates fall linearly to 0
-    checkpoint_every: int = 500
-    log_every: int = 50
-    image_every: int | None = None  # default: checkpoint_every
-    grid: int = 4  # samples in the image grid (0: none)
-    seed: int = 0
-    device: str | None = None  # cpu / cuda / None (auto)
-    precision: str = "fp32"  # fp32, or on CUDA fp16 / bf16 mixed precision
-    workers: int = 0  # DataLoader worker processes
-    resume: bool = False
-    progress: bool = True
-
-    def resolved(self) -> BlurEncoderConfig:
-        """A copy with the preset defaults filled in; UserError on impossible values."""
-        if self.preset not in PRESET_DEFAULTS:
-            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESET_DEFAULTS)}")
-        c = copy.deepcopy(self)
-        d = PRESET_DEFAULTS[c.preset]
-        c.batch = d["batch"] if c.batch is None else int(c.batch)
-        c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
-        c.jitter = d["jitter"] if c.jitter is None else bool(c.jitter)
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
-        if not 0.0 <= c.lr_decay <= 1.0:
-            raise UserError(f"--lr-decay must be between 0 and 1 (got {c.lr_decay})")
-        c.data, c.out, c.sharp_encoder, c.generator = str(c.data), str(c.out), str(c.sharp_encoder), str(c.generator)
-        for name in ("batch", "checkpoint_every", "log_every"):
-            if getattr(c, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
-        if not 1 <= c.image_frames <= NUM_FRAMES:
-            raise UserError(f"--image-frames must be between 1 and {NUM_FRAMES} (got {c.image_frames})")
-        for name in ("steps", "lr", "lambda_image", "ema_images", "grid", "workers", "image_every", "head_grid",
-                     "head_bottleneck"):
-            if getattr(c, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
-        if c.latent_loss not in LATENT_LOSSES:
-            raise UserError(f"--latent-loss must be one of {', '.join(LATENT_LOSSES)} (got {c.latent_loss!r})")
-        if c.m is not None and (c.m < 2 or c.m % 2):
-            raise UserError(f"--m must be an even number >= 2 (got {c.m})")
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
-        return c
 
 
 # ------------------------------------------------------------------------------------------------- stage
@@ -415,17 +338,7 @@ class BlurEncoderStage:
 # ------------------------------------------------------------------------------------------------- CLI
 
 def run_blur_encoder(args) -> int:
-    config = BlurEncoderConfig(
-        preset=args.preset, data=str(args.data), sharp_encoder=str(args.sharp_encoder), generator=str(args.generator),
-        out=str(args.out), kind=args.kind, split=args.split, m=args.m, mirror=args.mirror, jitter=args.jitter,
-        steps=args.steps, batch=args.batch, lr=args.lr,
-        lr_decay=args.lr_decay, latent_loss=args.latent_loss, lambda_image=args.lambda_image,
-        image_frames=args.image_frames, head_grid=args.head_grid, head_bottleneck=args.head_bottleneck,
-        ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0, backbone_weights=args.backbone_weights,
-        init_from=str(args.init_from), checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-        image_every=args.image_every,
-        grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
-        resume=args.resume, progress=args.progress)
+    config = config_from_args(BlurEncoderConfig, args)
     try:
         stage = BlurEncoderStage(config)
         losses = stage.run()

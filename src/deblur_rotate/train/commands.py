@@ -11,9 +11,10 @@ import argparse
 import importlib
 from pathlib import Path
 
-from deblur_rotate.train.options import PARSER_ADDERS, add_common_options
+from deblur_rotate.train.configs import config_from_args
+from deblur_rotate.train.options import PARSER_ADDERS
 
-__all__ = ["STAGES", "STAGE_MODULES", "add_common_options", "add_train_parser", "configure_train_parser",
+__all__ = ["STAGES", "STAGE_MODULES", "add_train_parser", "configure_train_parser",
            "run_generator"]
 
 
@@ -53,15 +54,7 @@ def run_generator(args) -> int:
     from deblur_rotate.train import distributed as dist_utils
     from deblur_rotate.train.gan import GeneratorConfig, GeneratorStage
 
-    config = GeneratorConfig(
-        preset=args.preset, data=str(args.data), out=str(args.out), kind=args.kind, m=args.m,
-        all_frames=args.all_frames,
-        mirror=args.mirror, steps=args.steps, batch=args.batch, lr=args.lr, r1_gamma=args.r1_gamma,
-        r1_every=args.r1_every, pl_weight=args.pl_weight, pl_every=args.pl_every, style_mixing=args.style_mixing,
-        ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
-        grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
-        resume=args.resume, progress=args.progress)
+    config = config_from_args(GeneratorConfig, args)
     try:
         stage = GeneratorStage(config)
         losses = stage.run()

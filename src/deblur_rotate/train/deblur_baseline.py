@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.configs import config_from_args
+from deblur_rotate.train.configs.deblur_baseline import DeblurBaselineConfig  # re-exported: the stage's settings
 
 __all__ = [
     "DeblurBaselineConfig",
@@ -30,9 +32,6 @@ __all__ = [
 ]
 
 OUTPUT_FOLDER = "deblur_baseline"
-
-# per-preset defaults: total batch
-PRESET_BATCH = {"micro": 4, "tiny": 16, "paper": 32}
 
 
 # ------------------------------------------------------------------------------------------------- loss
@@ -84,62 +83,6 @@ class BlurSharpPairs(torch.utils.data.Dataset):
         if blurry.dim() == 4:  # a pair of views [2, 3, R, R]
             blurry, targets = blurry[0], targets[0]
         return blurry.float(), targets.float()
-
-
-# ----------------------------------------------------------------------------------------------- config
-
-@dataclass
-class DeblurBaselineConfig:
-    """Everything that determines a deblur-baseline run (written to RUN/config.json)."""
-
-    preset: str = "tiny"  # network size and resolution: micro (32 px), tiny (64 px), paper (256 px)
-    data: str = ""  # dataset folder (SynthBMFD or any reader's layout)
-    out: str = ""  # run folder
-    kind: str = "auto"  # dataset kind for open_dataset
-    split: str = "train"  # SynthBMFD split
-    m: int | None = None  # blur half-window in frames (default: the dataset kind's, 32 for SynthBMFD)
-    steps: int = 1000  # iterations
-    batch: int | None = None  # total batch over all processes (default per preset)
-    lr: float = 1e-4  # Adam learning rate
-    edge_weight: float = 0.2  # Sobel edge term weight (0: L1 only)
-    ema: float = 0.0  # EMA decay per step of the saved network (0: none, the trained weights are saved)
-    checkpoint_every: int = 500
-    log_every: int = 50
-    image_every: int | None = None  # default: checkpoint_every
-    grid: int = 4  # samples in the image grid (0: none)
-    seed: int = 0
-    device: str | None = None  # cpu / cuda / None (auto)
-    precision: str = "fp32"  # fp32, or on CUDA fp16 / bf16 mixed precision
-    workers: int = 0  # DataLoader workers
-    resume: bool = False
-    progress: bool = True
-
-    def resolved(self) -> DeblurBaselineConfig:
-        """A copy with the preset defaults filled in; UserError on impossible values."""
-        from deblur_rotate.evaluate.baselines import DIRECT_DEBLUR_PRESETS
-
-        if self.preset not in DIRECT_DEBLUR_PRESETS:
-            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(DIRECT_DEBLUR_PRESETS)}")
-        c = copy.deepcopy(self)
-        c.batch = PRESET_BATCH[c.preset] if c.batch is None else int(c.batch)
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
-        c.data, c.out = str(c.data), str(c.out)
-        if not c.data:
-            raise UserError("--data is required: a dataset folder with blurry images and their sharp frames "
-                            "(e.g. `deblur-rotate synth --out data/synthbmfd`)")
-        for name in ("steps", "batch", "checkpoint_every", "log_every"):
-            if getattr(c, name) < (0 if name == "steps" else 1):
-                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
-        for name in ("lr", "edge_weight", "grid", "workers", "image_every"):
-            if getattr(c, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
-        if not 0 <= c.ema < 1:
-            raise UserError(f"--ema must be in [0, 1) (got {c.ema})")
-        if c.m is not None and (c.m < 2 or c.m % 2):
-            raise UserError(f"--m must be an even number >= 2 (got {c.m})")
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
-        return c
 
 
 # ------------------------------------------------------------------------------------------------ stage
@@ -279,12 +222,7 @@ class DeblurBaselineStage:
 
 def run_deblur_baseline(args) -> int:
     """CLI entry: build the config from ``args``, train, print a one-line summary."""
-    config = DeblurBaselineConfig(
-        preset=args.preset, data=str(args.data), out=str(args.out), kind=args.kind, split=args.split, m=args.m,
-        steps=args.steps, batch=args.batch, lr=args.lr, edge_weight=args.edge_weight, ema=args.ema,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
-        grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
-        resume=args.resume, progress=args.progress)
+    config = config_from_args(DeblurBaselineConfig, args)
     try:
         stage = DeblurBaselineStage(config)
         losses = stage.run()

@@ -51,10 +51,9 @@ cm). Usage::
 """
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,6 +68,9 @@ from deblur_rotate.face3d.loading import (
     resize_images,
 )
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.configs import config_from_args
+from deblur_rotate.train.configs.common import DATA_KINDS  # the CLI's choices, re-exported
+from deblur_rotate.train.configs.face3d import PRESET_DEFAULTS, Face3DConfig  # re-exported: the stage's settings
 from deblur_rotate.train.face3d_data import (
     Face3DPairs,
     open_view_pairs,
@@ -82,7 +84,6 @@ from deblur_rotate.train.face3d_priors import (
     rig_camera_matrix,
     rig_coefficient_prior,
 )
-from deblur_rotate.train.options import DATA_KINDS  # the CLI's choices, re-exported
 
 if TYPE_CHECKING:
     from deblur_rotate.losses.face3d import RenderedFace
@@ -97,104 +98,6 @@ __all__ = [
 ]
 
 _NETWORK = "E3D"  # the network's name in checkpoints
-
-# per-preset default total batch (images; two views per instant, so always even)
-PRESET_DEFAULTS: dict[str, dict] = {
-    "micro": {"batch": 4},
-    "tiny": {"batch": 8},
-    "paper": {"batch": 90},  # §3.6
-}
-
-
-# ------------------------------------------------------------------------------------------------- config
-
-@dataclass
-class Face3DConfig:
-    """Everything that determines an E_3D run (written to RUN/config.json)."""
-
-    preset: str = "tiny"  # encoder preset: micro (32 px input), tiny (64 px), paper (256 px, ResNet-50)
-    data: str = ""  # dataset folder: SynthBMFD, or images / 300vw / multiview / vidtimit (see DATA_KINDS)
-    out: str = ""  # run folder
-    kind: str = "auto"  # dataset kind (DATA_KINDS); auto: detected from the folder
-    bfm: str | None = None  # Basel Face Model file (01_MorphableModel.mat / BFM_model_front.mat); None: procedural
-    bfm_expression: str | None = None  # Exp_Pca.bin (BFM 2009 only)
-    bfm_landmarks: str | None = None  # 68 landmark vertex indices of the BFM mesh
-    bfm_modes: list[int] | None = None  # [n_id, n_tex, n_exp] kept from the BFM; None: all of them
-    procedural_model: dict | None = None  # procedural model sizes for real data (default SynthConfig's model)
-    focal_factor: float | None = None  # real data's fixed camera: focal = factor x image side (default 3.5)
-    split: str = "train"  # SynthBMFD split
-    m: int | None = None  # blur half-window in frames (2m + 1 averaged); None: the kind's own (32 BMFD, 4 300VW)
-    stride: int = 1  # take every stride-th centre frame (video kinds)
-    steps: int = 1000  # iterations
-    batch: int | None = None  # total images per iteration over all processes (even; default per preset)
-    lr: float = 1e-4  # Adam learning rate
-    lambda_data: float = 5.0  # photometric L1 inside the rendered face mask
-    lambda_edge: float = 30.0  # Sobel edge L1 inside the mask
-    lambda_id: float = 0.5  # identity loss (dlib descriptors of 150x150 chips); 0 skips the network
-    lambda_lan: float = 1.0  # 68-landmark distance / image width
-    lambda_mview: float = 0.25  # id/tex/exp agreement across two views
-    lambda_c: float = 1e-4  # |alpha|^2 + |beta|^2 + |delta|^2
-    skin_weight: float = 2.0  # weight of skin pixels in the image terms (1: no skin weighting)
-    edge_softness: float = 0.7  # soft-silhouette sigma of the renderer, pixels
-    checkpoint_every: int = 500
-    log_every: int = 50
-    image_every: int | None = None  # default: checkpoint_every
-    grid: int = 8  # faces in the (input, render, target) image grid; 0: none
-    seed: int = 0
-    device: str | None = None  # cpu / cuda / None (auto)
-    precision: str = "fp32"  # fp32, or on CUDA fp16 / bf16 mixed precision for the encoder
-    workers: int = 0  # DataLoader workers (0: in-process)
-    resume: bool = False
-    progress: bool = True
-    extra: dict = field(default_factory=dict)  # room for later options
-
-    def resolved(self) -> Face3DConfig:
-        """A copy with the preset defaults filled in; UserError on impossible values."""
-        from deblur_rotate.models.encoders import ENCODER_PRESETS
-
-        if self.preset not in ENCODER_PRESETS:
-            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(ENCODER_PRESETS)}")
-        c = copy.deepcopy(self)
-        c.batch = PRESET_DEFAULTS[c.preset]["batch"] if c.batch is None else int(c.batch)
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
-        c.data, c.out = str(c.data), str(c.out)
-        for name in ("bfm", "bfm_expression", "bfm_landmarks"):
-            if getattr(c, name) is not None:
-                setattr(c, name, str(getattr(c, name)))
-        if c.bfm is None and (c.bfm_expression or c.bfm_landmarks or c.bfm_modes):
-            raise UserError("--bfm-expression, --bfm-landmarks and --bfm-modes need --bfm (the BFM model file)")
-        if c.kind not in DATA_KINDS:
-            raise UserError(f"unknown --kind {c.kind!r}: choose one of {', '.join(DATA_KINDS)}")
-        if c.bfm is not None and c.procedural_model is not None:
-            raise UserError("--model-from (a procedural model) and --bfm exclude each other; give one")
-        if c.m is not None and (isinstance(c.m, bool) or int(c.m) < 2 or int(c.m) % 2):
-            raise UserError(f"--m must be an even number >= 2 (got {c.m})")
-        if c.focal_factor is not None and not float(c.focal_factor) > 0:
-            raise UserError(f"--focal-factor must be positive (got {c.focal_factor})")
-        if c.bfm_modes is not None:
-            c.bfm_modes = [int(v) for v in c.bfm_modes]
-            if len(c.bfm_modes) != 3 or min(c.bfm_modes) < 0:
-                raise UserError(f"--bfm-modes takes three counts >= 0 (identity, albedo, expression), "
-                                f"got {c.bfm_modes}")
-        for name in ("steps", "batch", "checkpoint_every", "log_every", "stride"):
-            if getattr(c, name) < (0 if name == "steps" else 1):
-                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
-        if c.batch % 2:
-            raise UserError(f"--batch counts images, two views per instant, so it must be even (got {c.batch})")
-        for name in ("lr", "lambda_data", "lambda_edge", "lambda_id", "lambda_lan", "lambda_mview", "lambda_c",
-                     "edge_softness", "grid", "workers", "image_every"):
-            if getattr(c, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
-        if c.skin_weight < 1:
-            raise UserError(f"--skin-weight must be >= 1 (skin pixels count that many times; got {c.skin_weight})")
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
-        return c
-
-    def weights(self) -> dict[str, float]:
-        """Loss weights by term name (the keys of ``FACE3D_WEIGHTS``)."""
-        return {"data": self.lambda_data, "edge": self.lambda_edge, "id": self.lambda_id, "lan": self.lambda_lan,
-                "mview": self.lambda_mview, "c": self.lambda_c}
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -496,15 +399,7 @@ class Face3DStage:
 
 def run_face3d(args) -> int:
     procedural = None if args.model_from is None else procedural_model_from(args.model_from)
-    config = Face3DConfig(
-        preset=args.preset, data=str(args.data), out=str(args.out), kind=args.kind, procedural_model=procedural,
-        focal_factor=args.focal_factor, bfm=args.bfm, bfm_expression=args.bfm_expression,
-        bfm_landmarks=args.bfm_landmarks, bfm_modes=args.bfm_modes, m=args.m, stride=args.stride, steps=args.steps,
-        batch=args.batch, lr=args.lr, lambda_data=args.lambda_data, lambda_edge=args.lambda_edge,
-        lambda_id=args.lambda_id, lambda_lan=args.lambda_lan, lambda_mview=args.lambda_mview, lambda_c=args.lambda_c,
-        skin_weight=args.skin_weight, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-        image_every=args.image_every, grid=args.grid, seed=args.seed, device=args.device, precision=args.precision,
-        workers=args.workers, resume=args.resume, progress=args.progress)
+    config = config_from_args(Face3DConfig, args, procedural_model=procedural)
     try:
         stage = Face3DStage(config)
         losses = stage.run()

@@ -49,7 +49,7 @@ import copy
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -60,17 +60,12 @@ from deblur_rotate.errors import UserError
 from deblur_rotate.losses import order_invariant_latent_loss
 from deblur_rotate.render.camera import wrap_angle
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.configs import config_from_args
+from deblur_rotate.train.configs.fusion import PRESET_DEFAULTS, FusionConfig  # re-exported: the stage's settings
 
 __all__ = ["PRESET_DEFAULTS", "FusionConfig", "FusionPairs", "FusionStage", "run_fusion"]
 
 _NETWORK = "F"  # the network's name in checkpoints
-
-# per-preset defaults: total batch (directed view pairs; two per instant), EMA half-life (samples)
-PRESET_DEFAULTS: dict[str, dict] = {
-    "paper": {"batch": 84, "ema_images": 10_000.0},  # §3.6: batch 84
-    "tiny": {"batch": 16, "ema_images": 2_000.0},
-    "micro": {"batch": 4, "ema_images": 100.0},
-}
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -114,103 +109,6 @@ class FusionPairs(torch.utils.data.Dataset):
             blurry, targets, pose = blurry.flip(-1), targets.flip(-1), mirror_pose(pose)
         return {"blurry": blurry, "targets": targets, "pose": pose, "view": s["view"],
                 "mirrored": torch.tensor(bool(flip))}
-
-
-# ------------------------------------------------------------------------------------------------- config
-
-@dataclass
-class FusionConfig:
-    """Everything that determines a fusion run (written to RUN/config.json)."""
-
-    preset: str = "tiny"  # micro (32 px), tiny (64 px), paper (256 px): code sizes of F and the teachers
-    data: str = ""  # dataset folder: SynthBMFD, multiview (true views), or images / 300vw / vidtimit (mirror view)
-    out: str = ""  # run folder
-    kind: str = "auto"  # dataset kind (deblur_rotate.train.face3d.DATA_KINDS); auto: detected from the folder
-    arch: str = "FC3R"  # F's architecture: FC<x> or FC<x>R (x layers; R: residual)
-    sharp_encoder: str = ""  # E_s folder (RUN_ES/sharp_encoder): input (sharp) and target codes
-    generator: str = ""  # fine-tuned G folder (RUN_ES/generator): sample grids and the image term
-    face3d_encoder: str = ""  # E_3D folder (RUN_3D/face3d_encoder): Δp from the blurry images (pose_source e3d)
-    blur_encoder: str = ""  # E_v folder (RUN_EV/blur_encoder): input codes when input_codes is blur
-    pose_source: str = "e3d"  # e3d: E_3D on the blurry images; gt: the dataset's ground-truth poses
-    input_codes: str = "sharp"  # sharp: E_s of view u's 5 sharp frames; blur: E_v of view u's blurry image
-    split: str = "train"  # SynthBMFD split
-    m: int | None = None  # blur half-window in frames (mean of 2m+1 frames); None: the kind's own (32 BMFD, 4 300VW)
-    stride: int = 1  # use every stride-th centre frame (video kinds)
-    mirror: bool = True  # multi-view data: left-right mirrored pairs as well; single-view data needs it (the pair)
-    steps: int = 5000  # iterations
-    batch: int | None = None  # total training samples (directed pairs) per iteration over all processes; even
-    lr: float = 1e-4  # Adam learning rate (the paper's 1e-4)
-    lambda_image: float = 0.0  # weight of the L1 image term through G (0: off)
-    stats_samples: int = 64  # view pairs whose teacher codes set F's input normalisation
-    ema_images: float | None = None  # EMA half-life in samples (default per preset)
-    lr_decay: float = 0.0  # last fraction of the run over which the learning rates fall linearly to 0
-    checkpoint_every: int = 500
-    log_every: int = 50
-    image_every: int | None = None  # default: checkpoint_every
-    grid: int = 4  # view pairs in the sample grid (0: none)
-    seed: int = 0
-    device: str | None = None
-    precision: str = "fp32"
-    workers: int = 0
-    resume: bool = False
-    progress: bool = True
-
-    def resolved(self) -> FusionConfig:
-        """A copy with preset defaults filled in; UserError on impossible values or missing networks."""
-        from deblur_rotate.models.fusion import fusion_config
-
-        if self.preset not in PRESET_DEFAULTS:
-            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESET_DEFAULTS)}")
-        c = copy.deepcopy(self)
-        d = PRESET_DEFAULTS[c.preset]
-        c.batch = d["batch"] if c.batch is None else int(c.batch)
-        c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
-        if not 0.0 <= c.lr_decay <= 1.0:
-            raise UserError(f"--lr-decay must be between 0 and 1 (got {c.lr_decay})")
-        for name in ("data", "out", "sharp_encoder", "generator", "face3d_encoder", "blur_encoder"):
-            value = getattr(c, name)
-            setattr(c, name, "" if value is None else str(value))
-        try:
-            fusion_config(c.preset, c.arch)
-        except ValueError as err:
-            raise UserError(f"--arch {c.arch!r}: {err}") from None
-        c.arch = c.arch.upper()
-        from deblur_rotate.train.face3d import DATA_KINDS
-
-        if c.kind not in DATA_KINDS:
-            raise UserError(f"unknown --kind {c.kind!r}: choose one of {', '.join(DATA_KINDS)}")
-        if c.m is not None and (isinstance(c.m, bool) or int(c.m) < 2 or int(c.m) % 2):
-            raise UserError(f"--m must be an even number >= 2 (got {c.m})")
-        if c.pose_source not in ("e3d", "gt"):
-            raise UserError(f"--pose-source must be e3d or gt (got {c.pose_source!r})")
-        if c.input_codes not in ("sharp", "blur"):
-            raise UserError(f"--input-codes must be sharp or blur (got {c.input_codes!r})")
-        if not c.sharp_encoder:
-            raise UserError("--sharp-encoder is required: the E_s folder (RUN/sharp_encoder of "
-                            "`deblur-rotate train sharp-encoder`), which gives the target codes")
-        if c.input_codes == "blur" and not c.blur_encoder:
-            raise UserError("--input-codes blur needs --blur-encoder: the E_v folder (RUN/blur_encoder of "
-                            "`deblur-rotate train blur-encoder`); or use --input-codes sharp")
-        if c.pose_source == "e3d" and not c.face3d_encoder:
-            raise UserError("--pose-source e3d needs --face3d-encoder: the E_3D folder (RUN/face3d_encoder of "
-                            "`deblur-rotate train face3d`); or use --pose-source gt (the dataset's poses)")
-        if (c.grid > 0 or c.lambda_image > 0) and not c.generator:
-            raise UserError("--generator is required for the sample grid and the image term: the fine-tuned G "
-                            "folder (RUN/generator of `deblur-rotate train sharp-encoder`); or pass --grid 0 "
-                            "(and --lambda-image 0)")
-        for name in ("batch", "checkpoint_every", "log_every", "stride", "stats_samples"):
-            if getattr(c, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
-        if c.batch % 2:
-            raise UserError(f"--batch counts training samples, two (u -> v and v -> u) per view pair, so it must "
-                            f"be even (got {c.batch})")
-        for name in ("steps", "lr", "lambda_image", "ema_images", "grid", "workers", "image_every"):
-            if getattr(c, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
-        return c
 
 
 # ------------------------------------------------------------------------------------------------- stage
@@ -559,20 +457,7 @@ class FusionStage:
 # ------------------------------------------------------------------------------------------------- CLI
 
 def run_fusion(args) -> int:
-    def path(value) -> str:
-        return "" if value is None else str(value)
-
-    config = FusionConfig(
-        preset=args.preset, data=str(args.data), out=str(args.out), kind=args.kind, arch=args.arch,
-        sharp_encoder=path(args.sharp_encoder), generator=path(args.generator),
-        face3d_encoder=path(args.face3d_encoder), blur_encoder=path(args.blur_encoder), pose_source=args.pose_source,
-        input_codes=args.input_codes, m=args.m, stride=args.stride, mirror=args.mirror, steps=args.steps,
-        batch=args.batch, lr=args.lr,
-        lr_decay=args.lr_decay, lambda_image=args.lambda_image, stats_samples=args.stats_samples,
-        ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
-        grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
-        resume=args.resume, progress=args.progress)
+    config = config_from_args(FusionConfig, args)
     try:
         stage = FusionStage(config)
         losses = stage.run()

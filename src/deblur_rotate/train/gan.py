@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.configs.generator import PRESET_DEFAULTS, GeneratorConfig  # re-exported: the stage's settings
 
 __all__ = [
     "PRESET_DEFAULTS",
@@ -133,80 +134,6 @@ class SharpImages(torch.utils.data.Dataset):
             targets = targets[0]
         img = targets[2 if self.frames == 1 else frame].float()
         return img.flip(-1) if flip else img
-
-
-# ------------------------------------------------------------------------------------------------- config
-
-# per-preset defaults: total batch, R1 gamma, EMA half-life (images), EMA ramp-up
-PRESET_DEFAULTS: dict[str, dict] = {
-    "paper": {"batch": 32, "r1_gamma": 1.0, "ema_images": 10_000.0, "ema_rampup": None},
-    "tiny": {"batch": 8, "r1_gamma": 0.2, "ema_images": 2_000.0, "ema_rampup": 0.05},
-    "micro": {"batch": 4, "r1_gamma": 0.1, "ema_images": 200.0, "ema_rampup": 0.05},
-}
-
-
-@dataclass
-class GeneratorConfig:
-    """Everything that determines a generator run (written to RUN/config.json)."""
-
-    preset: str = "tiny"  # stylegan2 preset: micro (32 px), tiny (64 px), paper (256 px)
-    data: str = ""  # dataset folder (SynthBMFD, images, 300VW, multi-view)
-    out: str = ""  # run folder
-    kind: str = "auto"  # dataset kind for open_dataset
-    split: str = "train"  # SynthBMFD split
-    m: int | None = None  # blur half-window in frames: which 5 targets a sample has (default: the kind's own)
-    all_frames: bool = False  # use all 5 targets of each sample, not just the middle one
-    mirror: bool = False  # x-flip augmentation (dataset doubled)
-    steps: int = 1000  # iterations (each: one D step + one G step)
-    batch: int | None = None  # total batch over all processes (default per preset)
-    lr: float = 0.002  # Adam learning rate of G and D (before the lazy-regularisation adjustment)
-    r1_gamma: float | None = None  # R1 weight (default per preset)
-    r1_every: int = 16  # lazy R1 interval
-    pl_weight: float = 0.0  # path-length regularisation weight (0: off)
-    pl_every: int = 4  # lazy path-length interval
-    pl_decay: float = 0.01  # decay of the path-length running mean
-    style_mixing: float = 0.9  # probability of mixing two latents in a G sample
-    ema_images: float | None = None  # EMA half-life in images (default per preset)
-    ema_rampup: float | None = -1.0  # -1: preset default; None/0: no ramp-up
-    checkpoint_every: int = 500
-    log_every: int = 50
-    image_every: int | None = None  # default: checkpoint_every
-    grid: int = 16  # samples in the fixed-z grid
-    seed: int = 0
-    device: str | None = None  # cpu / cuda / None (auto)
-    precision: str = "fp32"  # fp32, or on CUDA fp16 / bf16 mixed precision
-    workers: int = 0  # DataLoader workers (0: in-process, needed for bit-exact resume tests)
-    resume: bool = False
-    progress: bool = True
-    extra: dict = field(default_factory=dict)  # room for later options
-
-    def resolved(self) -> GeneratorConfig:
-        """A copy with the preset defaults filled in; UserError on impossible values."""
-        from deblur_rotate.models.stylegan2 import PRESETS
-
-        if self.preset not in PRESETS:
-            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
-        c = copy.deepcopy(self)
-        d = PRESET_DEFAULTS[c.preset]
-        c.batch = d["batch"] if c.batch is None else int(c.batch)
-        c.r1_gamma = d["r1_gamma"] if c.r1_gamma is None else float(c.r1_gamma)
-        c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
-        if c.ema_rampup is not None and c.ema_rampup < 0:
-            c.ema_rampup = d["ema_rampup"]
-        c.ema_rampup = c.ema_rampup or None
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
-        c.data, c.out = str(c.data), str(c.out)
-        for name in ("steps", "batch", "r1_every", "pl_every", "checkpoint_every", "log_every"):
-            if getattr(c, name) < (0 if name == "steps" else 1):
-                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
-        for name in ("lr", "r1_gamma", "pl_weight", "ema_images", "grid", "workers", "image_every"):
-            if getattr(c, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
-        if not 0 <= c.style_mixing <= 1:
-            raise UserError(f"--style-mixing must be in [0, 1] (got {c.style_mixing})")
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
-        return c
 
 
 # ------------------------------------------------------------------------------------------------- stage

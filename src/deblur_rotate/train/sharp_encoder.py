@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,8 @@ import torch
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.configs import config_from_args
+from deblur_rotate.train.configs.sharp_encoder import SharpEncoderConfig  # re-exported: the stage's settings
 
 __all__ = [
     "SharpEncoderConfig",
@@ -48,13 +50,6 @@ __all__ = [
     "g_weight_at",
     "mean_w_norm",
 ]
-
-# per-preset defaults: total batch, EMA half-life (images)
-PRESET_DEFAULTS: dict[str, dict] = {
-    "paper": {"batch": 72, "ema_images": 10_000.0},
-    "tiny": {"batch": 8, "ema_images": 2_000.0},
-    "micro": {"batch": 4, "ema_images": 100.0},
-}
 
 
 # ------------------------------------------------------------------------------------------------- pure helpers
@@ -132,90 +127,6 @@ class SharpFaces(torch.utils.data.Dataset):
         else:
             chip = central_chip_transform(size)
         return {"image": image, "chip": torch.as_tensor(chip, dtype=torch.float32)}
-
-
-# ------------------------------------------------------------------------------------------------- config
-
-@dataclass
-class SharpEncoderConfig:
-    """Everything that determines a sharp-encoder run (written to RUN/config.json)."""
-
-    preset: str = "tiny"  # micro (32 px), tiny (64 px), paper (256 px): G's size and E_s's backbone
-    data: str = ""  # dataset folder (SynthBMFD, images, 300VW, multi-view)
-    generator: str = ""  # folder of the trained generator (RUN_G/generator); "" with fresh_generator
-    fresh_generator: bool = False  # G starts from random weights: E_s + G train as an autoencoder (no GAN stage)
-    generator_input: str = "const"  # a fresh G's 4 px input: "const" (StyleGAN2) or "dense" (layout from w_0)
-    head_grid: int = 0  # E_s head input: 0 global pool (paper), k a k x k pooled feature map (sees position)
-    out: str = ""  # run folder
-    kind: str = "auto"  # dataset kind for open_dataset
-    split: str = "train"  # SynthBMFD split
-    m: int | None = None  # blur half-window in frames: which 5 targets a sample has (default: the kind's own)
-    all_frames: bool = True  # all 5 sharp targets of each sample
-    mirror: bool = True  # x-flip augmentation
-    steps: int = 5000  # iterations
-    batch: int | None = None  # total batch over all processes (default per preset)
-    lr: float = 1e-4  # Adam learning rate of E_s (the paper's 1e-4)
-    lr_generator: float = 1e-4  # Adam learning rate of G's synthesis network (0: G frozen)
-    lambda_l1: float = 1.0
-    lambda_id: float = 0.5
-    lambda_per: float = 1e-6
-    lambda_edge: float = 0.2
-    lambda_g: float = 1.0  # |G_init - G|^2 weight at the start
-    g_relax_steps: int | None = None  # iterations until lambda_g reaches 0 (default: steps // 2)
-    lambda_s: float = 1.0
-    skin_weight: float = 2.0  # weight of skin pixels in L_1 and L_edge (1: off)
-    vgg16_weights: str | None = None  # torchvision VGG16 ImageNet weights for L_per (else the dlib fallback)
-    ema_images: float | None = None  # EMA half-life in images (default per preset)
-    backbone_weights: str | None = None  # torchvision ResNet weights to start E_s's backbone from
-    init_from: str = ""  # E_s folder (config.json + model.safetensors, same architecture) to fine-tune from
-    lr_decay: float = 0.0  # last fraction of the run over which the learning rates fall linearly to 0
-    checkpoint_every: int = 500
-    log_every: int = 50
-    image_every: int | None = None  # default: checkpoint_every
-    grid: int = 8  # reconstructions in the image grid (0: none)
-    seed: int = 0
-    device: str | None = None
-    precision: str = "fp32"
-    workers: int = 0
-    resume: bool = False
-    progress: bool = True
-
-    def resolved(self) -> SharpEncoderConfig:
-        """A copy with preset defaults filled in; UserError on impossible values."""
-        from deblur_rotate.models.stylegan2 import PRESETS
-
-        if self.preset not in PRESETS:
-            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
-        c = copy.deepcopy(self)
-        d = PRESET_DEFAULTS[c.preset]
-        c.batch = d["batch"] if c.batch is None else int(c.batch)
-        c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
-        c.g_relax_steps = c.steps // 2 if c.g_relax_steps is None else int(c.g_relax_steps)
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
-        if not 0.0 <= c.lr_decay <= 1.0:
-            raise UserError(f"--lr-decay must be between 0 and 1 (got {c.lr_decay})")
-        c.data, c.out, c.generator = str(c.data), str(c.out), str(c.generator)
-        if c.fresh_generator and c.generator:
-            raise UserError("--fresh-generator starts G from random weights: do not also give --generator")
-        if c.fresh_generator:
-            c.lambda_g = 0.0  # nothing to stay near: G_init is random
-        if c.generator_input not in ("const", "dense"):
-            raise UserError(f"--generator-input must be const or dense (got {c.generator_input!r})")
-        if c.generator_input != "const" and not c.fresh_generator:
-            raise UserError("--generator-input applies to a fresh G only (--fresh-generator); "
-                            "a trained G keeps its own")
-        for name in ("batch", "checkpoint_every", "log_every"):
-            if getattr(c, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(c, name)})")
-        for name in ("steps", "lr", "lr_generator", "lambda_l1", "lambda_id", "lambda_per", "lambda_edge",
-                     "lambda_g", "g_relax_steps", "lambda_s", "ema_images", "grid", "workers", "image_every"):
-            if getattr(c, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(c, name)})")
-        if c.skin_weight < 1:
-            raise UserError(f"--skin-weight must be >= 1 (got {c.skin_weight})")
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
-        return c
 
 
 # ------------------------------------------------------------------------------------------------- stage
@@ -409,21 +320,7 @@ class SharpEncoderStage:
 # ------------------------------------------------------------------------------------------------- CLI
 
 def run_sharp_encoder(args) -> int:
-    config = SharpEncoderConfig(
-        preset=args.preset, data=str(args.data), generator="" if args.generator is None else str(args.generator),
-        fresh_generator=args.fresh_generator, generator_input=args.generator_input, head_grid=args.head_grid,
-        out=str(args.out),
-        kind=args.kind, m=args.m,
-        all_frames=args.all_frames, mirror=args.mirror, steps=args.steps, batch=args.batch, lr=args.lr,
-        lr_decay=args.lr_decay,
-        lr_generator=args.lr_generator, lambda_l1=args.lambda_l1, lambda_id=args.lambda_id,
-        lambda_per=args.lambda_per, lambda_edge=args.lambda_edge, lambda_g=args.lambda_g,
-        g_relax_steps=args.g_relax_steps, lambda_s=args.lambda_s, skin_weight=args.skin_weight,
-        vgg16_weights=args.vgg16_weights, backbone_weights=args.backbone_weights, init_from=str(args.init_from),
-        ema_images=None if args.ema_kimg is None else args.ema_kimg * 1000.0,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, image_every=args.image_every,
-        grid=args.grid, seed=args.seed, device=args.device, precision=args.precision, workers=args.workers,
-        resume=args.resume, progress=args.progress)
+    config = config_from_args(SharpEncoderConfig, args)
     try:
         stage = SharpEncoderStage(config)
         losses = stage.run()
