@@ -192,7 +192,7 @@ def _png(image) -> bytes:
 
 
 def figure5_png(samples: list[dict]) -> bytes:
-    """A Figure-5-like grid. Per sample (see ``tables._figure_sample``): rows ours without rotation, ground truth
+    """A Figure-5-like grid. Per sample (see ``collect._figure_sample``): rows ours without rotation, ground truth
     of the input view, ours turned to view k, ground truth of view k; columns the blurry input then frames 1..5;
     dlib landmarks (green dots) on the first and last generated frames, "no face" where dlib found none."""
     from PIL import Image, ImageDraw

@@ -29,22 +29,27 @@ degrees in tables; landmarks (u, v) pixels of R x R images.
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from deblur_rotate.evaluate.collect import (  # collect, quantize: re-exported
+    IDENTITY_ANGLES_DEG,
+    FigureStore,
+    collect,
+    novel_view_variants,
+    quantize,
+)
 from deblur_rotate.evaluate.inputs import (
     EvaluateOptions,
     Resources,
     load_resources,
     plan_tables,
 )
-from deblur_rotate.render.camera import wrap_angle
+from deblur_rotate.evaluate.targets import quality_targets
 
 __all__ = [
     "IDENTITY_ANGLES_DEG",
@@ -59,8 +64,6 @@ __all__ = [
     "quantize",
 ]
 
-CASCADE_LABEL = "cascade (DirectDeblurNet + texture warp)"  # Table 5's row name of the cascade baseline
-IDENTITY_ANGLES_DEG = (-60.0, -45.0, -30.0, 30.0, 45.0, 60.0)  # Table 2's yaw changes
 TABLE_TITLES = {
     1: "Same-view landmark error",
     2: "Identity agreement of rotated reconstructions",
@@ -116,20 +119,6 @@ class EvaluationResult:
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Clamp to [-1, 1] and round to 8 bits, as if saved as PNG; same shape and device."""
-    from deblur_rotate.files import from_uint8, to_uint8
-
-    return from_uint8(to_uint8(images)).to(images.device)
-
-
-def _scale_camera(camera: torch.Tensor, from_size: int, to_size: int) -> torch.Tensor:
-    """Intrinsics ``[3, 3]`` of a from_size image -> the same field of view at to_size (pixel centres at integers)."""
-    from deblur_rotate.render.rasterizer import supersample_camera
-
-    return supersample_camera(camera, to_size / from_size) if to_size != from_size else camera
-
-
 def _pair_columns(pairs: Sequence[tuple[int, int]]) -> list[str]:
     return [f"{a},{b}" for a, b in pairs] + ["all"]
 
@@ -140,211 +129,6 @@ def _nearest_identity(query: torch.Tensor, gallery: torch.Tensor, labels: Sequen
     best = dist.argmin(1).tolist()
     bad = query.isnan().any(1).tolist()
     return [None if b else labels[i] for i, b in zip(best, bad)]
-
-
-# ------------------------------------------------------------------------------------------------ collection
-
-class _Store:
-    """Per-instant figures, concatenated along dim 0 at the end."""
-
-    def __init__(self):
-        self.data: dict[str, list] = defaultdict(list)
-
-    def add(self, key: str, value) -> None:
-        self.data[key].append(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
-
-    def cat(self, key: str) -> torch.Tensor:
-        return torch.cat(self.data[key]) if self.data.get(key) else torch.zeros(0)
-
-    def flat(self, key: str) -> list:
-        return [x for part in self.data.get(key, []) for x in (part if isinstance(part, list) else [part])]
-
-
-def _variants(res: Resources, have_pose: bool) -> list[tuple[str, torch.nn.Module, str]]:
-    """(label, fusion network, Δp source 'gt' | 'e3d') of the novel-view reconstructions."""
-    out = []
-    if res.pipe.fusion is not None:
-        out.append((f"ours {res.pipe.fusion.arch_name} (model F)", res.pipe.fusion, "gt"))
-    if res.fc3 is not None:
-        out.append((f"ours {res.fc3.arch_name} (--fc3)", res.fc3, "gt"))
-    if res.pipe.fusion is not None and have_pose:
-        out.append((f"ours {res.pipe.fusion.arch_name} (model F), Δp from E_3D", res.pipe.fusion, "e3d"))
-    return out
-
-
-@torch.no_grad()
-def collect(res: Resources, tables: Sequence[int], figure_instants: int = 3,
-            progress: bool = True) -> tuple[_Store, list[dict]]:
-    """Run the networks and detectors over the evaluated instants; per-sample figures for ``tables``.
-
-    Returns the store of figures (see the keys written below) and the Figure-5 samples.
-    """
-    from tqdm.auto import tqdm
-
-    from deblur_rotate.evaluate.baselines import texture_warp_rotate
-    from deblur_rotate.evaluate.metrics import detect_landmarks, face_descriptors, landmark_error, psnr, ssim
-    from deblur_rotate.files import to_uint8
-    from deblur_rotate.render.camera import pose_error_deg
-
-    pipe, ds, dev, r = res.pipe, res.dataset, res.device, res.resolution
-    tables = set(tables)
-    store, figures = _Store(), []
-    views = res.views
-    iv = views.index(res.input_view)
-    others = [i for i in range(len(views)) if i != iv]
-    other_views = torch.tensor([views[i] for i in others])
-    variants = _variants(res, pipe.face3d_encoder is not None) if tables & {2, 3, 4, 5} else []
-    main_label = variants[0][0] if variants else None
-    central = [views.index(v) for v in res.pairs[-1]]  # the gallery views of Table 2
-    bundle = res.face3d
-    camera = None
-    if bundle is not None:
-        camera = _scale_camera(bundle.camera_matrix.to(dev), bundle.image_size, r)
-        rot = bundle.face_model.layout.slices()["rotation"]
-
-    def lm_err(pred, gt):  # -> pixels [..]
-        return landmark_error(pred, gt.to(pred), r).pixels
-
-    for subject, perf, center in tqdm(res.instants, desc="evaluate", unit="instant", disable=not progress):
-        s = ds.load_views(subject, perf, center, views)
-        blurry = s["blurry"].to(dev)                     # [V, 3, R, R]
-        targets = s["targets"].to(dev)                   # [V, 5, 3, R, R] (PNG frames: already 8-bit)
-        gt_lm = s["target_landmarks"]                    # [V, 5, 68, 2] projected, pixels at R
-        pose = s["pose"].to(dev)                         # [V, 3] radians
-        codes, est_pose = pipe.encode(blurry)            # [V, 5, num_ws, w_dim], [V, 3] or None
-        dp_gt = wrap_angle(pose[others] - pose[iv])           # [K, 3] Δp input view -> view k
-        store.add("dyaw_deg", torch.rad2deg(dp_gt[:, 1]))
-        store.add("other_views", other_views)
-        # same-view reconstructions: all views for Table 1, else the input view only
-        recon_idx = list(range(len(views))) if 1 in tables else [iv]
-        recon = quantize(pipe.synthesize(codes[recon_idx]))        # [V' , 5, 3, R, R]
-        recon_iv = recon[recon_idx.index(iv)]                      # [5, 3, R, R]
-        recon_lm = None
-        if 1 in tables:
-            recon_lm = detect_landmarks(recon).landmarks           # [V, 5, 68, 2] (NaN: no face)
-            gt_det = detect_landmarks(targets).landmarks           # [V, 5, 68, 2]
-            store.add("t1_views", torch.tensor(views))
-            store.add("t1_proj_fwd", lm_err(recon_lm, gt_lm))
-            store.add("t1_proj_bwd", lm_err(recon_lm.flip(1), gt_lm))
-            store.add("t1_det_fwd", lm_err(recon_lm, gt_det))
-            store.add("t1_det_bwd", lm_err(recon_lm.flip(1), gt_det))
-            store.add("t1_detector", lm_err(gt_det, gt_lm))
-            store.add("t1_psnr_fwd", psnr(recon, targets))                        # [V, 5]
-            store.add("t1_psnr_bwd", psnr(recon.flip(1), targets))
-            store.add("t1_blurry_psnr", psnr(quantize(blurry)[:, None].expand_as(targets), targets))  # [V, 5]
-
-        # novel views of the input view (Tables 3-5): [K, 5, 3, R, R] per variant
-        novel: dict[str, torch.Tensor] = {}
-        novel_lm: dict[str, torch.Tensor] = {}
-        if tables & {3, 4, 5} and variants:
-            for label, net, source in variants:
-                if source == "e3d" and 3 not in tables:
-                    continue
-                if label != main_label and 3 not in tables:
-                    continue
-                dp = dp_gt if source == "gt" else wrap_angle(est_pose[others] - est_pose[iv])
-                turned = net(codes[iv].expand(len(others), *codes.shape[1:]), dp)   # [K, 5, num_ws, w_dim]
-                novel[label] = quantize(pipe.synthesize(turned))
-                if source == "e3d":
-                    store.add("t3_dp_e3d_err_deg", pose_error_deg(dp, dp_gt))
-        if 3 in tables:
-            for label, frames in novel.items():
-                lm = detect_landmarks(frames).landmarks                          # [K, 5, 68, 2]
-                novel_lm[label] = lm
-                store.add(f"t3_fwd/{label}", lm_err(lm, gt_lm[others]))
-                store.add(f"t3_bwd/{label}", lm_err(lm.flip(1), gt_lm[others]))
-        if 4 in tables:
-            ours_mid = novel[main_label][:, 2]                                   # [K, 3, R, R]
-            ours_lm = novel_lm[main_label][:, 2] if main_label in novel_lm else detect_landmarks(ours_mid).landmarks
-            sharp = targets[iv, 2]                                               # [3, R, R]
-            coeffs = bundle.predict(sharp[None]).expand(len(others), -1)          # [K, C]
-            warp = quantize(texture_warp_rotate(sharp.expand(len(others), -1, -1, -1), coeffs, bundle.face_model,
-                                                camera, dp_gt))
-            warp_lm = detect_landmarks(warp).landmarks                           # [K, 68, 2]
-            gt_mid = gt_lm[others, 2]                                            # [K, 68, 2]
-            true_pose = pose[others]
-            store.add("t4_warp_lm", lm_err(warp_lm, gt_mid))
-            store.add("t4_ours_lm", lm_err(ours_lm, gt_mid))
-            store.add("t4_warp_pose", pose_error_deg(bundle.predict(warp)[:, rot], true_pose))
-            store.add("t4_ours_pose", pose_error_deg(bundle.predict(ours_mid)[:, rot], true_pose))
-            store.add("t4_ref_pose", pose_error_deg(bundle.predict(targets[others, 2])[:, rot], true_pose))
-        if 5 in tables:
-            gt_frames = targets[others]                                          # [K, 5, 3, R, R]
-            k = len(others)
-            methods = {"ours": novel[main_label],
-                       "blurry input (trivial)": quantize(blurry[iv]).expand(k, 5, -1, -1, -1),
-                       "ours without rotation": recon_iv.expand(k, -1, -1, -1, -1)}
-            if res.baseline is not None and bundle is not None:
-                deblurred = quantize(res.baseline(blurry[iv:iv + 1]))[0]          # [5, 3, R, R]
-                coeffs = bundle.predict(deblurred)                               # [5, C]
-                rotated = texture_warp_rotate(deblurred.repeat(k, 1, 1, 1), coeffs.repeat(k, 1),
-                                              bundle.face_model, camera, dp_gt.repeat_interleave(5, 0))
-                methods[CASCADE_LABEL] = quantize(rotated).reshape(k, 5, 3, r, r)
-            for name, pred in methods.items():
-                for metric_name, metric in (("psnr", psnr), ("ssim", ssim)):
-                    store.add(f"t5_{metric_name}_fwd/{name}", metric(pred, gt_frames))
-                    store.add(f"t5_{metric_name}_bwd/{name}", metric(pred.flip(1), gt_frames))
-        if 2 in tables:
-            _identity_sample(store, res, variants, codes[iv, 2], recon_iv[2], targets, gt_lm, pose, iv, central,
-                             subject, detect_landmarks, face_descriptors)
-        if len(figures) < figure_instants:
-            figures.append(_figure_sample(res, blurry[iv], recon_iv, recon_lm[iv] if recon_lm is not None else None,
-                                          novel.get(main_label), novel_lm.get(main_label), targets, dp_gt, others,
-                                          subject, perf, center, detect_landmarks, to_uint8))
-    return store, figures
-
-
-def _identity_sample(store: _Store, res: Resources, variants, code_mid: torch.Tensor, frontal: torch.Tensor,
-                     targets: torch.Tensor, gt_lm: torch.Tensor, pose: torch.Tensor, iv: int, central: list[int],
-                     subject: str, detect_landmarks: Callable, face_descriptors: Callable) -> None:
-    """Table 2 figures of one instant: descriptors of the frontal and rotated reconstructions (middle frame),
-    of the ground-truth frames nearest each angle, and the gallery entries (central views' middle frames)."""
-    pipe, dev = res.pipe, res.device
-    angles = torch.tensor([[0.0, math.radians(a), 0.0] for a in IDENTITY_ANGLES_DEG], device=dev)  # [A, 3]
-
-    def desc(images):
-        return face_descriptors(images, detect_landmarks(images).landmarks.to(images.device)).cpu()
-
-    store.add("t2_subject", [subject])
-    store.add("t2_frontal", desc(frontal[None]))                                     # [1, 128]
-    for label, net, source in variants:
-        if source != "gt":
-            continue
-        turned = net(code_mid.expand(len(angles), -1, -1), angles)                   # [A, num_ws, w_dim]
-        store.add(f"t2_rot/{label}", desc(quantize(pipe.synthesize(turned)))[None])   # [1, A, 128]
-    # ground truth: the view whose true yaw change from the input view is nearest each angle
-    dyaw = torch.rad2deg(wrap_angle(pose[:, 1] - pose[iv, 1])).cpu()                       # [V]
-    dyaw[iv] = float("inf")
-    nearest = [int((dyaw - a).abs().argmin()) for a in IDENTITY_ANGLES_DEG]
-    store.add("t2_gt_views", torch.tensor([[res.views[i] for i in nearest]]))
-    store.add("t2_gt_dyaw", dyaw[nearest][None])
-    store.add("t2_gt_frontal", desc(targets[iv, 2][None]))
-    store.add("t2_gt_rot", desc(targets[nearest, 2])[None])                           # [1, A, 128]
-    gallery = face_descriptors(targets[central, 2], gt_lm[central, 2].to(dev)).cpu()   # projected landmarks
-    store.add("t2_gallery", gallery)
-    store.add("t2_gallery_labels", [subject] * len(central))
-
-
-def _figure_sample(res: Resources, blurry, recon, recon_lm, novel, novel_lm, targets, dp_gt, others, subject, perf,
-                   center, detect_landmarks, to_uint8) -> dict:
-    """uint8 images and dlib landmarks (frames 1 and 5) for one Figure-5 block."""
-    def first_last(frames, lm):
-        if lm is None:
-            lm = detect_landmarks(frames[[0, -1]]).landmarks
-        else:
-            lm = lm[[0, -1]]
-        return [None if torch.isnan(x).any() else x.numpy() for x in lm]
-
-    sample = {"label": f"{subject}/{perf} frame {center}", "input_view": res.input_view,
-              "blurry": to_uint8(blurry), "recon": to_uint8(recon), "recon_landmarks": first_last(recon, recon_lm),
-              "gt_input": to_uint8(targets[res.views.index(res.input_view)])}
-    if novel is not None:
-        dyaw = torch.rad2deg(dp_gt[:, 1]).cpu()
-        j = int((dyaw.abs() - 45.0).abs().argmin())  # the view turned nearest 45 degrees
-        sample.update({"view": res.views[others[j]], "dyaw_deg": float(dyaw[j]), "novel": to_uint8(novel[j]),
-                       "novel_landmarks": first_last(novel[j], None if novel_lm is None else novel_lm[j]),
-                       "gt_view": to_uint8(targets[others[j]])})
-    return sample
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -370,7 +154,7 @@ def _landmark_rows(fwd: torch.Tensor, bwd: torch.Tensor | None, views, pairs, la
             + _group_pair_rows(per_frame, views, pairs, [label, "% width"], "{:.2f}", 100.0 / width))
 
 
-def _table1(store: _Store, res: Resources) -> Table:
+def _table1(store: FigureStore, res: Resources) -> Table:
     views = store.cat("t1_views")
     r = res.resolution
     fwd, bwd = store.cat("t1_proj_fwd"), store.cat("t1_proj_bwd")
@@ -391,7 +175,7 @@ def _table1(store: _Store, res: Resources) -> Table:
     return Table(1, TABLE_TITLES[1], ["comparison", "unit", "frames"], _pair_columns(res.pairs), rows, notes)
 
 
-def _table2(store: _Store, res: Resources, variants) -> Table:
+def _table2(store: FigureStore, res: Resources, variants) -> Table:
     from deblur_rotate.evaluate.metrics import identity_topk
 
     gallery = store.cat("t2_gallery")
@@ -453,7 +237,7 @@ def _table2(store: _Store, res: Resources, variants) -> Table:
     return Table(2, TABLE_TITLES[2], ["reconstruction", "measure", "accuracy"], columns, rows, notes)
 
 
-def _table3(store: _Store, res: Resources, variants) -> Table:
+def _table3(store: FigureStore, res: Resources, variants) -> Table:
     views = store.cat("other_views")
     rows = []
     for label, _, _ in variants:
@@ -477,7 +261,7 @@ def _table3(store: _Store, res: Resources, variants) -> Table:
     return Table(3, TABLE_TITLES[3], ["reconstruction", "unit", "frames"], _pair_columns(res.pairs), rows, notes)
 
 
-def _table4(store: _Store, res: Resources) -> Table:
+def _table4(store: FigureStore, res: Resources) -> Table:
     from deblur_rotate.evaluate.metrics import view_pair_summary
 
     views, pairs, r = store.cat("other_views"), res.pairs, res.resolution
@@ -507,7 +291,7 @@ def _table4(store: _Store, res: Resources) -> Table:
     return Table(4, TABLE_TITLES[4], ["method", "measure"], _pair_columns(pairs), rows, notes)
 
 
-def _table5(store: _Store, res: Resources) -> Table:
+def _table5(store: FigureStore, res: Resources) -> Table:
     from deblur_rotate.evaluate.metrics import best_order, nanmean_count, view_pair_summary
 
     views, pairs = store.cat("other_views"), res.pairs
@@ -534,7 +318,7 @@ def _table5(store: _Store, res: Resources) -> Table:
     return Table(5, TABLE_TITLES[5], ["metric", "method", "time order"], columns, rows, notes)
 
 
-def _angle_curves(store: _Store, tables: Sequence[int], variants, res: Resources) -> dict:
+def _angle_curves(store: FigureStore, tables: Sequence[int], variants, res: Resources) -> dict:
     """Per method, (mean true Δyaw of a target view, mean figure) points for the error-vs-angle plot."""
     from deblur_rotate.evaluate.metrics import best_order
 
@@ -578,95 +362,10 @@ def _angle_curves(store: _Store, tables: Sequence[int], variants, res: Resources
     return curves
 
 
-# The bundled model's quality bar (issue 6), checked by every evaluation that computes the tables it needs.
-SAME_VIEW_PSNR_MARGIN_DB = 3.0      # same-view PSNR >= the blurry input's + 3 dB
-SAME_VIEW_LANDMARK_MAX_PCT = 2.5    # same-view landmark error <= 2.5 % of the width (paper: 1.35 %)
-NOVEL_VIEW_PSNR_MARGIN_DB = 1.0     # novel-view (±30°) PSNR >= the cascade's + 1 dB
-NOVEL_VIEW_LANDMARK_MAX_PCT = 4.0   # novel-view (±30°) landmark error <= 4 % of the width (paper: 2.4 %)
-NOVEL_VIEW_YAW_DEG = 30.0           # the novel views of the bar: per side, the target view nearest ±30° of yaw
-
-
-def _target(name: str, value: float, reference: float | None, bound: float, rule: str, note: str) -> dict:
-    """One quality target. rule "≥": goal = reference + bound (None without a reference); rule "≤": goal =
-    bound. ``met`` is None when the value or the goal is missing."""
-    goal = bound if rule == "≤" else (None if reference is None else reference + bound)
-    measurable = goal is not None and not math.isnan(value) and not math.isnan(goal)
-    met = None if not measurable else bool(value >= goal if rule == "≥" else value <= goal)
-    return {"name": name, "value": value, "reference": reference, "goal": goal, "met": met, "rule": rule,
-            "margin": value - goal if measurable else None, "note": note}
-
-
-def _views_nearest_yaw(store: _Store, yaw_deg: float) -> list[int]:
-    """Per side (−, +), the target view whose mean true Δyaw is nearest ±yaw_deg."""
-    views, dyaw = store.cat("other_views"), store.cat("dyaw_deg")
-    if views.numel() == 0:
-        return []
-    means = {int(v): float(dyaw[views == v].mean()) for v in views.unique()}
-    out = []
-    for sign in (-1.0, 1.0):
-        side = {v: m for v, m in means.items() if m * sign > 0}
-        if side:
-            out.append(min(side, key=lambda v: abs(side[v] - sign * yaw_deg)))
-    return out
-
-
-def quality_targets(store: _Store, res: Resources, run: Sequence[int]) -> list[dict]:
-    """The bundled model's quality bar from the collected figures: same-view PSNR against the blurry input and
-    landmark error (Table 1's reconstructions, every view), novel-view PSNR against the cascade and landmark
-    error at the views nearest ±30° of yaw (Tables 5 and 3). Each entry: name, value, reference, goal, met
-    (True/False, None when not measurable), margin (value − goal), note. Targets whose tables did not run are
-    left out."""
-    from deblur_rotate.evaluate.metrics import best_order, nanmean_count
-
-    out: list[dict] = []
-    r = res.resolution
-    if 1 in run:
-        ours = nanmean_count(best_order(store.cat("t1_psnr_fwd"), store.cat("t1_psnr_bwd")).per_frame)["mean"]
-        blurry = nanmean_count(store.cat("t1_blurry_psnr"))["mean"]
-        out.append(_target("same_view_psnr_db", ours, blurry, SAME_VIEW_PSNR_MARGIN_DB, "≥",
-                           "E_v -> G on every view's blurry image, mean over the 5 frames, better time order per "
-                           "sequence; reference: the blurry image against the same 5 frames"))
-        lm = best_order(store.cat("t1_proj_fwd"), store.cat("t1_proj_bwd"), higher_is_better=False).per_frame
-        stats = nanmean_count(lm)
-        out.append(_target("same_view_landmark_error_pct", stats["mean"] * 100.0 / r, None,
-                           SAME_VIEW_LANDMARK_MAX_PCT, "≤",
-                           f"Table 1, ours vs projected ground truth, all frames and views; dlib found a face in "
-                           f"{stats['n']} of {stats['n'] + stats['missing']} generated frames"))
-    near = _views_nearest_yaw(store, NOVEL_VIEW_YAW_DEG)
-    if not near:
-        return out
-    views = store.cat("other_views")
-    sel = torch.zeros(len(views), dtype=torch.bool)
-    for v in near:
-        sel |= views == v
-    dyaw = store.cat("dyaw_deg")
-    where = ", ".join(f"view {v} ({float(dyaw[views == v].mean()):+.1f}°)" for v in near)
-    variants = _variants(res, res.pipe.face3d_encoder is not None)
-    main = variants[0][0] if variants else None
-    if 5 in run and main is not None:
-        def psnr_of(name: str) -> float:
-            pf = best_order(store.cat(f"t5_psnr_fwd/{name}"), store.cat(f"t5_psnr_bwd/{name}")).per_frame
-            return nanmean_count(pf[sel])["mean"]
-
-        have_cascade = f"t5_psnr_fwd/{CASCADE_LABEL}" in store.data
-        cascade = psnr_of(CASCADE_LABEL) if have_cascade else None
-        out.append(_target("novel_view_psnr_db_30deg", psnr_of("ours"), cascade, NOVEL_VIEW_PSNR_MARGIN_DB, "≥",
-                           f"Table 5 'ours', best of both orders, target {where}; reference: the {CASCADE_LABEL}"
-                           f"{'' if have_cascade else ' - not run (no --baseline)'}"))
-    if 3 in run and main is not None and f"t3_fwd/{main}" in store.data:
-        lm = best_order(store.cat(f"t3_fwd/{main}"), store.cat(f"t3_bwd/{main}"), higher_is_better=False).per_frame
-        stats = nanmean_count(lm[sel])
-        out.append(_target("novel_view_landmark_error_pct_30deg", stats["mean"] * 100.0 / r, None,
-                           NOVEL_VIEW_LANDMARK_MAX_PCT, "≤",
-                           f"Table 3, {main}, all frames, target {where}; dlib found a face in {stats['n']} of "
-                           f"{stats['n'] + stats['missing']} generated frames"))
-    return out
-
-
-def build_tables(store: _Store, res: Resources, run: Sequence[int],
+def build_tables(store: FigureStore, res: Resources, run: Sequence[int],
                  partial: dict[int, list[str]] | None = None) -> list[Table]:
     """The finished tables from the collected figures (``run``: the table numbers that were collected)."""
-    variants = _variants(res, res.pipe.face3d_encoder is not None)
+    variants = novel_view_variants(res, res.pipe.face3d_encoder is not None)
     makers = {1: lambda: _table1(store, res), 2: lambda: _table2(store, res, variants),
               3: lambda: _table3(store, res, variants), 4: lambda: _table4(store, res),
               5: lambda: _table5(store, res)}
@@ -713,7 +412,7 @@ def evaluate(options: EvaluateOptions) -> EvaluationResult:
             if t in skipped:
                 skipped[t] += f" ({res.face3d_source})"
     store, figures = collect(res, run, options.figure_instants, options.progress)
-    variants = _variants(res, res.pipe.face3d_encoder is not None)
+    variants = novel_view_variants(res, res.pipe.face3d_encoder is not None)
     tables = build_tables(store, res, run, partial)
     settings = {
         "model": str(res.model_dir), "preset": res.pipe.config.get("preset"), "data": str(options.data),

@@ -1,7 +1,6 @@
 """Stage 3's settings: :class:`BlurEncoderConfig` (``deblur-rotate train blur-encoder``). Torch-free."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from deblur_rotate.errors import UserError
@@ -70,12 +69,7 @@ class BlurEncoderConfig(RunOptions):
         """A copy with the preset defaults filled in; UserError on impossible values."""
         if self.preset not in PRESET_DEFAULTS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESET_DEFAULTS)}")
-        c = copy.deepcopy(self)
-        d = PRESET_DEFAULTS[c.preset]
-        c.batch = d["batch"] if c.batch is None else int(c.batch)
-        c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
-        c.jitter = d["jitter"] if c.jitter is None else bool(c.jitter)
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        c = self.with_preset_defaults(("batch", "ema_images", "jitter"))
         check_fraction("lr_decay", c.lr_decay)
         c.data, c.out, c.sharp_encoder, c.generator = str(c.data), str(c.out), str(c.sharp_encoder), str(c.generator)
         check_signs(c, positive=("batch", "checkpoint_every", "log_every"))
@@ -86,6 +80,5 @@ class BlurEncoderConfig(RunOptions):
         if c.latent_loss not in LATENT_LOSSES:
             raise UserError(f"--latent-loss must be one of {', '.join(LATENT_LOSSES)} (got {c.latent_loss!r})")
         check_even_m(c.m)
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
+        c.check_precision()
         return c

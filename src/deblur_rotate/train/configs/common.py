@@ -2,6 +2,7 @@
 checkpoints, logging, device, precision, resume). Torch-free."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from deblur_rotate.errors import UserError
@@ -37,6 +38,23 @@ class RunOptions:
     workers: int = option(0, "DataLoader worker processes (0: in-process, needed for bit-exact resume)")
     resume: bool = option(False, "continue the run in --out from its newest checkpoint")
     progress: bool = option(True, "a progress bar")
+
+    def with_preset_defaults(self, names: tuple[str, ...]):
+        """A deep copy whose fields ``names`` that are None take the class's ``PRESET_DEFAULTS`` value for this
+        preset (a given value is cast to that value's type), and whose ``image_every`` defaults to
+        ``checkpoint_every``; the caller checks the preset first."""
+        c = copy.deepcopy(self)
+        row = type(self).PRESET_DEFAULTS[c.preset]
+        for name in names:
+            value = getattr(c, name)
+            setattr(c, name, row[name] if value is None else type(row[name])(value))
+        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        return c
+
+    def check_precision(self) -> None:
+        """UserError unless ``precision`` is one of PRECISIONS."""
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {self.precision!r})")
 
 
 def check_fraction(name: str, value: float) -> None:

@@ -2,7 +2,6 @@
 Torch-free."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from deblur_rotate.errors import UserError
@@ -40,9 +39,7 @@ class DeblurBaselineConfig(RunOptions):
 
         if self.preset not in DIRECT_DEBLUR_PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(DIRECT_DEBLUR_PRESETS)}")
-        c = copy.deepcopy(self)
-        c.batch = PRESET_DEFAULTS[c.preset]["batch"] if c.batch is None else int(c.batch)
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        c = self.with_preset_defaults(("batch",))
         c.data, c.out = str(c.data), str(c.out)
         if not c.data:
             raise UserError("--data is required: a dataset folder with blurry images and their sharp frames "
@@ -54,6 +51,5 @@ class DeblurBaselineConfig(RunOptions):
         if not 0 <= c.ema < 1:
             raise UserError(f"--ema must be in [0, 1) (got {c.ema})")
         check_even_m(c.m)
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
+        c.check_precision()
         return c

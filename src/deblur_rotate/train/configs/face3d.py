@@ -1,7 +1,6 @@
 """Stage 4's settings: :class:`Face3DConfig` (``deblur-rotate train face3d``). Torch-free."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from deblur_rotate.errors import UserError
@@ -65,9 +64,7 @@ class Face3DConfig(RunOptions):
 
         if self.preset not in ENCODER_PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(ENCODER_PRESETS)}")
-        c = copy.deepcopy(self)
-        c.batch = PRESET_DEFAULTS[c.preset]["batch"] if c.batch is None else int(c.batch)
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        c = self.with_preset_defaults(("batch",))
         c.data, c.out = str(c.data), str(c.out)
         for name in ("bfm", "bfm_expression", "bfm_landmarks"):
             if getattr(c, name) is not None:
@@ -95,8 +92,7 @@ class Face3DConfig(RunOptions):
                                      "lambda_c", "edge_softness", "grid", "workers", "image_every"))
         if c.skin_weight < 1:
             raise UserError(f"--skin-weight must be >= 1 (skin pixels count that many times; got {c.skin_weight})")
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
+        c.check_precision()
         return c
 
     def weights(self) -> dict[str, float]:

@@ -1,7 +1,6 @@
 """Stage 5's settings: :class:`FusionConfig` (``deblur-rotate train fusion``). Torch-free."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from deblur_rotate.errors import UserError
@@ -74,11 +73,7 @@ class FusionConfig(RunOptions):
 
         if self.preset not in PRESET_DEFAULTS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESET_DEFAULTS)}")
-        c = copy.deepcopy(self)
-        d = PRESET_DEFAULTS[c.preset]
-        c.batch = d["batch"] if c.batch is None else int(c.batch)
-        c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
+        c = self.with_preset_defaults(("batch", "ema_images"))
         check_fraction("lr_decay", c.lr_decay)
         for name in ("data", "out", "sharp_encoder", "generator", "face3d_encoder", "blur_encoder"):
             value = getattr(c, name)
@@ -113,6 +108,5 @@ class FusionConfig(RunOptions):
             raise UserError(f"--batch counts training samples, two (u -> v and v -> u) per view pair, so it must "
                             f"be even (got {c.batch})")
         check_signs(c, non_negative=("steps", "lr", "lambda_image", "ema_images", "grid", "workers", "image_every"))
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
+        c.check_precision()
         return c

@@ -1,7 +1,6 @@
 """Stage 1's settings: :class:`GeneratorConfig` (``deblur-rotate train generator``). Torch-free."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from deblur_rotate.errors import UserError
@@ -52,15 +51,10 @@ class GeneratorConfig(RunOptions):
 
         if self.preset not in PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
-        c = copy.deepcopy(self)
-        d = PRESET_DEFAULTS[c.preset]
-        c.batch = d["batch"] if c.batch is None else int(c.batch)
-        c.r1_gamma = d["r1_gamma"] if c.r1_gamma is None else float(c.r1_gamma)
-        c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
+        c = self.with_preset_defaults(("batch", "r1_gamma", "ema_images"))
         if c.ema_rampup is not None and c.ema_rampup < 0:
-            c.ema_rampup = d["ema_rampup"]
+            c.ema_rampup = PRESET_DEFAULTS[c.preset]["ema_rampup"]
         c.ema_rampup = c.ema_rampup or None
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
         c.data, c.out = str(c.data), str(c.out)
         if c.steps < 0:
             raise UserError(f"--steps must be positive (got {c.steps})")
@@ -68,6 +62,5 @@ class GeneratorConfig(RunOptions):
                     non_negative=("lr", "r1_gamma", "pl_weight", "ema_images", "grid", "workers", "image_every"))
         if not 0 <= c.style_mixing <= 1:
             raise UserError(f"--style-mixing must be in [0, 1] (got {c.style_mixing})")
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
+        c.check_precision()
         return c

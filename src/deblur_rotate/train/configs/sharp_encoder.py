@@ -1,7 +1,6 @@
 """Stage 2's settings: :class:`SharpEncoderConfig` (``deblur-rotate train sharp-encoder``). Torch-free."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from deblur_rotate.errors import UserError
@@ -77,12 +76,8 @@ class SharpEncoderConfig(RunOptions):
 
         if self.preset not in PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
-        c = copy.deepcopy(self)
-        d = PRESET_DEFAULTS[c.preset]
-        c.batch = d["batch"] if c.batch is None else int(c.batch)
-        c.ema_images = d["ema_images"] if c.ema_images is None else float(c.ema_images)
+        c = self.with_preset_defaults(("batch", "ema_images"))
         c.g_relax_steps = c.steps // 2 if c.g_relax_steps is None else int(c.g_relax_steps)
-        c.image_every = c.checkpoint_every if c.image_every is None else int(c.image_every)
         check_fraction("lr_decay", c.lr_decay)
         c.data, c.out, c.generator = str(c.data), str(c.out), str(c.generator)
         if c.fresh_generator and c.generator:
@@ -100,6 +95,5 @@ class SharpEncoderConfig(RunOptions):
                                   "workers", "image_every"))
         if c.skin_weight < 1:
             raise UserError(f"--skin-weight must be >= 1 (got {c.skin_weight})")
-        if c.precision not in ("fp32", "fp16", "bf16"):
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {c.precision!r})")
+        c.check_precision()
         return c
