@@ -321,7 +321,7 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
     too small, no face, ``dest`` is a file)."""
     import torch
 
-    from deblur_rotate.faces import paste_back, prepare_image
+    from deblur_rotate.faces import prepare_image
     from deblur_rotate.files import replace_dir, to_uint8
     from deblur_rotate.images import grey_like, is_grey, read_image
     from deblur_rotate.pipeline import sweep_views
@@ -365,61 +365,11 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
     try:
         for k, face in enumerate(faces):
             sub = "" if len(faces) == 1 else f"face_{k + 1}/"
-            write_output(stage, f"{sub}input.png", encode_png(face.image), written)
-            for v, name in enumerate(names):
-                write_frames(stage, f"{sub}frames/{name}", f"{sub}{name}", frames[k, v], options.fps, written)
-            if sweep is not None:
-                write_output(stage, f"{sub}sweep.gif", encode_gif(sweep[k], options.fps), written)
-                write_output(stage, f"{sub}sweep.mp4", encode_mp4(sweep[k], options.fps), written)
-            input_yaw = None if result.pose is None else math.degrees(float(result.pose[k, 1]))
-            sheet = contact_sheet(face.image, frames[k], names, input_yaw)
-            write_output(stage, f"{sub}contact_sheet.png", sheet, written)
-            info: dict = {"folder": sub.rstrip("/") or ".",
-                          "box": None if face.box is None else [round(b, 1) for b in face.box]}
-            if face.detection is not None:  # detector, score, landmark_disagreement
-                info["detection"] = {k2: v2 for k2, v2 in face.detection.items() if k2 != "box"}
-            if result.refine is not None and pipe.refine.steps:
-                info["refine"] = result.refine.records()[k]
-                if not info["refine"]["applied"]:
-                    warnings.append({"face": k + 1, "warning": (
-                        f"the model's frames do not explain this face (blur-consistency error "
-                        f"{info['refine']['start_error']:.2f} > {pipe.refine.max_start_error:g}): the refinement "
-                        "was skipped and the frames are the model's own guess; a model trained on faces like this "
-                        "one is needed (README: Training)")})
-            if face.outside > EDGE_WARNING:
-                info["outside_share"] = round(face.outside, 3)
-                warnings.append({"face": k + 1, "warning": f"the face is cut by the image edge ({face.outside:.0%} "
-                                 "of it outside the photo): the crop fills that part in by mirroring the photo, so "
-                                 "the result there is made up"})
-            if result.pose is not None:
-                rad = [float(a) for a in result.pose[k].cpu()]
-                info["pose_deg"] = dict(zip(("pitch", "yaw", "roll"), (round(math.degrees(a), 3) for a in rad)))
-                if options.save_pose:
-                    pose = {"pitch_deg": math.degrees(rad[0]), "yaw_deg": math.degrees(rad[1]),
-                            "roll_deg": math.degrees(rad[2]), "radians": rad,
-                            "convention": "(pitch, yaw, roll) about the camera's x, y, z axes; OpenCV camera"}
-                    write_output(stage, f"{sub}pose.json", (json.dumps(pose, indent=2) + "\n").encode(), written)
-            if options.save_latents:
-                arrays = {"codes": result.codes[k].float().cpu().numpy(),
-                          "view_codes": result.view_codes[k].float().cpu().numpy(),
-                          "views": np.asarray(result.views, dtype=np.float32)}
-                if result.pose is not None:
-                    arrays["pose"] = result.pose[k].float().cpu().numpy()
-                buffer = io.BytesIO()
-                np.savez(buffer, **arrays)
-                write_output(stage, f"{sub}latents.npz", buffer.getvalue(), written)
-            record["faces"].append(info)
+            face_sweep = None if sweep is None else sweep[k]
+            record["faces"].append(_write_face(stage, sub, k, face, frames[k], names, face_sweep, result, pipe,
+                                               options, written, warnings))
         if options.paste_back:
-            same = [i for i, v in enumerate(result.views) if v == (0.0, 0.0)]
-            if same and not options.to_frontal:
-                own = frames[:, same[0]]                                               # [F, T, R, R, 3]
-            else:
-                own = to_uint8(pipe.synthesize(result.codes).flatten(0, 1))
-                own = own.reshape(len(faces), -1, *faces[0].image.shape)
-                own = grey_like(own) if grey else own
-            pasted = np.stack([paste_back(photo, [(f, own[k, j]) for k, f in enumerate(faces)])
-                               for j in range(own.shape[1])])
-            write_frames(stage, "pasted", "pasted", pasted, options.fps, written)
+            _write_pasted(stage, photo, faces, frames, result, pipe, options, grey, written)
         record["files"] = sorted(written)
         record["warnings"] = warnings
         write_output(stage, "result.json", (json.dumps(record, indent=2) + "\n").encode(), written)
@@ -428,6 +378,76 @@ def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return record
+
+
+def _write_face(stage: Path, sub: str, k: int, face, face_frames: np.ndarray, names: list[str],
+                face_sweep: np.ndarray | None, result, pipe, options: RunOptions, written: list[str],
+                warnings: list[dict]) -> dict:
+    """Write face ``k``'s files into ``stage/sub`` (input, frames per view ``face_frames [V, T, R, R, 3]`` uint8,
+    sweep, contact sheet, pose, latents); returns its ``result.json`` entry and appends its warnings."""
+    write_output(stage, f"{sub}input.png", encode_png(face.image), written)
+    for v, name in enumerate(names):
+        write_frames(stage, f"{sub}frames/{name}", f"{sub}{name}", face_frames[v], options.fps, written)
+    if face_sweep is not None:
+        write_output(stage, f"{sub}sweep.gif", encode_gif(face_sweep, options.fps), written)
+        write_output(stage, f"{sub}sweep.mp4", encode_mp4(face_sweep, options.fps), written)
+    input_yaw = None if result.pose is None else math.degrees(float(result.pose[k, 1]))
+    sheet = contact_sheet(face.image, face_frames, names, input_yaw)
+    write_output(stage, f"{sub}contact_sheet.png", sheet, written)
+    info: dict = {"folder": sub.rstrip("/") or ".",
+                  "box": None if face.box is None else [round(b, 1) for b in face.box]}
+    if face.detection is not None:  # detector, score, landmark_disagreement
+        info["detection"] = {k2: v2 for k2, v2 in face.detection.items() if k2 != "box"}
+    if result.refine is not None and pipe.refine.steps:
+        info["refine"] = result.refine.records()[k]
+        if not info["refine"]["applied"]:
+            warnings.append({"face": k + 1, "warning": (
+                f"the model's frames do not explain this face (blur-consistency error "
+                f"{info['refine']['start_error']:.2f} > {pipe.refine.max_start_error:g}): the refinement "
+                "was skipped and the frames are the model's own guess; a model trained on faces like this "
+                "one is needed (README: Training)")})
+    if face.outside > EDGE_WARNING:
+        info["outside_share"] = round(face.outside, 3)
+        warnings.append({"face": k + 1, "warning": f"the face is cut by the image edge ({face.outside:.0%} "
+                         "of it outside the photo): the crop fills that part in by mirroring the photo, so "
+                         "the result there is made up"})
+    if result.pose is not None:
+        rad = [float(a) for a in result.pose[k].cpu()]
+        info["pose_deg"] = dict(zip(("pitch", "yaw", "roll"), (round(math.degrees(a), 3) for a in rad)))
+        if options.save_pose:
+            pose = {"pitch_deg": math.degrees(rad[0]), "yaw_deg": math.degrees(rad[1]),
+                    "roll_deg": math.degrees(rad[2]), "radians": rad,
+                    "convention": "(pitch, yaw, roll) about the camera's x, y, z axes; OpenCV camera"}
+            write_output(stage, f"{sub}pose.json", (json.dumps(pose, indent=2) + "\n").encode(), written)
+    if options.save_latents:
+        arrays = {"codes": result.codes[k].float().cpu().numpy(),
+                  "view_codes": result.view_codes[k].float().cpu().numpy(),
+                  "views": np.asarray(result.views, dtype=np.float32)}
+        if result.pose is not None:
+            arrays["pose"] = result.pose[k].float().cpu().numpy()
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_output(stage, f"{sub}latents.npz", buffer.getvalue(), written)
+    return info
+
+
+def _write_pasted(stage: Path, photo: np.ndarray, faces: list, frames: np.ndarray, result, pipe,
+                  options: RunOptions, grey: bool, written: list[str]) -> None:
+    """The frames of every face at the input view pasted back into the photo (``stage/pasted``)."""
+    from deblur_rotate.faces import paste_back
+    from deblur_rotate.files import to_uint8
+    from deblur_rotate.images import grey_like
+
+    same = [i for i, v in enumerate(result.views) if v == (0.0, 0.0)]
+    if same and not options.to_frontal:
+        own = frames[:, same[0]]                                               # [F, T, R, R, 3]
+    else:
+        own = to_uint8(pipe.synthesize(result.codes).flatten(0, 1))
+        own = own.reshape(len(faces), -1, *faces[0].image.shape)
+        own = grey_like(own) if grey else own
+    pasted = np.stack([paste_back(photo, [(f, own[k, j]) for k, f in enumerate(faces)])
+                       for j in range(own.shape[1])])
+    write_frames(stage, "pasted", "pasted", pasted, options.fps, written)
 
 
 def _frame_count(path: Path) -> int:
