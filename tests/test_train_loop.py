@@ -351,6 +351,22 @@ def test_mixed_precision_bf16_on_cpu_and_fp16_refused():
         MixedPrecision.from_precision("fp8", "cpu")
 
 
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    """--precision auto: emulated bf16 is ~30x slower than fp32 on an AVX2-only CPU, so auto must pick fp32 there."""
+    from deblur_rotate.precision import resolve_precision
+    from deblur_rotate.train.loop import MixedPrecision
+
+    cpu = torch.device("cpu")
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        want = "bf16" if native else "fp32"
+        assert resolve_precision("auto", cpu) == want
+        amp = MixedPrecision.from_precision("auto", "cpu")
+        assert amp.precision == want and amp.enabled == native
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+
+
 def test_linear_lr_decay_is_applied_per_step_and_resumes_from_the_built_lr(tmp_path):
     from deblur_rotate.train.loop import linear_decay
 

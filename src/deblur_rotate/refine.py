@@ -42,17 +42,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def use_bf16(precision: str, device) -> bool:
     """Whether :func:`refine` runs its G passes under bf16 autocast on ``device`` (a torch.device)."""
-    import torch
+    from deblur_rotate.precision import resolve_precision
 
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        probes = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return any(bool(probe()) for probe in probes if callable(probe))
-    return False
+    return resolve_precision(precision, device) == "bf16"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@
 
 Recipes (``--recipe``): ``paper`` runs every stage with its own defaults (the paper's settings);
 ``cpu`` (the default of the ``tiny`` preset) is what the bundled model was trained with on a 2-core CPU:
-no GAN stage (E_s and G train as an autoencoder from random weights), bf16 autocast, no identity or
+no GAN stage (E_s and G train as an autoencoder from random weights), bf16 autocast where the CPU computes bf16
+natively (fp32 elsewhere: ``--precision auto``), no identity or
 perceptual term, higher learning rates, and an image term for E_v. :data:`RECIPES` gives each setting
 with its reason; ``--set STAGE.FIELD=VALUE`` overrides any field of a stage's config.
 
@@ -57,7 +58,9 @@ RECIPES: dict[str, dict[str, dict]] = {
             "lambda_id": 0.0,  # dlib's descriptor does not tell our 64 px synthetic subjects apart (README)
             "lambda_per": 0.0,  # no VGG weights offline; the fallback features cost time and bought nothing
             "lr": 1e-3, "lr_generator": 2e-3,  # Adam at the usual autoencoder / StyleGAN2 rates, not 1e-4
-            "precision": "bf16",  # 1.7x per step on this AVX-512 BF16 CPU (benchmarks/train_step_speed.py)
+            # bf16 where the CPU computes it natively: 1.7x per step on the AVX-512 BF16 CPU of sessions 1-9
+            # (benchmarks/train_step_speed.py); fp32 on others, where emulated bf16 is ~30x slower (session 10)
+            "precision": "auto",
             "lr_decay": 0.4,  # constant lr plateaued (batch PSNR flat from 2000 to 3800); decay over the last 40%
             "steps": 6500,
         },
@@ -66,14 +69,14 @@ RECIPES: dict[str, dict[str, dict]] = {
             "image_frames": 3,  # 3 of the 5 frames through G per sample and step (a new draw each step): cheaper
             "head_grid": 2, "head_bottleneck": 192,  # E_s's lever; a rank-192 head keeps the bundle under 25 MB
             "lr": 1e-3, "lr_decay": 0.4,
-            "precision": "bf16",
+            "precision": "auto",
             "steps": 2000,
         },
-        "face3d": {"precision": "bf16", "lambda_id": 0.0, "lr": 5e-4, "steps": 1500},
+        "face3d": {"precision": "auto", "lambda_id": 0.0, "lr": 5e-4, "steps": 1500},
         "fusion": {
             "pose_source": "gt",  # a requested angle is the angle rendered (E_3D's pose error does not enter F)
             "input_codes": "blur",  # F learns on E_v's codes, which is what the pipeline feeds it
-            "lr": 5e-4, "lr_decay": 0.4, "precision": "bf16", "steps": 1000,
+            "lr": 5e-4, "lr_decay": 0.4, "precision": "auto", "steps": 1000,
         },
     },
 }
@@ -360,8 +363,8 @@ def add_parser(stages) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder (one sub-folder per stage, model/)")
     p.add_argument("--recipe", choices=tuple(RECIPES), default=None,
                    help="stage settings: paper (every stage's defaults, the paper's) or cpu (the bundled tiny "
-                        "model's CPU recipe: no GAN stage, bf16, no identity term, an image term for E_v; see "
-                        "RECIPES in train/all_stages.py); default: cpu for --preset tiny, paper otherwise")
+                        "model's CPU recipe: no GAN stage, bf16 where native, no identity term, an image term for "
+                        "E_v; see RECIPES in train/all_stages.py); default: cpu for --preset tiny, paper otherwise")
     p.add_argument("--set", dest="overrides", nargs="*", metavar="STAGE.FIELD=VALUE", default=None,
                    help="override one setting of a stage, e.g. sharp_encoder.lr=5e-4 blur_encoder.lambda_image=2 "
                         "(values are JSON: numbers, true/false, null, or a plain string)")

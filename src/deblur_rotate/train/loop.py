@@ -166,17 +166,24 @@ class MixedPrecision:
             raise UserError("mixed precision on the CPU is bfloat16 only: use --precision bf16 (or fp32)")
         self.enabled = bool(enabled) and self.device.type in ("cuda", "cpu")
         self.dtype = dtype
+        self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if self.enabled else "fp32"
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.enabled and self.device.type == "cuda" and dtype == torch.float16)
         self._stepped = False
 
     @classmethod
     def from_precision(cls, precision: str, device: str | torch.device) -> MixedPrecision:
-        """``precision`` one of ``fp32`` (off), ``bf16``, ``fp16`` (CUDA only)."""
+        """``precision`` one of ``fp32`` (off), ``bf16``, ``fp16`` (CUDA only), ``auto`` (bf16 where the device
+        computes it natively, else fp32: :func:`deblur_rotate.precision.resolve_precision`)."""
+        from deblur_rotate.precision import resolve_precision
+
         dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-        if precision not in dtypes:
-            raise UserError(f"--precision must be fp32, bf16 or fp16 (got {precision!r})")
-        return cls(enabled=precision != "fp32", device=device, dtype=dtypes[precision])
+        if precision not in (*dtypes, "auto"):
+            raise UserError(f"--precision must be fp32, bf16, fp16 or auto (got {precision!r})")
+        used = resolve_precision(precision, torch.device(device))
+        amp = cls(enabled=used != "fp32", device=device, dtype=dtypes[used])
+        amp.precision = used
+        return amp
 
     def autocast(self):
         """Context manager: autocast to ``dtype`` when enabled, a no-op otherwise."""
@@ -269,6 +276,8 @@ class Trainer:
         self.amp = amp if amp is not None else MixedPrecision(False, self.info.device)
         self.extra_state = dict(extra_state or {})
         self.run_config = dict(run_config or {})
+        if "precision" in self.run_config:  # what --precision (e.g. auto) came to on this device
+            self.run_config["precision_used"] = self.amp.precision
         self.image_fn = image_fn
         self.image_every = int(image_every)
         self.keep_checkpoints = int(keep_checkpoints)

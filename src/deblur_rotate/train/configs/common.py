@@ -13,12 +13,14 @@ __all__ = ["DATA_KINDS", "DEVICES", "LATENT_LOSSES", "PRECISIONS", "PRESET_NAMES
 
 PRESET_NAMES = ("micro", "tiny", "paper")  # network sizes: models.stylegan2.PRESETS, each stage's preset table
 LATENT_LOSSES = ("l1", "l2")               # losses.LATENT_LOSSES (tests/test_cli.py checks they agree)
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "auto")
 DEVICES = ("cpu", "cuda")
 # dataset kinds of the face3d and fusion stages
 DATA_KINDS = ("auto", "synthbmfd", "images", "300vw", "video", "multiview", "vidtimit")
 
-PRECISION_HELP = ("mixed precision: bf16 autocast (CPU or CUDA), fp16 with loss scaling (CUDA only)")
+PRECISION_HELP = ("mixed precision: bf16 autocast (CPU or CUDA), fp16 with loss scaling (CUDA only), auto: bf16 where "
+                  "the device computes it natively (CUDA, CPUs with AVX-512 BF16 or AMX), else fp32; on other CPUs "
+                  "bf16 is emulated and many times slower than fp32")
 
 
 @dataclass
@@ -54,7 +56,7 @@ class RunOptions:
     def check_precision(self) -> None:
         """UserError unless ``precision`` is one of PRECISIONS."""
         if self.precision not in PRECISIONS:
-            raise UserError(f"--precision must be fp32, fp16 or bf16 (got {self.precision!r})")
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
 
 
 def check_fraction(name: str, value: float) -> None:
