@@ -42,7 +42,6 @@ later inputs are not started. A grey-scale photo is fed as RGB and its results a
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import json
 import math
@@ -57,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from deblur_rotate.errors import UserError
-from deblur_rotate.images import IMAGE_EXTS, natural_key
+from deblur_rotate.input_files import list_inputs
 from deblur_rotate.outputs import (
     check_output_folder,
     contact_sheet,
@@ -203,115 +202,7 @@ def _say(text: str, file=None) -> None:
     print(text, file=file)
 
 
-# ---------------------------------------------------------------------------------------------------- inputs
-
-
-def _glob_regex(pattern: str) -> re.Pattern:
-    """A glob pattern with ``**`` (any number of folders) as a regex over ``/``-separated paths; ``*``, ``?`` and
-    ``[...]`` do not cross a ``/``, and, as in :mod:`glob`, do not match a leading dot."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append(r"(?:[^/.][^/]*/)*")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(r"(?:[^/.][^/]*(?:/[^/.][^/]*)*)?")
-            i += 2
-        elif pattern[i] == "*":
-            start = i == 0 or pattern[i - 1] == "/"
-            out.append(r"(?:[^/.][^/]*)?" if start else r"[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append(r"[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
-            j = pattern.index("]", i + 2)
-            body = pattern[i + 1:j]
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
-            i = j + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _walk_glob(spec: str) -> list[Path]:
-    """The files a recursive (``**``) glob pattern matches, walking each real folder once: a symlink loop
-    (a folder linking to itself or a parent) is not followed round and round as :func:`glob.glob` does."""
-    parts = spec.replace(os.sep, "/").split("/")
-    fixed = []
-    for part in parts:
-        if any(ch in part for ch in "*?["):
-            break
-        fixed.append(part)
-    base = "/".join(fixed) or "."
-    if spec.startswith("/") and not fixed[1:]:
-        base = "/"
-    if not os.path.isdir(base):
-        return []
-    regex = _glob_regex(spec.replace(os.sep, "/"))
-    seen: set[tuple[int, int]] = set()
-    found = []
-    for folder, dirs, files in os.walk(base, followlinks=True):
-        try:
-            st = os.stat(folder)
-        except OSError:
-            dirs[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:  # this real folder was listed already (a symlink loop or a twin)
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs.sort()
-        for name in files:
-            path = os.path.join(folder, name)
-            rel = path[2:] if base == "." and path.startswith("./") and not spec.startswith("./") else path
-            if regex.match(rel.replace(os.sep, "/")):
-                found.append(Path(rel))
-    return found
-
-
-def _real(path: Path) -> str:
-    """The path with every symlink resolved (what tells two spellings of one file apart)."""
-    try:
-        return os.path.realpath(path)
-    except (OSError, ValueError):
-        return str(path)
-
-
-def list_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand ``-i`` arguments (files, folders, globs) -> (image paths in order, [(spec, why it gave nothing)]).
-
-    Folders are listed without recursion; folders and globs keep files with an image extension; a file named
-    explicitly is kept whatever its extension (reading it decides). Recursive globs (``**``) walk every real
-    folder once (symlink loops are not followed round), and a file reached twice (the same file through a
-    symlink, a folder and a glob, ``a.png`` and ``./a.png``) is kept once, under the first name it came by."""
-    paths: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            found = sorted((f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS), key=natural_key)
-            if not found:
-                problems.append((spec, f"folder has no images ({', '.join(sorted(IMAGE_EXTS))})"))
-        elif p.is_file():
-            found = [p]
-        elif any(ch in spec for ch in "*?["):
-            matches = _walk_glob(spec) if "**" in spec else (Path(f) for f in glob.glob(spec))
-            found = sorted((f for f in matches if f.is_file() and f.suffix.lower() in IMAGE_EXTS), key=natural_key)
-            if not found:
-                problems.append((spec, "the pattern matches no image files"))
-        else:
-            found = []
-            problems.append((spec, "no such file or folder"))
-        paths.extend(found)
-    unique: dict[str, Path] = {}
-    for path in paths:
-        unique.setdefault(_real(path), path)
-    return list(unique.values()), problems
-
-
-# ------------------------------------------------------------------------------------------------ processing
+# ----------------------------------------------------------------------------------------------- one input
 
 
 def process_input(path: Path, dest: Path, pipe, options: RunOptions, finder=None) -> dict:
@@ -519,7 +410,6 @@ def run_command(args) -> int:
     from tqdm import tqdm
 
     from deblur_rotate.faces import FaceFinder
-    from deblur_rotate.pipeline import DeblurRotatePipeline
 
     options = _options(args)
     # --- video input (issue 14): a video file, or a folder of frames with --fps -> deblur_rotate.video
@@ -535,13 +425,7 @@ def run_command(args) -> int:
     if not paths:
         reasons = "; ".join(f"{spec}: {why}" for spec, why in problems)
         raise UserError(f"no input images found ({reasons})")
-    pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
-    pipe.refine = pipe.refine_settings(args.refine_steps)  # None: the model's default
-    pipe.check_request(options.views, options.to_frontal)
-    if options.sweep is not None and not pipe.can_rotate:
-        raise UserError(f"{pipe.name} has no fusion network (F): it cannot render --sweep")
-    if options.save_pose and not pipe.has_pose:
-        raise UserError(f"{pipe.name} has no face3d_encoder (E_3D): there is no pose for --save-pose")
+    pipe = _load_pipeline(args, options)
     from deblur_rotate.model_folder import model_warnings, view_warnings
 
     # said once per run, plainly: what the model cannot do (synthetic faces only, views it never saw)
@@ -576,39 +460,70 @@ def run_command(args) -> int:
         _say(f"warning: {note}", file=sys.stderr)
     for spec, why in problems:
         _say(f"skipped {spec}: {why}", file=sys.stderr)
-    full: tuple[Path, OSError] | None = None
+    full: tuple[Path, BaseException] | None = None
     bar = tqdm(list(zip(paths, output_names(paths))), unit="image", disable=not args.progress, file=sys.stderr)
     for path, name in bar:
         bar.set_postfix_str(shown(path.name[-30:]), refresh=False)
-        try:
-            record = process_input(path, out / name, pipe, options, finder)
-            done.append({"input": str(path), "output": str(out / name), "faces": len(record["faces"])})
-            if record.get("dropped_detections"):  # detections rejected as non-faces, with the reason
-                done[-1]["dropped_detections"] = record["dropped_detections"]
-            for warning in record.get("warnings", []):
-                warnings.append({"input": str(path), **warning})
-                face = f" (face {warning['face']})" if "face" in warning else ""
-                tqdm.write(shown(f"warning: {path}{face}: {warning['warning']}"), file=sys.stderr)
-        except UserError as err:
-            reason = str(err)
-            reason = reason[len(str(path)) + 2:] if reason.startswith(f"{path}: ") else reason
-            failed.append({"input": str(path), "reason": reason})
-            tqdm.write(shown(f"failed {path}: {reason}"), file=sys.stderr)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as err:  # noqa: BLE001 - one bad input must not stop the others; the trace is shown
-            if disk_full(err):  # every later input would fail the same way: stop at the first
-                full = (path, err)
-                break
-            traceback.print_exc(file=sys.stderr)
-            failed.append({"input": str(path), "reason": f"unexpected {type(err).__name__}: {err}"})
+        full = _run_one(path, out / name, pipe, options, finder, done, failed, warnings)
+        if full is not None:  # the disk is full: every later input would fail the same way
+            break
         write_summary(False)
     bar.close()
     if full is not None:
         _stop_disk_full(out, full[0], done, created, write_summary, failed)
 
     write_summary(True)
-    total = len(paths) + len(problems)
+    return _say_summary(out, len(paths) + len(problems), done, failed, warnings)
+
+
+def _load_pipeline(args, options: RunOptions):
+    """The model ``run`` uses, with its refinement set and the request checked against what it can do."""
+    from deblur_rotate.pipeline import DeblurRotatePipeline
+
+    pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
+    pipe.refine = pipe.refine_settings(args.refine_steps)  # None: the model's default
+    pipe.check_request(options.views, options.to_frontal)
+    if options.sweep is not None and not pipe.can_rotate:
+        raise UserError(f"{pipe.name} has no fusion network (F): it cannot render --sweep")
+    if options.save_pose and not pipe.has_pose:
+        raise UserError(f"{pipe.name} has no face3d_encoder (E_3D): there is no pose for --save-pose")
+    return pipe
+
+
+def _run_one(path: Path, dest: Path, pipe, options: RunOptions, finder, done: list[dict], failed: list[dict],
+             warnings: list[dict]) -> tuple[Path, BaseException] | None:
+    """Process one input into ``dest`` and append its outcome to ``done`` / ``failed`` / ``warnings``; returns
+    ``(path, error)`` when the disk is full (the caller stops), else None."""
+    from tqdm import tqdm
+
+    from deblur_rotate.files import disk_full
+
+    try:
+        record = process_input(path, dest, pipe, options, finder)
+        done.append({"input": str(path), "output": str(dest), "faces": len(record["faces"])})
+        if record.get("dropped_detections"):  # detections rejected as non-faces, with the reason
+            done[-1]["dropped_detections"] = record["dropped_detections"]
+        for warning in record.get("warnings", []):
+            warnings.append({"input": str(path), **warning})
+            face = f" (face {warning['face']})" if "face" in warning else ""
+            tqdm.write(shown(f"warning: {path}{face}: {warning['warning']}"), file=sys.stderr)
+    except UserError as err:
+        reason = str(err)
+        reason = reason[len(str(path)) + 2:] if reason.startswith(f"{path}: ") else reason
+        failed.append({"input": str(path), "reason": reason})
+        tqdm.write(shown(f"failed {path}: {reason}"), file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # noqa: BLE001 - one bad input must not stop the others; the trace is shown
+        if disk_full(err):
+            return path, err
+        traceback.print_exc(file=sys.stderr)
+        failed.append({"input": str(path), "reason": f"unexpected {type(err).__name__}: {err}"})
+    return None
+
+
+def _say_summary(out: Path, total: int, done: list[dict], failed: list[dict], warnings: list[dict]) -> int:
+    """The closing lines of ``run``; returns its exit status (1 when some input failed)."""
     _say(f"done: {len(done)} of {total} input(s) -> {out}")
     for item in done:
         faces = f" ({item['faces']} faces)" if item["faces"] > 1 else ""
