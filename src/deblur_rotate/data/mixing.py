@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from deblur_rotate.data.readers import collate_samples, seed_from
+from deblur_rotate.data.samples import collate_samples, seed_from
 from deblur_rotate.errors import UserError
 
 __all__ = ["MixedBatchSampler", "MixedDataset", "apply_jitter", "batch_counts", "jitter_batch", "mixed_loader",
