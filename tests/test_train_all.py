@@ -10,6 +10,7 @@ from deblur_rotate.cli import main
 from deblur_rotate.data.synthbmfd import SynthConfig, generate
 from deblur_rotate.errors import UserError
 from deblur_rotate.pipeline import DeblurRotatePipeline
+from deblur_rotate.precision import resolve_precision
 from deblur_rotate.train.all_stages import TrainAllPlan, run_all
 
 
@@ -81,12 +82,13 @@ def test_cpu_recipe_skips_the_gan_and_applies_its_settings(tmp_path, synth_root,
     resolved = plan.resolved()
     assert resolved.steps["generator"] == 0  # from the recipe
     assert resolved.overrides["blur_encoder"]["lambda_image"] == 0.5
-    assert resolved.overrides["sharp_encoder"]["precision"] == "bf16"
+    assert resolved.overrides["sharp_encoder"]["precision"] == "auto"  # bf16 only where the CPU computes it
     model = run_all(plan)
     printed = capsys.readouterr().out
     assert "generator: skipped" in printed and (model / "pipeline.json").is_file()
     es = json.loads((tmp_path / "run" / "sharp_encoder" / "config.json").read_text())
-    assert es["fresh_generator"] is True and es["lambda_id"] == 0.0 and es["precision"] == "bf16"
+    assert es["fresh_generator"] is True and es["lambda_id"] == 0.0 and es["precision"] == "auto"
+    assert es["precision_used"] == resolve_precision("auto", torch.device("cpu"))
     ev = json.loads((tmp_path / "run" / "blur_encoder" / "config.json").read_text())
     assert ev["lambda_image"] == 0.5
     assert not (tmp_path / "run" / "generator").exists()

@@ -39,7 +39,6 @@ Top-level imports stay light: every ``deblur-rotate`` call imports this module.
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -49,6 +48,7 @@ import torch
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.commands import run_stage_cli
 from deblur_rotate.train.configs import config_from_args
 from deblur_rotate.train.configs.blur_encoder import NUM_FRAMES, BlurEncoderConfig  # re-exported: the stage's settings
 
@@ -307,18 +307,15 @@ class BlurEncoderStage:
     # ------------------------------------------------------------------------------------------ run
     def _check_resume_config(self) -> None:
         """A clear UserError when the checkpoint to resume holds an E_v of another configuration."""
-        from deblur_rotate.models.io import read_config
-        from deblur_rotate.train.checkpoint import latest_checkpoint
+        from deblur_rotate.train.checkpoint import resumed_config_mismatch
 
-        folder = latest_checkpoint(self.out / "checkpoints")
-        if folder is None or not (folder / "E").is_dir():
+        mismatch = resumed_config_mismatch(self.out, "E", self.e_config)
+        if mismatch is None:
             return
-        saved = {k: v for k, v in read_config(folder / "E").items() if not k.startswith("_")}
-        if saved != self.e_config:
-            diff = sorted(k for k in set(saved) | set(self.e_config) if saved.get(k) != self.e_config.get(k))
-            raise UserError(f"{folder} holds a blur encoder of another configuration (differing: {', '.join(diff)}) "
-                            f"than this run's --preset {self.config.preset}; resume with the run's own preset or "
-                            "choose another --out")
+        folder, saved, diff = mismatch
+        raise UserError(f"{folder} holds a blur encoder of another configuration (differing: {', '.join(diff)}) "
+                        f"than this run's --preset {self.config.preset}; resume with the run's own preset or "
+                        "choose another --out")
 
     def run(self) -> dict[str, float]:
         """Train (resuming first when ``config.resume``), then write RUN/blur_encoder/ (EMA E_v). Returns the
@@ -339,12 +336,4 @@ class BlurEncoderStage:
 
 def run_blur_encoder(args) -> int:
     config = config_from_args(BlurEncoderConfig, args)
-    try:
-        stage = BlurEncoderStage(config)
-        losses = stage.run()
-        if stage.info.rank == 0:
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if math.isfinite(v))
-            print(f"trained {stage.config.steps} steps ({terms}); E_v written to {Path(config.out) / OUTPUT_FOLDER}")
-    finally:
-        dist_utils.shutdown()
-    return 0
+    return run_stage_cli(BlurEncoderStage, config, f"E_v written to {Path(config.out) / OUTPUT_FOLDER}")

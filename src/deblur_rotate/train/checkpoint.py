@@ -45,6 +45,7 @@ from deblur_rotate.models.io import (
 )
 
 __all__ = [
+    "resumed_config_mismatch",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "STATE_NAME",
@@ -265,6 +266,22 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
             return target
     found = [p for p in list_checkpoints(root) if (p / STATE_NAME).is_file()]
     return found[-1] if found else None
+
+
+def resumed_config_mismatch(run_dir: str | os.PathLike, name: str,
+                            expected: dict) -> tuple[Path, dict, list[str]] | None:
+    """Whether the newest checkpoint of ``run_dir`` holds network ``name`` built otherwise than ``expected`` (its
+    constructor config): ``(checkpoint folder, saved config, differing keys)``, or None when it matches or there
+    is no such checkpoint. Each stage words its own UserError from it."""
+    from deblur_rotate.models.io import read_config
+
+    folder = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if folder is None or not (folder / name).is_dir():
+        return None
+    saved = {k: v for k, v in read_config(folder / name).items() if not k.startswith("_")}
+    if saved == expected:
+        return None
+    return folder, saved, sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
 
 
 def _remove_tree(path: Path) -> None:

@@ -15,7 +15,7 @@ from deblur_rotate.train.configs import config_from_args
 from deblur_rotate.train.options import PARSER_ADDERS
 
 __all__ = ["STAGES", "STAGE_MODULES", "add_train_parser", "configure_train_parser",
-           "run_generator"]
+           "run_generator", "run_stage_cli"]
 
 
 STAGES = list(PARSER_ADDERS)
@@ -50,17 +50,27 @@ def configure_train_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     return p
 
 
-def run_generator(args) -> int:
-    from deblur_rotate.train import distributed as dist_utils
-    from deblur_rotate.train.gan import GeneratorConfig, GeneratorStage
+def run_stage_cli(make_stage, config, written: str) -> int:
+    """The body of every ``deblur-rotate train STAGE`` command: build the stage from its config, train it, print
+    one summary line on rank 0 (``written``: what it wrote, e.g. "E_v written to RUN/blur_encoder"), and close the
+    process group whatever happens. Returns the exit status 0."""
+    import math
 
-    config = config_from_args(GeneratorConfig, args)
+    from deblur_rotate.train import distributed as dist_utils
+
     try:
-        stage = GeneratorStage(config)
+        stage = make_stage(config)
         losses = stage.run()
         if stage.info.rank == 0:
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
-            print(f"trained {config.steps} steps ({terms}); generator written to {Path(config.out) / 'generator'}")
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if math.isfinite(v))
+            print(f"trained {stage.config.steps} steps ({terms}); {written}")
     finally:
         dist_utils.shutdown()
     return 0
+
+
+def run_generator(args) -> int:
+    from deblur_rotate.train.gan import GeneratorConfig, GeneratorStage
+
+    config = config_from_args(GeneratorConfig, args)
+    return run_stage_cli(GeneratorStage, config, f"generator written to {Path(config.out) / 'generator'}")

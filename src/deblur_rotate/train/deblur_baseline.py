@@ -21,6 +21,7 @@ import torch
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.commands import run_stage_cli
 from deblur_rotate.train.configs import config_from_args
 from deblur_rotate.train.configs.deblur_baseline import DeblurBaselineConfig  # re-exported: the stage's settings
 
@@ -190,17 +191,15 @@ class DeblurBaselineStage:
     # ------------------------------------------------------------------------------------------ run
     def _check_resume_config(self) -> None:
         """A clear UserError when the checkpoint to resume holds another preset's network."""
-        from deblur_rotate.models.io import read_config
-        from deblur_rotate.train.checkpoint import latest_checkpoint
+        from deblur_rotate.train.checkpoint import resumed_config_mismatch
 
-        folder = latest_checkpoint(self.out / "checkpoints")
-        if folder is None or not (folder / "net").is_dir():
+        mismatch = resumed_config_mismatch(self.out, "net", self.net_config)
+        if mismatch is None:
             return
-        saved = {k: v for k, v in read_config(folder / "net").items() if not k.startswith("_")}
-        if saved != self.net_config:
-            raise UserError(f"{folder} holds a deblur network {saved}, but this run asks for --preset "
-                            f"{self.config.preset} ({self.net_config}); resume with the run's own preset or choose "
-                            "another --out")
+        folder, saved, diff = mismatch
+        raise UserError(f"{folder} holds a deblur network {saved}, but this run asks for --preset "
+                        f"{self.config.preset} ({self.net_config}); resume with the run's own preset or choose "
+                        "another --out")
 
     def run(self) -> dict[str, float]:
         """Train (resuming first when ``config.resume``), then write RUN/deblur_baseline/. Returns the last
@@ -223,13 +222,5 @@ class DeblurBaselineStage:
 def run_deblur_baseline(args) -> int:
     """CLI entry: build the config from ``args``, train, print a one-line summary."""
     config = config_from_args(DeblurBaselineConfig, args)
-    try:
-        stage = DeblurBaselineStage(config)
-        losses = stage.run()
-        if stage.info.rank == 0:
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
-            print(f"trained {config.steps} steps ({terms}); network written to {Path(config.out) / OUTPUT_FOLDER}")
-    finally:
-        dist_utils.shutdown()
-    return 0
+    return run_stage_cli(DeblurBaselineStage, config, f"network written to {Path(config.out) / OUTPUT_FOLDER}")
 

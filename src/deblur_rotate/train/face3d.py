@@ -47,7 +47,8 @@ cm). Usage::
                   # RUN/face3d_encoder/ (config.json + model.safetensors + face_model.json)
     Face3DStage(Face3DConfig(preset="tiny", data="data/ffhq_prepared", out="runs/e3d_ffhq")).run()  # real stills
 
-``deblur-rotate train face3d --data DIR --out RUN`` on the command line (see :func:`deblur_rotate.train.options.add_face3d_parser`).
+``deblur-rotate train face3d --data DIR --out RUN`` on the command line (options: the fields of
+:class:`~deblur_rotate.train.configs.Face3DConfig`).
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ from deblur_rotate.face3d.loading import (
     resize_images,
 )
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.commands import run_stage_cli
 from deblur_rotate.train.configs import config_from_args
 from deblur_rotate.train.configs.common import DATA_KINDS  # the CLI's choices, re-exported
 from deblur_rotate.train.configs.face3d import PRESET_DEFAULTS, Face3DConfig  # re-exported: the stage's settings
@@ -357,18 +359,15 @@ class Face3DStage:
     # ------------------------------------------------------------------------------------------ run
     def _check_resume_config(self) -> None:
         """A clear UserError when the checkpoint to resume holds another encoder (preset or model sizes)."""
-        from deblur_rotate.models.io import read_config
-        from deblur_rotate.train.checkpoint import latest_checkpoint
+        from deblur_rotate.train.checkpoint import resumed_config_mismatch
 
-        folder = latest_checkpoint(self.out / "checkpoints")
-        if folder is None or not (folder / _NETWORK).is_dir():
+        mismatch = resumed_config_mismatch(self.out, _NETWORK, self.e_config)
+        if mismatch is None:
             return
-        saved = {k: v for k, v in read_config(folder / _NETWORK).items() if not k.startswith("_")}
-        if saved != self.e_config:
-            diff = sorted(k for k in set(saved) | set(self.e_config) if saved.get(k) != self.e_config.get(k))
-            raise UserError(f"{folder} holds an E_3D of another configuration (differing: {', '.join(diff)}) than "
-                            f"--preset {self.config.preset} with this morphable model; resume with the run's own "
-                            "options or choose another --out")
+        folder, saved, diff = mismatch
+        raise UserError(f"{folder} holds an E_3D of another configuration (differing: {', '.join(diff)}) than "
+                        f"--preset {self.config.preset} with this morphable model; resume with the run's own "
+                        "options or choose another --out")
 
     def write_final(self, folder: str | os.PathLike | None = None) -> Path:
         """Write the encoder as ``folder`` (default RUN/face3d_encoder): config.json + model.safetensors +
@@ -400,12 +399,4 @@ class Face3DStage:
 def run_face3d(args) -> int:
     procedural = None if args.model_from is None else procedural_model_from(args.model_from)
     config = config_from_args(Face3DConfig, args, procedural_model=procedural)
-    try:
-        stage = Face3DStage(config)
-        losses = stage.run()
-        if stage.info.rank == 0:
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
-            print(f"trained {config.steps} steps ({terms}); E_3D written to {Path(config.out) / 'face3d_encoder'}")
-    finally:
-        dist_utils.shutdown()
-    return 0
+    return run_stage_cli(Face3DStage, config, f"E_3D written to {Path(config.out) / 'face3d_encoder'}")

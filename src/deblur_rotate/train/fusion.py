@@ -60,6 +60,7 @@ from deblur_rotate.errors import UserError
 from deblur_rotate.losses import order_invariant_latent_loss
 from deblur_rotate.render.camera import wrap_angle
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.commands import run_stage_cli
 from deblur_rotate.train.configs import config_from_args
 from deblur_rotate.train.configs.fusion import PRESET_DEFAULTS, FusionConfig  # re-exported: the stage's settings
 
@@ -427,18 +428,15 @@ class FusionStage:
     # ------------------------------------------------------------------------------------------ run
     def _check_resume_config(self) -> None:
         """A clear UserError when the checkpoint to resume holds another F (preset or architecture)."""
-        from deblur_rotate.models.io import read_config
-        from deblur_rotate.train.checkpoint import latest_checkpoint
+        from deblur_rotate.train.checkpoint import resumed_config_mismatch
 
-        folder = latest_checkpoint(self.out / "checkpoints")
-        if folder is None or not (folder / _NETWORK).is_dir():
+        mismatch = resumed_config_mismatch(self.out, _NETWORK, self.f_config)
+        if mismatch is None:
             return
-        saved = {k: v for k, v in read_config(folder / _NETWORK).items() if not k.startswith("_")}
-        if saved != self.f_config:
-            diff = sorted(k for k in set(saved) | set(self.f_config) if saved.get(k) != self.f_config.get(k))
-            raise UserError(f"{folder} holds an F of another configuration (differing: {', '.join(diff)}) than "
-                            f"--preset {self.config.preset} --arch {self.config.arch}; resume with the run's own "
-                            "options or choose another --out")
+        folder, saved, diff = mismatch
+        raise UserError(f"{folder} holds an F of another configuration (differing: {', '.join(diff)}) than "
+                        f"--preset {self.config.preset} --arch {self.config.arch}; resume with the run's own "
+                        "options or choose another --out")
 
     def run(self) -> dict[str, float]:
         """Train (resuming first when ``config.resume``), then write RUN/fusion/. Returns the last losses."""
@@ -458,12 +456,4 @@ class FusionStage:
 
 def run_fusion(args) -> int:
     config = config_from_args(FusionConfig, args)
-    try:
-        stage = FusionStage(config)
-        losses = stage.run()
-        if stage.info.rank == 0:
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if math.isfinite(v))
-            print(f"trained {stage.config.steps} steps ({terms}); F written to {Path(config.out) / 'fusion'}")
-    finally:
-        dist_utils.shutdown()
-    return 0
+    return run_stage_cli(FusionStage, config, f"F written to {Path(config.out) / 'fusion'}")

@@ -316,19 +316,16 @@ class GeneratorStage:
     # ------------------------------------------------------------------------------------------ run
     def _check_resume_preset(self) -> None:
         """A clear UserError when the checkpoint to resume holds another preset's networks."""
-        from deblur_rotate.models.io import read_config
         from deblur_rotate.models.stylegan2 import Generator
-        from deblur_rotate.train.checkpoint import latest_checkpoint
+        from deblur_rotate.train.checkpoint import resumed_config_mismatch
 
-        folder = latest_checkpoint(self.out / "checkpoints")
-        if folder is None or not (folder / "G").is_dir():
+        mismatch = resumed_config_mismatch(self.out, "G", self.g_config)
+        if mismatch is None:
             return
-        saved = {k: v for k, v in read_config(folder / "G").items() if not k.startswith("_")}
-        if saved != self.g_config:
-            diff = sorted(k for k in set(saved) | set(self.g_config) if saved.get(k) != self.g_config.get(k))
-            raise UserError(f"{folder} holds a generator of preset {Generator.config_name(saved)}, but this run "
-                            f"asks for --preset {self.config.preset} (differing: {', '.join(diff)}); resume with "
-                            f"the run's own preset or choose another --out")
+        folder, saved, diff = mismatch
+        raise UserError(f"{folder} holds a generator of preset {Generator.config_name(saved)}, but this run "
+                        f"asks for --preset {self.config.preset} (differing: {', '.join(diff)}); resume with "
+                        f"the run's own preset or choose another --out")
 
     def run(self) -> dict[str, float]:
         """Train (resuming first when ``config.resume``), then write RUN/generator/ (EMA G). Returns the

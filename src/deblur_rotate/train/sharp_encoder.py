@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 
 from deblur_rotate.errors import UserError
 from deblur_rotate.train import distributed as dist_utils
+from deblur_rotate.train.commands import run_stage_cli
 from deblur_rotate.train.configs import config_from_args
 from deblur_rotate.train.configs.sharp_encoder import SharpEncoderConfig  # re-exported: the stage's settings
 
@@ -321,13 +321,6 @@ class SharpEncoderStage:
 
 def run_sharp_encoder(args) -> int:
     config = config_from_args(SharpEncoderConfig, args)
-    try:
-        stage = SharpEncoderStage(config)
-        losses = stage.run()
-        if stage.info.rank == 0:
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if math.isfinite(v))
-            print(f"trained {stage.config.steps} steps ({terms}); E_s written to {Path(config.out) / 'sharp_encoder'}"
-                  f", fine-tuned G to {Path(config.out) / 'generator'}")
-    finally:
-        dist_utils.shutdown()
-    return 0
+    out = Path(config.out)
+    return run_stage_cli(SharpEncoderStage, config,
+                         f"E_s written to {out / 'sharp_encoder'}, fine-tuned G to {out / 'generator'}")
