@@ -494,7 +494,6 @@ def process_video(source: str | os.PathLike | VideoInfo, dest: str | os.PathLike
     from tqdm import tqdm
 
     from deblur_rotate.files import replace_dir
-    from deblur_rotate.outputs import view_name
 
     info = source if isinstance(source, VideoInfo) else probe_video(source, options.fps)
     dest = Path(dest)
@@ -536,37 +535,7 @@ def process_video(source: str | os.PathLike | VideoInfo, dest: str | os.PathLike
             raise UserError(f"{info.path}: the video has no frames (zero-length)")
         audio = renderer.close()
         written = sorted(str(p.relative_to(stage).as_posix()) for p in stage.rglob("*") if p.is_file())
-        fps_out = info.fps * factor
-        record = {
-            "input": str(info.path),
-            "kind": "video file" if info.kind == "file" else "folder of frames",
-            "size": [info.width, info.height],
-            "rotation_deg": info.rotation,
-            "fps_in": float(info.fps), "fps_in_exact": str(info.fps),
-            "fps_out": float(fps_out), "fps_out_exact": str(fps_out),
-            "factor": factor,
-            "frames_in": renderer.frames_in, "frames_out": renderer.frames_out,
-            "seconds": float(renderer.frames_in / info.fps),
-            "views": [{"name": view_name(v, options.to_frontal), "dyaw_deg": v[0], "dpitch_deg": v[1]}
-                      for v in options.views],
-            "to_frontal": options.to_frontal,
-            "aligned": options.aligned,
-            "order": dict(renderer.orders),
-            "smoothing": {"track_sigma_frames": options.track_smoothing, "pose_sigma_frames": options.pose_smoothing},
-            "paste_back": ({"background": "repeated: each input frame shown for its K output frames"}
-                           if options.paste_back else None),
-            "audio": next(iter(audio.values()), None) if info.has_audio else None,
-            "faces": [],
-            "files": written + [RESULT],
-        }
-        for k in range(renderer.num_faces):
-            face = {"folder": renderer._rel(k, ".").rstrip("/.") or "."}
-            if tracks is not None:
-                t = tracks[k]
-                face.update({"detected_frames": int(t.detected.sum()),
-                             "filled_frames": int(t.num_frames - t.detected.sum()),
-                             "first_detected_frame": t.first, "last_detected_frame": t.last})
-            record["faces"].append(face)
+        record = _video_record(info, renderer, tracks, options, factor, written, audio)
         from deblur_rotate.files import atomic_write_json
 
         atomic_write_json(stage / RESULT, record)
@@ -576,6 +545,47 @@ def process_video(source: str | os.PathLike | VideoInfo, dest: str | os.PathLike
             renderer.abort()
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    return record
+
+
+def _video_record(info: VideoInfo, renderer, tracks, options: VideoOptions, factor: int, written: list[str],
+                  audio: dict) -> dict:
+    """``result.json`` of a rendered video: input and output timing, views, time orders, smoothing, audio
+    (``audio``: what the renderer's close() said of each written track), and per face its folder and (tracked
+    input) how many frames were detected or filled in."""
+    from deblur_rotate.outputs import view_name
+
+    fps_out = info.fps * factor
+    record = {
+        "input": str(info.path),
+        "kind": "video file" if info.kind == "file" else "folder of frames",
+        "size": [info.width, info.height],
+        "rotation_deg": info.rotation,
+        "fps_in": float(info.fps), "fps_in_exact": str(info.fps),
+        "fps_out": float(fps_out), "fps_out_exact": str(fps_out),
+        "factor": factor,
+        "frames_in": renderer.frames_in, "frames_out": renderer.frames_out,
+        "seconds": float(renderer.frames_in / info.fps),
+        "views": [{"name": view_name(v, options.to_frontal), "dyaw_deg": v[0], "dpitch_deg": v[1]}
+                  for v in options.views],
+        "to_frontal": options.to_frontal,
+        "aligned": options.aligned,
+        "order": dict(renderer.orders),
+        "smoothing": {"track_sigma_frames": options.track_smoothing, "pose_sigma_frames": options.pose_smoothing},
+        "paste_back": ({"background": "repeated: each input frame shown for its K output frames"}
+                       if options.paste_back else None),
+        "audio": next(iter(audio.values()), None) if info.has_audio else None,
+        "faces": [],
+        "files": written + [RESULT],
+    }
+    for k in range(renderer.num_faces):
+        face = {"folder": renderer._rel(k, ".").rstrip("/.") or "."}
+        if tracks is not None:
+            t = tracks[k]
+            face.update({"detected_frames": int(t.detected.sum()),
+                         "filled_frames": int(t.num_frames - t.detected.sum()),
+                         "first_detected_frame": t.first, "last_detected_frame": t.last})
+        record["faces"].append(face)
     return record
 
 
