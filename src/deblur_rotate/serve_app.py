@@ -308,7 +308,7 @@ class ServeApp:
 
         from deblur_rotate.faces import prepare_image
         from deblur_rotate.files import to_uint8
-        from deblur_rotate.outputs import contact_sheet, encode_gif, encode_mp4, view_name
+        from deblur_rotate.outputs import view_name
         from deblur_rotate.pipeline import sweep_views
 
         def step(fraction: float, desc: str) -> None:
@@ -370,35 +370,11 @@ class ServeApp:
             result.notes.append(f"face(s) {', '.join(map(str, skipped))}: the model's frames do not explain this face, "
                                 "so the refinement was skipped; the frames are the model's own guess")
         for k, face in enumerate(faces):
-            sub = folder / f"face_{k + 1}"
-            pose_deg = None
-            if pose is not None:
-                pose_deg = {a: round(math.degrees(float(r)), 1) for a, r in zip(("pitch", "yaw", "roll"), pose[k])}
-            fr = FaceResult(crop=_png(sub / "input.png", face.image),
-                            box=None if face.box is None else [round(b, 1) for b in face.box],
-                            pose_deg=pose_deg, videos=[], frames=[], contact_sheet=None)
-            for v, view in enumerate(names):
-                for j in range(frames.shape[2]):
-                    fr.frames.append((_png(sub / "frames" / view / f"frame_{j + 1}.png", frames[k, v, j]),
-                                      f"{view} · frame {j + 1}"))
-                (sub / f"{view}.gif").write_bytes(encode_gif(frames[k, v], FPS))
-                (sub / f"{view}.mp4").write_bytes(encode_mp4(frames[k, v], FPS))
-                fr.videos.append((view, str(sub / f"{view}.gif"), str(sub / f"{view}.mp4")))
-            if orbit is not None:
-                (sub / "sweep.gif").write_bytes(encode_gif(orbit[k], FPS))
-                (sub / "sweep.mp4").write_bytes(encode_mp4(orbit[k], FPS))
-                fr.videos.append(("sweep", str(sub / "sweep.gif"), str(sub / "sweep.mp4")))
-            if frames is not None:
-                (sub / "contact_sheet.png").write_bytes(contact_sheet(face.image, frames[k], names))
-                fr.contact_sheet = str(sub / "contact_sheet.png")
-            result.faces.append(fr)
+            result.faces.append(_write_face_result(folder / f"face_{k + 1}", face, None if pose is None else pose[k],
+                                                   names, None if frames is None else frames[k],
+                                                   None if orbit is None else orbit[k]))
         step(0.95, "packing the downloads")
-        result.zip_path = str(folder / f"{stem}_frames.zip")
-        with zipfile.ZipFile(result.zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-            for k in range(len(faces)):
-                sub = folder / f"face_{k + 1}"
-                for p in sorted(sub.rglob("*.png")):
-                    zf.write(p, f"{stem}/{p.relative_to(folder)}")
+        result.zip_path = _zip_frames(folder, stem, len(faces))
         result.seconds = round(time.perf_counter() - started, 2)
         return result
 
@@ -517,3 +493,43 @@ class ServeApp:
 def _safe_stem(name: str) -> str:
     """A file-name-safe stem of the upload's name (for the zip)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:60] or "upload"
+
+
+def _write_face_result(sub: Path, face, pose, names: list[str], frames, orbit) -> FaceResult:
+    """Write one face's files into ``sub`` (its crop, per view the frames ``frames [V, T, R, R, 3]`` uint8 as PNGs,
+    a GIF and an MP4, the sweep ``orbit [K, R, R, 3]``, the contact sheet) and return what the page shows of it.
+    ``pose``: E_3D's (pitch, yaw, roll) radians ``[3]`` or None."""
+    from deblur_rotate.outputs import contact_sheet, encode_gif, encode_mp4
+
+    pose_deg = None
+    if pose is not None:
+        pose_deg = {a: round(math.degrees(float(r)), 1) for a, r in zip(("pitch", "yaw", "roll"), pose)}
+    fr = FaceResult(crop=_png(sub / "input.png", face.image),
+                    box=None if face.box is None else [round(b, 1) for b in face.box],
+                    pose_deg=pose_deg, videos=[], frames=[], contact_sheet=None)
+    for v, view in enumerate(names):
+        for j in range(frames.shape[1]):
+            fr.frames.append((_png(sub / "frames" / view / f"frame_{j + 1}.png", frames[v, j]),
+                              f"{view} · frame {j + 1}"))
+        (sub / f"{view}.gif").write_bytes(encode_gif(frames[v], FPS))
+        (sub / f"{view}.mp4").write_bytes(encode_mp4(frames[v], FPS))
+        fr.videos.append((view, str(sub / f"{view}.gif"), str(sub / f"{view}.mp4")))
+    if orbit is not None:
+        (sub / "sweep.gif").write_bytes(encode_gif(orbit, FPS))
+        (sub / "sweep.mp4").write_bytes(encode_mp4(orbit, FPS))
+        fr.videos.append(("sweep", str(sub / "sweep.gif"), str(sub / "sweep.mp4")))
+    if frames is not None:
+        (sub / "contact_sheet.png").write_bytes(contact_sheet(face.image, frames, names))
+        fr.contact_sheet = str(sub / "contact_sheet.png")
+    return fr
+
+
+def _zip_frames(folder: Path, stem: str, num_faces: int) -> str:
+    """``folder/<stem>_frames.zip`` of every face's PNGs (paths ``stem/face_k/...``); returns its path."""
+    path = str(folder / f"{stem}_frames.zip")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for k in range(num_faces):
+            sub = folder / f"face_{k + 1}"
+            for p in sorted(sub.rglob("*.png")):
+                zf.write(p, f"{stem}/{p.relative_to(folder)}")
+    return path
