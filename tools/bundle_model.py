@@ -1,6 +1,7 @@
 """Maintainers' tool: put a trained `train all` run into the package as the bundled model.
 
     python tools/bundle_model.py --run runs/tiny/all --data data/synthbmfd [--figures figures.json]
+    python tools/bundle_model.py --checksums-only     # after editing MODEL_CARD.md or pipeline.json by hand
 
 Writes (replacing what is there):
   src/deblur_rotate/assets/model/        pipeline.json + one folder per network, fp16 weights
@@ -52,6 +53,12 @@ def sha256(path: Path) -> str:
 
 
 def main() -> None:
+    import sys
+
+    if sys.argv[1:] == ["--checksums-only"]:  # after a hand edit of MODEL_CARD.md or pipeline.json
+        write_checksums(ASSETS / "model", ASSETS / "examples")
+        print(f"checksums: {ASSETS / 'model' / 'checksums.json'}")
+        return
     from deblur_rotate.demo import write_examples
     from deblur_rotate.pipeline import assemble_model
     from deblur_rotate.train.all_stages import training_crop
@@ -140,15 +147,21 @@ def main() -> None:
     if model_dir.exists():
         shutil.rmtree(model_dir)
     tmp.rename(model_dir)
+    write_checksums(model_dir, examples_dir)
+    total = sum(p.stat().st_size for p in [*model_dir.rglob("*"), *examples_dir.rglob("*")] if p.is_file())
+    print(f"bundled_model_mb: {size_bytes / 1e6:.2f}")
+    print(f"bundled_total_mb: {total / 1e6:.2f}")
+    print(f"model: {model_dir}")
+
+
+def write_checksums(model_dir: Path, examples_dir: Path) -> None:
+    """model_dir/checksums.json: the sha256 of every file of the bundled model and its demo examples (the demo
+    checks them)."""
     files = sorted(p for p in [*model_dir.rglob("*"), *examples_dir.rglob("*")]
                    if p.is_file() and p.name != "checksums.json")
     sums = {p.relative_to(model_dir).as_posix() if model_dir in p.parents else
             "../examples/" + p.relative_to(examples_dir).as_posix(): sha256(p) for p in files}
     (model_dir / "checksums.json").write_text(json.dumps(sums, indent=1, sort_keys=True) + "\n")
-    total = sum(p.stat().st_size for p in [*model_dir.rglob("*"), *examples_dir.rglob("*")] if p.is_file())
-    print(f"bundled_model_mb: {size_bytes / 1e6:.2f}")
-    print(f"bundled_total_mb: {total / 1e6:.2f}")
-    print(f"model: {model_dir}")
 
 
 if __name__ == "__main__":
