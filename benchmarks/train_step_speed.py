@@ -3,7 +3,8 @@
 Protocol: the stage's networks at ``--preset`` (default tiny), random inputs at the preset's resolution,
 batch ``--batch`` per process, ``--threads`` torch threads, one full iteration (encoder forward, G
 synthesis, L1 + Sobel-edge loss, backward, Adam step) timed ``--iters`` times after ``--warmup``
-iterations; the median is printed. E_v is timed with its image term (all 5 decoded frames through the
+iterations; the median is printed, with ``bf16_native`` (whether this CPU computes bf16 natively) and
+``auto_precision`` (what ``--precision auto`` picks here). E_v is timed with its image term (all 5 decoded frames through the
 frozen G), which is what the CPU recipe trains with. Prints ``name: value`` lines::
 
     python benchmarks/train_step_speed.py --threads 1
@@ -41,6 +42,7 @@ def main() -> None:
     from deblur_rotate.losses import edge_loss, l1_loss
     from deblur_rotate.models.encoders import BlurEncoder, SharpEncoder, encoder_config
     from deblur_rotate.models.stylegan2 import Generator, stylegan2_config
+    from deblur_rotate.precision import bf16_is_native, resolve_precision
     from deblur_rotate.train.loop import MixedPrecision
 
     torch.manual_seed(0)
@@ -55,6 +57,8 @@ def main() -> None:
     print(f"preset: {args.preset}")
     print(f"batch: {args.batch}")
     print(f"threads: {args.threads}")
+    print(f"bf16_native: {bf16_is_native(torch.device('cpu'))}")  # AVX-512 BF16 / AMX; else bf16 is emulated
+    print(f"auto_precision: {resolve_precision('auto', torch.device('cpu'))}")
     for precision in ("fp32", "bf16"):
         amp = MixedPrecision.from_precision(precision, "cpu")
 
