@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 
 from deblur_rotate.errors import UserError
-from deblur_rotate.faces import alignment_matrix, check_crop, similarity_fits, template_crop_from_landmarks
+from deblur_rotate.faces import (
+    alignment_matrix,
+    check_crop,
+    describe_crop,
+    similarity_fits,
+    template_crop_from_landmarks,
+)
 
 
 def _shapes(count: int, seed: int = 0) -> np.ndarray:
@@ -34,6 +40,10 @@ def test_template_alignment_frames_a_moved_face_as_the_training_faces():
     back = face @ a[:, :2].T + a[:, 2]
     assert np.abs(back - shapes[0]).mean() < 1.5
     assert np.abs(face - shapes[0]).mean() > 10
+    # reports name a template crop by its count and source, not its 4 x 68 x 2 numbers
+    said = describe_crop(crop)
+    assert said.startswith("template: 4 landmark templates") and len(said) < 200
+    assert '"face_side": 0.8' in describe_crop({"method": "ffhq", "face_side": 0.8, "face_center": [0.5, 0.4]})
 
 
 def test_bad_template_crop_is_a_user_error():

@@ -12,6 +12,7 @@ Where the crop reaches past the photo's edge it is filled by mirroring the photo
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +72,17 @@ def crop_templates(crop: dict) -> np.ndarray:
 def is_template_crop(crop: dict | None) -> bool:
     """Whether a pipeline.json ``crop`` entry describes landmark templates (else the FFHQ square)."""
     return isinstance(crop, dict) and crop.get("method") == "template"
+
+
+def describe_crop(crop: dict | None) -> str:
+    """One line for reports: the FFHQ square's values, or a template crop's count and source (not its numbers)."""
+    if crop is None:
+        return "none given (the FFHQ default)"
+    if is_template_crop(crop):
+        templates = crop.get("templates") or []
+        return (f"template: {len(templates)} landmark templates of the training framing"
+                f" ({crop.get('source', 'source not recorded')})")
+    return json.dumps(crop)
 
 
 def check_crop(crop: dict | None) -> None:

@@ -28,7 +28,6 @@ degrees in tables; landmarks (u, v) pixels of R x R images.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from deblur_rotate.evaluate.inputs import (
     plan_tables,
 )
 from deblur_rotate.evaluate.targets import quality_targets
+from deblur_rotate.faces import describe_crop
 
 __all__ = [
     "IDENTITY_ANGLES_DEG",
@@ -390,7 +390,7 @@ def _protocol(res: Resources, options: EvaluateOptions) -> list[str]:
         (f"Crop and resolution: none beyond the rig camera's own framing: SynthBMFD frames are used whole (black "
         f"background), resized from {s} px to the model's {r} px ({'unchanged' if s == r else 'area / bilinear'}); "
         f"landmarks scaled with them. The model's pipeline.json crop (how its training faces were framed): "
-        f"{json.dumps(res.pipe.crop)}."),
+        f"{describe_crop(res.pipe.crop)}."),
         ("Generated and baseline images are clamped to [-1, 1] and rounded to 8 bits (as saved PNGs) before any "
         "metric; ground-truth frames are the dataset's PNGs."),
         PROTOCOL,
