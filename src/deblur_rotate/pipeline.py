@@ -193,6 +193,27 @@ def assemble_model(out: str | os.PathLike, *,
     if view_range_deg is not None and not _valid_view_range(view_range_deg):
         raise ValueError("view_range_deg must be {'yaw': [lo, hi], 'pitch': [lo, hi]} in degrees, "
                          f"got {view_range_deg}")
+    meta = _pipeline_meta(parts, preset, crop, dtype, extra, trained_on_synthetic_only, view_range_deg, refine)
+    json.dumps(meta)  # fail on non-JSON extras before writing anything
+    from deblur_rotate.files import apply_umask_mode, atomic_write_json, replace_dir
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        apply_umask_mode(tmp, folder=True)  # mkdtemp makes it 0700: give it a plain mkdir's mode
+        _write_networks(tmp, parts, sources, dtype)
+        atomic_write_json(tmp / PIPELINE_FILE, meta)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _pipeline_meta(parts: dict, preset: str, crop: dict | None, dtype, extra: dict | None,
+                   trained_on_synthetic_only: bool | None, view_range_deg: dict | None,
+                   refine: RefineSettings | None) -> dict:
+    """pipeline.json of :func:`assemble_model` (``parts``: role -> module or None)."""
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": "deblur-rotate",
@@ -210,32 +231,27 @@ def assemble_model(out: str | os.PathLike, *,
         meta["view_range_deg"] = {k: [float(v) for v in pair] for k, pair in view_range_deg.items()}
     if refine is not None:
         meta["refine"] = RefineSettings.from_json(refine.to_json()).to_json()
-    json.dumps(meta)  # fail on non-JSON extras before writing anything
-    from deblur_rotate.files import apply_umask_mode, atomic_write_json, replace_dir
+    return meta
+
+
+def _write_networks(folder: Path, parts: dict, sources: dict, dtype) -> None:
+    """Each network of ``parts`` (role -> module or None) as ``folder/<role>/`` (cast to ``dtype`` when given), with
+    the side files (``*.json`` but config.json) of the network folder it came from, if it came from one."""
+    from deblur_rotate.files import apply_umask_mode
     from deblur_rotate.models.io import save_pretrained
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        apply_umask_mode(tmp, folder=True)  # mkdtemp makes it 0700: give it a plain mkdir's mode
-        for role, module in parts.items():
-            if module is None:
-                continue
-            if dtype is not None and dtype != torch.float32:
-                module = copy.deepcopy(module).to(device="cpu", dtype=dtype)  # casts floating tensors only
-            save_pretrained(module, tmp / role)
-            source = sources[role]
-            if isinstance(source, (str, os.PathLike)):  # side files of a network folder (E_3D's face_model.json)
-                for side in Path(source).glob("*.json"):
-                    if side.name != "config.json":
-                        shutil.copy2(side, tmp / role / side.name)
-                        apply_umask_mode(tmp / role / side.name)  # not the source's mode (maybe 0600)
-        atomic_write_json(tmp / PIPELINE_FILE, meta)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    for role, module in parts.items():
+        if module is None:
+            continue
+        if dtype is not None and dtype != torch.float32:
+            module = copy.deepcopy(module).to(device="cpu", dtype=dtype)  # casts floating tensors only
+        save_pretrained(module, folder / role)
+        source = sources[role]
+        if isinstance(source, (str, os.PathLike)):  # side files of a network folder (E_3D's face_model.json)
+            for side in Path(source).glob("*.json"):
+                if side.name != "config.json":
+                    shutil.copy2(side, folder / role / side.name)
+                    apply_umask_mode(folder / role / side.name)  # not the source's mode (maybe 0600)
 
 
 def _read_pipeline_json(folder: Path) -> dict:
