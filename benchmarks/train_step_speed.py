@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=6)
+    ap.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+                    help="what to time (default both; emulated bf16 on a CPU without AVX-512 BF16 takes minutes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -59,7 +61,7 @@ def main() -> None:
     print(f"threads: {args.threads}")
     print(f"bf16_native: {bf16_is_native(torch.device('cpu'))}")  # AVX-512 BF16 / AMX; else bf16 is emulated
     print(f"auto_precision: {resolve_precision('auto', torch.device('cpu'))}")
-    for precision in ("fp32", "bf16"):
+    for precision in args.precisions:
         amp = MixedPrecision.from_precision(precision, "cpu")
 
         def es_step():
