@@ -59,7 +59,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             "lambda_per": 0.0,  # no VGG weights offline; the fallback features cost time and bought nothing
             "lr": 1e-3, "lr_generator": 2e-3,  # Adam at the usual autoencoder / StyleGAN2 rates, not 1e-4
             # bf16 where the CPU computes it natively: 1.7x per step on the AVX-512 BF16 CPU of sessions 1-9
-            # (benchmarks/train_step_speed.py); fp32 on others, where emulated bf16 is ~30x slower (session 10)
+            # (benchmarks/train_step_speed.py); fp32 on others, where emulated bf16 was 22x slower (session 10)
             "precision": "auto",
             "lr_decay": 0.4,  # constant lr plateaued (batch PSNR flat from 2000 to 3800); decay over the last 40%
             "steps": 6500,

@@ -45,7 +45,6 @@ from deblur_rotate.models.io import (
 )
 
 __all__ = [
-    "resumed_config_mismatch",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "STATE_NAME",
@@ -63,6 +62,7 @@ __all__ = [
     "checkpoint_step",
     "clean_stale",
     "check_name",
+    "resumed_config_mismatch",
 ]
 
 STATE_NAME = "training_state.safetensors"
@@ -273,8 +273,6 @@ def resumed_config_mismatch(run_dir: str | os.PathLike, name: str,
     """Whether the newest checkpoint of ``run_dir`` holds network ``name`` built otherwise than ``expected`` (its
     constructor config): ``(checkpoint folder, saved config, differing keys)``, or None when it matches or there
     is no such checkpoint. Each stage words its own UserError from it."""
-    from deblur_rotate.models.io import read_config
-
     folder = latest_checkpoint(Path(run_dir) / "checkpoints")
     if folder is None or not (folder / name).is_dir():
         return None

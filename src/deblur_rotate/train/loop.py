@@ -166,7 +166,6 @@ class MixedPrecision:
             raise UserError("mixed precision on the CPU is bfloat16 only: use --precision bf16 (or fp32)")
         self.enabled = bool(enabled) and self.device.type in ("cuda", "cpu")
         self.dtype = dtype
-        self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if self.enabled else "fp32"
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.enabled and self.device.type == "cuda" and dtype == torch.float16)
         self._stepped = False
@@ -181,9 +180,12 @@ class MixedPrecision:
         if precision not in (*dtypes, "auto"):
             raise UserError(f"--precision must be fp32, bf16, fp16 or auto (got {precision!r})")
         used = resolve_precision(precision, torch.device(device))
-        amp = cls(enabled=used != "fp32", device=device, dtype=dtypes[used])
-        amp.precision = used
-        return amp
+        return cls(enabled=used != "fp32", device=device, dtype=dtypes[used])
+
+    @property
+    def precision(self) -> str:
+        """What runs: "bf16", "fp16" or "fp32" (also when mixed precision was asked for on another device)."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32") if self.enabled else "fp32"
 
     def autocast(self):
         """Context manager: autocast to ``dtype`` when enabled, a no-op otherwise."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from deblur_rotate.errors import UserError
 from deblur_rotate.train.configs.common import (
     LATENT_LOSSES,
+    LR_DECAY_HELP,
     PRESET_NAMES,
     RunOptions,
     check_even_m,
@@ -13,7 +14,6 @@ from deblur_rotate.train.configs.common import (
     check_signs,
 )
 from deblur_rotate.train.configs.fields import option
-from deblur_rotate.train.configs.sharp_encoder import LR_DECAY_HELP
 
 __all__ = ["NUM_FRAMES", "PRESET_DEFAULTS", "BlurEncoderConfig"]
 

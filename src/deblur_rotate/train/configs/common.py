@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from deblur_rotate.errors import UserError
 from deblur_rotate.train.configs.fields import option
 
-__all__ = ["DATA_KINDS", "DEVICES", "LATENT_LOSSES", "PRECISIONS", "PRESET_NAMES", "RunOptions", "check_fraction",
-           "check_signs", "check_even_m"]
+__all__ = ["DATA_KINDS", "DEVICES", "LATENT_LOSSES", "LR_DECAY_HELP", "M_DEFAULT", "M_HELP", "PRECISIONS",
+           "PRESET_NAMES", "RunOptions", "check_even_m", "check_fraction", "check_signs"]
 
 PRESET_NAMES = ("micro", "tiny", "paper")  # network sizes: models.stylegan2.PRESETS, each stage's preset table
 LATENT_LOSSES = ("l1", "l2")               # losses.LATENT_LOSSES (tests/test_cli.py checks they agree)
@@ -17,6 +17,11 @@ PRECISIONS = ("fp32", "fp16", "bf16", "auto")
 DEVICES = ("cpu", "cuda")
 # dataset kinds of the face3d and fusion stages
 DATA_KINDS = ("auto", "synthbmfd", "images", "300vw", "video", "multiview", "vidtimit")
+
+LR_DECAY_HELP = ("fraction of the run at its end over which the learning rates fall linearly to 0 (0: constant, "
+                 "the paper's)")
+M_HELP = "blur half-window: the mean of 2m+1 frames (stills use a motion kernel)"  # the face3d / fusion wording
+M_DEFAULT = "the kind's own, 32 for SynthBMFD and multi-view, 4 for 300VW and VIDTIMIT"
 
 PRECISION_HELP = ("mixed precision: bf16 autocast (CPU or CUDA), fp16 with loss scaling (CUDA only), auto: bf16 where "
                   "the device computes it natively (CUDA, CPUs with AVX-512 BF16 or AMX), else fp32; on other CPUs "

@@ -4,10 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deblur_rotate.errors import UserError
-from deblur_rotate.train.configs.common import DATA_KINDS, PRESET_NAMES, RunOptions, check_even_m, check_signs
+from deblur_rotate.train.configs.common import (
+    DATA_KINDS,
+    M_DEFAULT,
+    M_HELP,
+    PRESET_NAMES,
+    RunOptions,
+    check_even_m,
+    check_signs,
+)
 from deblur_rotate.train.configs.fields import option
 
-__all__ = ["M_HELP", "PRESET_DEFAULTS", "Face3DConfig"]
+__all__ = ["PRESET_DEFAULTS", "Face3DConfig"]
 
 # per-preset default total batch (images; two views per instant, so always even)
 PRESET_DEFAULTS: dict[str, dict] = {
@@ -16,8 +24,6 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "paper": {"batch": 90},  # §3.6
 }
 
-M_HELP = "blur half-window: the mean of 2m+1 frames (stills use a motion kernel)"
-M_DEFAULT = "the kind's own, 32 for SynthBMFD and multi-view, 4 for 300VW and VIDTIMIT"
 
 
 @dataclass

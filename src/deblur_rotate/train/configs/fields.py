@@ -51,12 +51,11 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002 
     return dataclasses.field(default=default, metadata=meta)
 
 
+_PLAIN_SPEC = option().metadata[_META]
+
+
 def _spec(f: dataclasses.Field) -> dict:
-    spec = f.metadata.get(_META)
-    if spec is None:  # a plain field: an option with no help text
-        spec = {"help": "", "flags": None, "off_flags": (), "required": False, "choices": None, "path": False,
-                "nargs": None, "metavar": None, "scale": None, "default_help": None, "group": None, "cli": True}
-    return spec
+    return f.metadata.get(_META) or _PLAIN_SPEC  # a plain field: an option with option()'s defaults
 
 
 def option_fields(cls) -> list[dataclasses.Field]:
@@ -107,13 +106,11 @@ def default_text(cls, f: dataclasses.Field) -> str:
     return _fmt(default)
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = ()) -> None:
-    """Add one option per field of config class ``cls`` (those declared with ``cli=True``, not in ``skip``)."""
+def add_config_options(parser: argparse.ArgumentParser, cls) -> None:
+    """Add one option per field of config class ``cls`` (those declared with ``cli=True``)."""
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
     for f in option_fields(cls):
-        if f.name in skip:
-            continue
         spec = _spec(f)
         flags = spec["flags"] or ("--" + f.name.replace("_", "-"),)
         text = default_text(cls, f)
@@ -141,9 +138,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls, *, skip: tuple[str,
             kwargs["choices"] = spec["choices"]
         if spec["nargs"] is not None:
             kwargs["nargs"] = spec["nargs"]
-        kwargs["metavar"] = spec["metavar"] or flags[-1].lstrip("-").replace("-", "_").upper()
-        if spec["choices"] is not None and spec["metavar"] is None:
-            del kwargs["metavar"]  # argparse lists the choices
+        if spec["metavar"] is not None or spec["choices"] is None:  # else argparse lists the choices
+            kwargs["metavar"] = spec["metavar"] or flags[-1].lstrip("-").replace("-", "_").upper()
         # argparse runs string defaults through `type` (Path("") is "."): a "" or scaled default is applied
         # by config_from_args instead
         kwargs["default"] = None if (spec["path"] or spec["scale"] or default == "") else default

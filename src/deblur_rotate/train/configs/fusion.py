@@ -6,15 +6,16 @@ from dataclasses import dataclass
 from deblur_rotate.errors import UserError
 from deblur_rotate.train.configs.common import (
     DATA_KINDS,
+    LR_DECAY_HELP,
+    M_DEFAULT,
+    M_HELP,
     PRESET_NAMES,
     RunOptions,
     check_even_m,
     check_fraction,
     check_signs,
 )
-from deblur_rotate.train.configs.face3d import M_DEFAULT, M_HELP
 from deblur_rotate.train.configs.fields import option
-from deblur_rotate.train.configs.sharp_encoder import LR_DECAY_HELP
 
 __all__ = ["PRESET_DEFAULTS", "FusionConfig"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deblur_rotate.errors import UserError
-from deblur_rotate.train.configs.common import PRESET_NAMES, RunOptions, check_fraction, check_signs
+from deblur_rotate.train.configs.common import LR_DECAY_HELP, PRESET_NAMES, RunOptions, check_fraction, check_signs
 from deblur_rotate.train.configs.fields import option
 
 __all__ = ["PRESET_DEFAULTS", "SharpEncoderConfig"]
@@ -16,8 +16,6 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "micro": {"batch": 4, "ema_images": 100.0},
 }
 
-LR_DECAY_HELP = "fraction of the run at its end over which the learning rates fall linearly to 0 (0: constant, " \
-                "the paper's)"
 
 
 @dataclass
