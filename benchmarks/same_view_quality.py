@@ -27,9 +27,12 @@ repeated 5 times, is scored against the same targets (no order question there). 
   reversed_fraction       share of sequences where the reversed order scored the better PSNR
   ms_per_sample           E_v (+ refinement) + G time per blurry image (batch --batch, --device)
   refine_steps            blur-consistency refinement steps used (deblur_rotate.refine; 0: the paper's pipeline)
+  refine_residual         1 when the refinement's residual was added to the frames (back-projection), else 0
 
 ``--refine-steps N`` refines E_v's codes as ``run`` does (default: the model folder's pipeline.json
-``refine``, 0 without ``--model``); ``--refine-steps 0`` gives the plain E_v + G figures.
+``refine``, 0 without ``--model``), and ``--residual/--no-residual`` adds the residual the refinement leaves (the
+blurry input minus the frames' mean) to every frame or not, as ``run`` does on the input view (default: the
+model's); ``--refine-steps 0 --no-residual`` gives the plain E_v + G figures.
 
 ``--align landmarks`` frames every sample as ``run`` frames a photo's face before the networks see it: the
 blurry image and its 5 targets are warped alike (:func:`deblur_rotate.faces.alignment_matrix` with the model's
@@ -62,9 +65,10 @@ def _network_folder(folder: Path, name: str) -> Path:
     return folder / name if (folder / name / "config.json").is_file() else folder
 
 
-def model_refine(model: Path | None, steps: int | None):
+def model_refine(model: Path | None, steps: int | None, residual: bool | None = None):
     """The refinement ``run`` would use: the model folder's pipeline.json ``refine`` (0 steps without one, or
-    without a model folder), with ``steps`` instead of its step count when given; UserError for bad values."""
+    without a model folder), with ``steps`` instead of its step count and ``residual`` instead of its residual
+    when given; UserError for bad values."""
     import dataclasses
     import json
 
@@ -77,6 +81,8 @@ def model_refine(model: Path | None, steps: int | None):
             settings = RefineSettings.from_json(json.loads((model / "pipeline.json").read_text()).get("refine"))
         if steps is not None:
             settings = dataclasses.replace(settings, steps=steps)
+        if residual is not None:
+            settings = dataclasses.replace(settings, residual=bool(residual))
     except ValueError as err:  # a bad --refine-steps or pipeline.json "refine"
         raise UserError(f"refine: {err}") from None
     return settings
@@ -140,7 +146,8 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
     from deblur_rotate.evaluate.metrics import detect_landmarks, motion_ratio, psnr, ssim, video_metric
     from deblur_rotate.files import from_uint8, to_uint8
     from deblur_rotate.models.io import load_pretrained
-    from deblur_rotate.refine import RefineSettings, refine_codes
+    from deblur_rotate.refine import RefineSettings
+    from deblur_rotate.refine import refine as run_refinement
     from deblur_rotate.train.blur_encoder import BlurSequences, open_blur_dataset
 
     refine = refine or RefineSettings()
@@ -164,12 +171,13 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
         blurry = torch.stack([it["blurry"] for it in items]).to(dev)  # [B, 3, R, R]
         targets = torch.stack([it["targets"] for it in items]).to(dev)  # [B, 5, 3, R, R]
         t0 = time.perf_counter()
-        codes = refine_codes(G, E_v(blurry), blurry, refine, max_batch=batch)  # [B, 5, num_ws, w_dim]
-        frames = G.synthesis(codes.flatten(0, 1), noise_mode="const")  # [B * 5, 3, R, R]
+        refined = run_refinement(G, E_v(blurry), blurry, refine, max_batch=batch)
+        frames = G.synthesis(refined.codes.flatten(0, 1), noise_mode="const")  # [B * 5, 3, R, R]
+        frames = refined.add_residual(frames.view_as(targets))  # [B, 5, 3, R, R], + the residual when on
         if dev.type == "cuda":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t0
-        frames = from_uint8(to_uint8(frames)).to(dev).view_as(targets)  # clamped, 8-bit, [B, 5, 3, R, R]
+        frames = from_uint8(to_uint8(frames.flatten(0, 1))).to(dev).view_as(targets)  # clamped, 8-bit
         by_psnr = video_metric(psnr, frames, targets)
         by_ssim = video_metric(ssim, frames, targets)
         repeated = blurry[:, None].expand_as(targets)
@@ -199,6 +207,7 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
         "reversed_fraction": mean["reversed"],
         "ms_per_sample": 1000.0 * seconds / count,
         "refine_steps": refine.steps,
+        "refine_residual": int(refine.residual),
     }
 
 
@@ -234,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--refine-steps", type=int, default=None,
                         help="blur-consistency refinement steps (default: the model folder's pipeline.json, else 0)")
+    parser.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                        help="add the refinement's residual to the frames (default: the model folder's pipeline.json, "
+                             "else off)")
     parser.add_argument("--align", choices=("none", "landmarks"), default="none",
                         help="landmarks: warp every sample into the model's crop along its true landmarks, as run "
                              "aligns a photo's face (default none: the frames as stored)")
@@ -245,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         blur_encoder, generator = model_parts(args.model, args.blur_encoder, args.generator)
-        refine = model_refine(args.model, args.refine_steps)
+        refine = model_refine(args.model, args.refine_steps, args.residual)
         figures = evaluate(blur_encoder, generator, args.data, split=args.split, limit=args.limit,
                            m=args.m, kind=args.kind, batch=max(1, args.batch), device=args.device,
                            detect_faces=args.detect_faces, refine=refine,

@@ -16,6 +16,7 @@ from deblur_rotate.errors import UserError
 from deblur_rotate.face_tracks import FaceTracker, fill_missing, local_linear_smooth
 from deblur_rotate.faces import DEFAULT_CROP
 from deblur_rotate.pipeline import DeblurRotatePipeline, assemble_model
+from deblur_rotate.refine import RefineResult
 from deblur_rotate.video import VideoOptions, choose_order, crop_to_crop, is_video_request, process_video
 from deblur_rotate.video_io import Mp4Writer, _frame_rate
 
@@ -174,6 +175,11 @@ class _TruthPipeline:
         k = [int(((self.blurry - p).abs().flatten(1).mean(1)).argmin()) for p in pixels]
         frames = torch.stack([self.sharp[i].flip(0) if self.reversed[i] else self.sharp[i] for i in k])
         return frames.flatten(2)[:, :, None], None                          # codes [F, 5, 1, 3 R R]
+
+    def encode_with_report(self, images):                                   # no refinement, no residual
+        codes, pose = self.encode(images)
+        nan = torch.full((codes.shape[0],), float("nan"))
+        return codes, pose, RefineResult(codes, nan, nan.clone(), torch.zeros(codes.shape[0], dtype=torch.bool))
 
     def synthesize(self, ws):                                               # [..., 1, 3 R R] -> [..., 3, R, R]
         r = self.resolution

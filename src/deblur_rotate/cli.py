@@ -130,7 +130,8 @@ def _run_demo(args) -> int:
     from deblur_rotate.demo import run_demo
 
     written = run_demo(args.out, model=args.model, examples=args.examples, device=args.device,
-                       refine_steps=args.refine_steps, subjects=args.subjects, size=args.size, seed=args.seed)
+                       refine_steps=args.refine_steps,
+                       refine_residual=args.refine_residual, subjects=args.subjects, size=args.size, seed=args.seed)
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -216,9 +216,11 @@ def verify_checksums(folder: str | Path) -> None:
 
 
 def run_model_demo(out: str | Path, model: str | Path | None = None, examples: str | Path | None = None,
-                   device: str | None = "cpu", fps: float = 8.0, refine_steps: int | None = None) -> dict:
+                   device: str | None = "cpu", fps: float = 8.0, refine_steps: int | None = None,
+                   refine_residual: bool | None = None) -> dict:
     """The demo on a trained model (default: the bundled one); returns the summary written to demo.json.
-    ``refine_steps``: blur-consistency refinement steps (None: the model's default, 0: off)."""
+    ``refine_steps``: blur-consistency refinement steps (None: the model's default, 0: off); ``refine_residual``:
+    the refinement's residual on the input view (None: the model's default)."""
     import torch
 
     from deblur_rotate.evaluate.metrics import psnr, video_metric
@@ -233,7 +235,7 @@ def run_model_demo(out: str | Path, model: str | Path | None = None, examples: s
     if model is None:
         verify_checksums(bundled_model_dir())
     pipe = DeblurRotatePipeline.from_pretrained(model, device=device)
-    pipe.refine = pipe.refine_settings(refine_steps)  # None: the model's default
+    pipe.refine = pipe.refine_settings(refine_steps, refine_residual)  # None: the model's default
     items = load_examples(examples or examples_dir())
     views = list(DEMO_VIEWS) if pipe.can_rotate else [(0.0, 0.0)]
     names = [view_name(v) for v in views]
@@ -287,7 +289,8 @@ def run_model_demo(out: str | Path, model: str | Path | None = None, examples: s
 
 
 def run_demo(out: str | Path, model: str | Path | None = None, examples: str | Path | None = None,
-             device: str | None = "cpu", refine_steps: int | None = None, **render_kwargs) -> list[Path]:
+             device: str | None = "cpu", refine_steps: int | None = None, refine_residual: bool | None = None,
+             **render_kwargs) -> list[Path]:
     """The demo: on the given or bundled model; without any model, the render-only fallback."""
     from deblur_rotate.pipeline import PIPELINE_FILE, bundled_model_dir
 
@@ -295,5 +298,6 @@ def run_demo(out: str | Path, model: str | Path | None = None, examples: str | P
         print("no trained model is bundled with this install: showing the training data instead "
               "(give --model FOLDER to run a model you trained)")
         return run_render_demo(out, **render_kwargs)
-    run_model_demo(out, model=model, examples=examples, device=device, refine_steps=refine_steps)
+    run_model_demo(out, model=model, examples=examples, device=device, refine_steps=refine_steps,
+                   refine_residual=refine_residual)
     return [Path(out) / "contact_sheet.png", Path(out) / _MARKER]

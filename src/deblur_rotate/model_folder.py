@@ -25,7 +25,7 @@ Training facts (``pipeline.json``, written by :func:`deblur_rotate.pipeline.asse
     "trained_on_synthetic_only": true,                       # only synthetic faces (SynthBMFD) were seen
     "view_range_deg": {"yaw": [-60, 60], "pitch": [-20, 20]}  # views (absolute, degrees) the model saw
     "refine": {"steps": 20, "lr": 0.02, "per_frame": true,   # default blur-consistency refinement (refine.py)
-               "max_start_error": 0.15, "precision": "auto"}
+               "max_start_error": 0.15, "precision": "auto", "residual": true}
 
 Folders without them fall back (:func:`training_facts`): the bundled model is synthetic-only with the rig's
 yaw of +-60 degrees; a folder whose ``extra.trained_on`` names SynthBMFD likewise; anything else is unknown

@@ -10,6 +10,7 @@ Data flow (all under ``torch.no_grad``)::
       Δp = (dpitch, dyaw, 0) in radians               (to_frontal: Δp = (dpitch, dyaw, 0) - pose)
       codes' = F(codes, Δp)                            view (0, 0) without to_frontal: codes' = codes, no F
       frames = G.synthesis(codes', noise_mode="const")  [N, V, T, 3, R, R]
+      (residual) input view: frames += image - mean_t G(codes_t)  (refine.py residual; off unless asked)
 
 A positive yaw turns the nose to the image's left and a positive pitch tilts the face about the camera's
 x axis (README "Conventions"); both are changes relative to the input view, or with ``to_frontal``
@@ -30,7 +31,7 @@ Model folder (format version 1)::
          "trained_on_synthetic_only": true,                          # optional: only synthetic faces seen
          "view_range_deg": {"yaw": [-60, 60], "pitch": [-20, 20]},   # optional: the views F was trained on
          "refine": {"steps": 20, "lr": 0.02, "per_frame": true,     # optional: default refinement (refine.py)
-                    "max_start_error": 0.15, "precision": "auto"},
+                    "max_start_error": 0.15, "precision": "auto", "residual": true},
          "extra": {}}                      # free-form (training runs, notes)
     MODEL/<sub-folder>/config.json + model.safetensors     (models/io.py save_pretrained / load_pretrained)
 
@@ -268,7 +269,8 @@ def _read_pipeline_json(folder: Path) -> dict:
 class PipelineOutput:
     """What :class:`DeblurRotatePipeline` returns (tensors on the pipeline's device)."""
 
-    frames: torch.Tensor                 # [N, V, T, 3, R, R] raw generator output, about [-1, 1] (not clamped)
+    frames: torch.Tensor                 # [N, V, T, 3, R, R] generator output (+ the refinement's residual on the
+    #                                      input view), about [-1, 1], not clamped
     pose: torch.Tensor | None            # [N, 3] (pitch, yaw, roll) radians from E_3D; None without E_3D
     codes: torch.Tensor                  # [N, T, num_ws, w_dim] the input-view codes (after time resampling)
     view_codes: torch.Tensor             # [N, V, T, num_ws, w_dim] the codes G rendered for each view
@@ -443,17 +445,20 @@ class DeblurRotatePipeline:
                                                      mode="bilinear", antialias=True, align_corners=False)
         return images
 
-    def refine_settings(self, refine: RefineSettings | int | None = None) -> RefineSettings:
+    def refine_settings(self, refine: RefineSettings | int | None = None, residual: bool | None = None
+                        ) -> RefineSettings:
         """What :meth:`encode` does for ``refine``: None -> the model's default (``pipeline.json``), an int -> that
-        many steps with the model's other settings, a RefineSettings -> itself."""
-        if refine is None:
-            return self.refine
-        if isinstance(refine, RefineSettings):
-            return refine
+        many steps with the model's other settings, a RefineSettings -> itself; ``residual`` (None: as those
+        settings say) turns the back-projected residual on or off (:mod:`deblur_rotate.refine`)."""
+        settings = self.refine if refine is None else refine
         try:
-            return dataclasses.replace(self.refine, steps=refine)
+            if not isinstance(settings, RefineSettings):
+                settings = dataclasses.replace(self.refine, steps=settings)
+            if residual is not None:
+                settings = dataclasses.replace(settings, residual=bool(residual))
         except ValueError as err:
             raise UserError(str(err)) from None
+        return settings
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor | Sequence[torch.Tensor], refine: RefineSettings | int | None = None
@@ -547,9 +552,23 @@ class DeblurRotatePipeline:
         codes, pose, report = self.encode_with_report(images, refine)
         codes = self.resample_frames(codes, num_frames or self.num_frames)
         view_codes = self.rotate(codes, pose, views, to_frontal)
-        frames = self.synthesize(view_codes)
+        frames = self.add_residual(self.synthesize(view_codes), report, views, to_frontal)
         return PipelineOutput(frames=frames, pose=pose, codes=codes, view_codes=view_codes, views=views,
                               to_frontal=to_frontal, refine=report)
+
+    @staticmethod
+    def add_residual(frames: torch.Tensor, report: RefineResult | None, views: Sequence[Sequence[float]],
+                     to_frontal: bool = False) -> torch.Tensor:
+        """Rendered ``frames [N, V, T, 3, R, R]`` of ``views`` with the refinement's back-projected residual added
+        to the input view's (Δp = 0, not ``to_frontal``; :mod:`deblur_rotate.refine`); the others unchanged."""
+        if report is None or report.residual is None or to_frontal:
+            return frames
+        same = [i for i, v in enumerate(_view_list(views)) if v == (0.0, 0.0)]
+        if not same:
+            return frames
+        frames = frames.clone()
+        frames[:, same] = report.add_residual(frames[:, same].flatten(1, 2)).view_as(frames[:, same])
+        return frames
 
     @torch.no_grad()
     def sweep(self, codes: torch.Tensor, pose: torch.Tensor | None, views: Sequence[tuple[float, float]],

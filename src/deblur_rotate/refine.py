@@ -22,11 +22,25 @@ kind of face and the refinement would paint the photo's colours into the codes w
 photos with the synthetic-only bundled model: start errors about 0.76 against 0.02-0.06 on new SynthBMFD subjects);
 those images keep E_v's codes, and :class:`RefineResult` says so per image.
 
+The residual (``residual=True``): after the steps, what the mean frame still misses of the photo,
+``r = y - mean_t G(w_t)`` ``[N, 3, R, R]``, is added to every frame of the input view (back-projection, as in
+Irani & Peleg's iterative back-projection for super-resolution): the frames then average to the photo exactly.
+Where the photo is the mean of the true sharp frames ``S_t``, the error of frame t, ``e_t = G_t - S_t``, becomes
+``e_t - mean_t e_t``, so the MSE over the frames can only fall (by the square of the error the frames share: the
+identity's details, colour and shape that W+ cannot hold); the frame-to-frame changes, the motion, are untouched.
+Measured with the bundled tiny model (24 held-out ``synth120`` sequences, 20 steps): PSNR gain over the blurry
+input +1.61 -> +2.10 dB, dlib's face detection on the frames 0.58 -> 0.71 (0.72 on the true frames), Laplacian
+sharpness 0.71 -> 0.80 of the true frames'; a Gaussian-low-passed residual (sigma 1-5 px) gained less. It is only
+added where the refinement applies (the model explains the photo), and only to the input view: a new view
+(through F) shows the face from elsewhere, where the photo's residual does not belong.
+
 Cost: ``steps`` forward and backward passes of G over the T frames of every image (about 0.1 s per step and image
-at the tiny preset on 2 CPU cores). ``steps = 0`` is the paper's pipeline, unchanged.
+at the tiny preset on 2 CPU cores), plus one forward pass for the errors (and the residual).
+``steps = 0`` without the residual is the paper's pipeline, unchanged.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -59,6 +73,7 @@ class RefineSettings:
     max_start_error: float = 0.15  # refine only images E_v's frames already explain: start error at most this
     precision: str = "auto"   # the Adam steps' G passes: "bf16" autocast, "fp32", or "auto" (bf16 where the
     #                           hardware has it: CUDA with bf16, CPUs with AVX-512 BF16 or AMX; 1.75x on this CPU)
+    residual: bool = False    # add y - mean_t G(w_t) left after the steps to every input-view frame (back-projection)
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not 0 <= self.steps <= 1000:
@@ -72,6 +87,13 @@ class RefineSettings:
             raise ValueError(f"refine precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.per_frame, bool):
             raise ValueError(f"refine per_frame must be true or false, got {self.per_frame!r}")  # noqa: TRY004
+        if not isinstance(self.residual, bool):
+            raise ValueError(f"refine residual must be true or false, got {self.residual!r}")  # noqa: TRY004
+
+    @property
+    def active(self) -> bool:
+        """Whether :func:`refine` does anything (steps, or the residual)."""
+        return self.steps > 0 or self.residual
 
     @classmethod
     def from_json(cls, value: dict | None) -> RefineSettings:
@@ -80,7 +102,7 @@ class RefineSettings:
             return cls()
         if not isinstance(value, dict):
             raise ValueError(f"must be an object {{\"steps\": n, \"lr\": x, \"per_frame\": false}}, got {value!r}")  # noqa: TRY004
-        known = {"steps", "lr", "per_frame", "max_start_error", "precision"}
+        known = {"steps", "lr", "per_frame", "max_start_error", "precision", "residual"}
         unknown = set(value) - known
         if unknown:
             raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
@@ -98,11 +120,26 @@ class RefineResult:
     start_error: torch.Tensor   # [N] blur-consistency error of E_v's codes (losses.blur_consistency_loss)
     end_error: torch.Tensor     # [N] the same after refinement (= start_error where not applied)
     applied: torch.Tensor       # [N] bool: refined (False: off, or E_v's frames did not explain the image)
+    residual: torch.Tensor | None = None  # [N, 3, R, R] y - mean_t G(codes_t), 0 where not applied; None: off
 
     def records(self) -> list[dict]:
         """One JSON-ready dict per image (for result.json / summaries)."""
-        return [{"applied": bool(a), "start_error": round(float(s), 4), "end_error": round(float(e), 4)}
-                for a, s, e in zip(self.applied.tolist(), self.start_error.tolist(), self.end_error.tolist())]
+        out = []
+        for k, (a, s, e) in enumerate(zip(self.applied.tolist(), self.start_error.tolist(),
+                                           self.end_error.tolist())):
+            record = {"applied": bool(a), "start_error": round(float(s), 4), "end_error": round(float(e), 4)}
+            if self.residual is not None:  # what the residual added to the frames, mean |r| on [-1, 1] images
+                record["residual_added"] = bool(a)
+                record["residual_mean_abs"] = round(float(self.residual[k].abs().mean()), 4)
+            out.append(record)
+        return out
+
+    def add_residual(self, frames: torch.Tensor) -> torch.Tensor:
+        """Input-view frames ``[N, T, 3, R, R]`` (any T: the residual is the same for every frame) plus the
+        residual; unchanged when it is off."""
+        if self.residual is None:
+            return frames
+        return frames + self.residual.to(frames)[:, None]
 
 
 def refine(generator: nn.Module,      # StyleGAN2 Generator: synthesis(ws [B, num_ws, w_dim]) -> [B, 3, R, R]
@@ -113,56 +150,68 @@ def refine(generator: nn.Module,      # StyleGAN2 Generator: synthesis(ws [B, nu
            ) -> RefineResult:
     """``settings.steps`` Adam steps on :func:`deblur_rotate.losses.blur_consistency_loss` for every image whose
     E_v frames already explain it (start error at most ``settings.max_start_error``); the others keep E_v's codes.
-    Deterministic (no noise, no sampling); the images are refined in groups of ``max_batch``, each image's
-    correction on its own (the loss is summed over the images, so the grouping does not change the result beyond
-    floating-point summation order). Off (``steps == 0``): E_v's codes, errors not measured (NaN)."""
+    With ``settings.residual``, also the residual ``blurry - mean_t G(codes_t)`` of the refined codes (zero for the
+    images not refined). Deterministic (no noise, no sampling); the images are refined in groups of ``max_batch``,
+    each image's correction on its own (the loss is summed over the images, so the grouping does not change the
+    result beyond floating-point summation order). Off (no steps, no residual): E_v's codes, errors not measured
+    (NaN)."""
+    import torch
+
+    n = codes.shape[0]
+    if not settings.active or n == 0:
+        nan = torch.full((n,), float("nan"))
+        residual = blurry.new_zeros(blurry.shape) if settings.residual else None
+        return RefineResult(codes, nan, nan.clone(), torch.zeros(n, dtype=torch.bool), residual)
+    if codes.dim() != 4 or blurry.dim() != 4 or n != blurry.shape[0]:
+        raise ValueError(f"expected codes [N, T, num_ws, w_dim] and blurry [N, 3, R, R], got {tuple(codes.shape)} "
+                         f"and {tuple(blurry.shape)}")
+    parts = [_refine_group(generator, codes[first:first + max(1, int(max_batch))].detach(),
+                           blurry[first:first + max(1, int(max_batch))].detach(), settings)
+             for first in range(0, n, max(1, int(max_batch)))]
+    refined, starts, ends, applied, residuals = (list(x) for x in zip(*parts))
+    return RefineResult(torch.cat(refined), torch.cat(starts).cpu(), torch.cat(ends).cpu(), torch.cat(applied).cpu(),
+                        torch.cat(residuals) if settings.residual else None)
+
+
+def _frames(generator: nn.Module, ws: torch.Tensor) -> torch.Tensor:
+    """The frames G makes of ``ws [B, T, num_ws, w_dim]``: ``[B, T, 3, R, R]`` (fp32, constant noise)."""
+    frames = generator.synthesis(ws.flatten(0, 1), noise_mode="const").float()    # [B * T, 3, R, R]
+    return frames.view(*ws.shape[:2], *frames.shape[1:])
+
+
+def _refine_group(generator: nn.Module, c0: torch.Tensor, y: torch.Tensor, settings: RefineSettings):
+    """:func:`refine` on one group: codes ``c0 [B, T, num_ws, w_dim]``, blurry ``y [B, 3, R, R]`` ->
+    (codes, start error [B], end error [B], applied [B], residual [B, 3, R, R])."""
     import torch
 
     from deblur_rotate.losses import blur_consistency_loss
 
-    n = codes.shape[0]
-    if settings.steps == 0 or n == 0:
-        nan = torch.full((n,), float("nan"))
-        return RefineResult(codes, nan, nan.clone(), torch.zeros(n, dtype=torch.bool))
-    if codes.dim() != 4 or blurry.dim() != 4 or n != blurry.shape[0]:
-        raise ValueError(f"expected codes [N, T, num_ws, w_dim] and blurry [N, 3, R, R], got {tuple(codes.shape)} "
-                         f"and {tuple(blurry.shape)}")
-
-    def error(ws: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # [B, T, num_ws, w_dim], [B, 3, R, R] -> [B]
-        frames = generator.synthesis(ws.flatten(0, 1), noise_mode="const").float()    # [B * T, 3, R, R]
-        return blur_consistency_loss(frames.view(*ws.shape[:2], *frames.shape[1:]), y)
-
-    bf16 = use_bf16(settings.precision, codes.device)
-
-    out, starts, ends, applied = [], [], [], []
-    step = max(1, int(max_batch))
-    for first in range(0, n, step):
-        c0 = codes[first:first + step].detach()                                # [B, T, num_ws, w_dim]
-        y = blurry[first:first + step].detach()                                # [B, 3, R, R]
+    with torch.no_grad():
+        frames0 = _frames(generator, c0)                                       # [B, T, 3, R, R]
+    start = blur_consistency_loss(frames0, y.float())                          # [B]
+    ok = start <= settings.max_start_error                                     # [B]
+    refined, end, mean = c0, start, frames0.mean(1)                            # mean: [B, 3, R, R]
+    if ok.any() and settings.steps > 0:
+        c_ok, y_ok = c0[ok], y[ok].float()
+        shape = (c_ok.shape[0], c_ok.shape[1] if settings.per_frame else 1, *c_ok.shape[2:])
+        correction = torch.zeros(shape, device=c0.device, dtype=c0.dtype, requires_grad=True)
+        opt = torch.optim.Adam([correction], lr=float(settings.lr))
+        bf16 = use_bf16(settings.precision, c0.device)
+        with torch.enable_grad(), torch.autocast(c0.device.type, dtype=torch.bfloat16, enabled=bf16):
+            for _ in range(settings.steps):
+                # summed over the images: each image's correction sees its own gradient, whatever the group
+                loss = blur_consistency_loss(_frames(generator, c_ok + correction), y_ok).sum()
+                (grad,) = torch.autograd.grad(loss, [correction])
+                correction.grad = grad
+                opt.step()
+        refined, end, mean = c0.clone(), start.clone(), mean.clone()
+        refined[ok] = (c_ok + correction).detach()
         with torch.no_grad():
-            start = error(c0, y)                                               # [B]
-        ok = start <= settings.max_start_error                                 # [B]
-        refined, end = c0, start
-        if ok.any():
-            c_ok, y_ok = c0[ok], y[ok]
-            shape = (c_ok.shape[0], c_ok.shape[1] if settings.per_frame else 1, *c_ok.shape[2:])
-            correction = torch.zeros(shape, device=c0.device, dtype=c0.dtype, requires_grad=True)
-            opt = torch.optim.Adam([correction], lr=float(settings.lr))
-            with torch.enable_grad(), torch.autocast(codes.device.type, dtype=torch.bfloat16, enabled=bf16):
-                for _ in range(settings.steps):
-                    # summed over the images: each image's correction sees its own gradient, whatever the group
-                    (grad,) = torch.autograd.grad(error(c_ok + correction, y_ok).sum(), [correction])
-                    correction.grad = grad
-                    opt.step()
-            refined, end = c0.clone(), start.clone()
-            refined[ok] = (c_ok + correction).detach()
-            with torch.no_grad():
-                end[ok] = error(refined[ok], y_ok)
-        out.append(refined)
-        starts.append(start)
-        ends.append(end)
-        applied.append(ok)
-    return RefineResult(torch.cat(out), torch.cat(starts).cpu(), torch.cat(ends).cpu(), torch.cat(applied).cpu())
+            frames_ok = _frames(generator, refined[ok])                        # [B', T, 3, R, R]
+        end[ok] = blur_consistency_loss(frames_ok, y_ok)
+        mean[ok] = frames_ok.mean(1)
+    residual = torch.where(ok[:, None, None, None], y.float() - mean, torch.zeros_like(mean)).to(y.dtype)
+    return refined, start, end, ok, residual
 
 
 def refine_codes(generator: nn.Module, codes: torch.Tensor, blurry: torch.Tensor, settings: RefineSettings,
@@ -172,9 +221,13 @@ def refine_codes(generator: nn.Module, codes: torch.Tensor, blurry: torch.Tensor
 
 
 def add_refine_argument(parser) -> None:
-    """``--refine-steps N`` for the commands that run a model (run, demo, serve)."""
+    """``--refine-steps N`` and ``--residual/--no-residual`` for the commands that run a model (run, demo, serve,
+    evaluate); ``args.refine_steps`` and ``args.refine_residual`` are None when not given (the model's default)."""
     parser.add_argument("--refine-steps", type=int, default=None, metavar="N",
                         help="blur-consistency refinement: N Adam steps that bring the mean of the sharp frames "
-                             "to the blurry input (0: off, the paper's pipeline; default: the model's pipeline.json "
-                             "\"refine\", off when it has none; video input: off). Each step costs one G pass over "
-                             "the frames")
+                             "to the blurry input (0: no steps; default: the model's pipeline.json \"refine\", "
+                             "off when it has none; video input: 0). Each step costs one G pass over the frames")
+    parser.add_argument("--residual", dest="refine_residual", action=argparse.BooleanOptionalAction, default=None,
+                        help="add what the frames' mean still misses of the blurry input to every input-view frame "
+                             "(back-projection; only where the model explains the face; default: the model's "
+                             "pipeline.json \"refine\"). --refine-steps 0 --no-residual is the paper's pipeline")

@@ -289,7 +289,7 @@ def _write_face(stage: Path, sub: str, k: int, face, face_frames: np.ndarray, na
                   "box": None if face.box is None else [round(b, 1) for b in face.box]}
     if face.detection is not None:  # detector, score, landmark_disagreement
         info["detection"] = {k2: v2 for k2, v2 in face.detection.items() if k2 != "box"}
-    if result.refine is not None and pipe.refine.steps:
+    if result.refine is not None and pipe.refine.active:
         info["refine"] = result.refine.records()[k]
         if not info["refine"]["applied"]:
             warnings.append({"face": k + 1, "warning": (
@@ -481,7 +481,7 @@ def _load_pipeline(args, options: RunOptions):
     from deblur_rotate.pipeline import DeblurRotatePipeline
 
     pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
-    pipe.refine = pipe.refine_settings(args.refine_steps)  # None: the model's default
+    pipe.refine = pipe.refine_settings(args.refine_steps, getattr(args, "refine_residual", None))  # None: the model's
     pipe.check_request(options.views, options.to_frontal)
     if options.sweep is not None and not pipe.can_rotate:
         raise UserError(f"{pipe.name} has no fusion network (F): it cannot render --sweep")

@@ -281,7 +281,8 @@ def serve_command(args) -> int:
 
         print(f"loading the model {args.model or bundled_model_dir()} ...", flush=True)
         pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
-        pipe.refine = pipe.refine_settings(getattr(args, "refine_steps", None))  # None: the model's default
+        pipe.refine = pipe.refine_settings(getattr(args, "refine_steps", None),  # None: the model's default
+                                            getattr(args, "refine_residual", None))
         label = "the bundled tiny model" if args.model is None else f"model {args.model}"
         app = ServeApp(pipe, root, model_label=label)
         app.warm_up()

@@ -337,20 +337,21 @@ class ServeApp:
                             "aligned face crop\" and run it again") from None
         found = len(faces)
         faces = faces[:MAX_FACES]
-        step(0.35, f"deblurring {len(faces)} face(s)" + (" and refining" if pipe.refine.steps else ""))
+        step(0.35, f"deblurring {len(faces)} face(s)" + (" and refining" if pipe.refine.active else ""))
         with torch.no_grad():
             batch = torch.stack([f.tensor() for f in faces])                           # [F, 3, R, R]
             codes, pose, refined = pipe.encode_with_report(batch)
-            parts = []
-            if relative:
-                parts.append(pipe.rotate(codes, pose, relative))                       # [F, V, T, ...]
-            if frontal:
-                parts.append(pipe.rotate(codes, pose, [(0.0, 0.0)], to_frontal=True))
             names = [view_name(v) for v in relative] + ([view_name((0.0, 0.0), True)] if frontal else [])
             frames = None
-            if parts:
+            if names:
                 step(0.5, f"rendering {len(names)} view(s)")
-                rendered = pipe.synthesize(torch.cat(parts, 1))                        # [F, V, T, 3, R, R]
+                parts = []
+                if relative:  # the input view gets the refinement's residual, as in the pipeline's __call__
+                    parts.append(pipe.add_residual(pipe.synthesize(pipe.rotate(codes, pose, relative)), refined,
+                                                   relative))                          # [F, V, T, 3, R, R]
+                if frontal:
+                    parts.append(pipe.synthesize(pipe.rotate(codes, pose, [(0.0, 0.0)], to_frontal=True)))
+                rendered = torch.cat(parts, 1)                                         # [F, V, T, 3, R, R]
                 frames = to_uint8(rendered.flatten(0, 2)).reshape(*rendered.shape[:3], *faces[0].image.shape)
             orbit = None
             if sweep:
@@ -365,7 +366,7 @@ class ServeApp:
         result = RequestResult(name=name, folder=str(folder), photo="", views=names + (["sweep"] if sweep else []),
                                image_size=(int(photo.shape[1]), int(photo.shape[0])), faces_found=found)
         result.photo = _png(folder / "photo.png", boxed_photo(photo, [f.box for f in faces]))
-        skipped = [k + 1 for k, r in enumerate(refined.records()) if pipe.refine.steps and not r["applied"]]
+        skipped = [k + 1 for k, r in enumerate(refined.records()) if pipe.refine.active and not r["applied"]]
         if skipped:
             result.notes.append(f"face(s) {', '.join(map(str, skipped))}: the model's frames do not explain this face, "
                                 "so the refinement was skipped; the frames are the model's own guess")

@@ -348,9 +348,9 @@ class _Renderer:
                 a = alignment_matrix(lm, r, self.pipe.crop)
                 faces.append(AlignedFace(warp_image(image, a, r), a, tuple(float(v) for v in track.boxes[index]), lm))
         batch = torch.stack([f.tensor() for f in faces])                               # [F, 3, R, R]
-        codes, pose = self.pipe.encode(batch)                                          # [F, T, nw, wd], [F, 3]
+        codes, pose, refined = self.pipe.encode_with_report(batch)                     # [F, T, nw, wd], [F, 3]
         codes = self.pipe.resample_frames(codes, self.factor)                          # [F, K, nw, wd]
-        same = self.pipe.synthesize(codes)                                             # [F, K, 3, R, R]
+        same = refined.add_residual(self.pipe.synthesize(codes))                       # [F, K, 3, R, R] input view
         self.pending.append(_Pending(index, image if self.options.paste_back else None, faces, codes,
                                      None if pose is None else pose.detach(), same))
         if pose is not None:
@@ -627,8 +627,9 @@ def run_video_command(args, run_options) -> int:
     infos = [probe_video(p, options.fps) for p in paths]  # every input checked before anything is written
     pipe = DeblurRotatePipeline.from_pretrained(args.model, device=args.device)
     # video input refines only when asked (--refine-steps N): the refinement costs N passes of G per input frame
-    # (seconds per frame on a CPU), while photos use the model's default
-    pipe.refine = pipe.refine_settings(getattr(args, "refine_steps", None) or 0)
+    # (seconds per frame on a CPU), while photos use the model's default; the residual (one G pass) is as the model says
+    pipe.refine = pipe.refine_settings(getattr(args, "refine_steps", None) or 0,
+                                       getattr(args, "refine_residual", None))
     pipe.check_request(options.views, options.to_frontal)
     _check_factor(options.factor, pipe.num_frames)
     if run_options.save_pose and not pipe.has_pose:

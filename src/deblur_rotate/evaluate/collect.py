@@ -19,6 +19,7 @@ from deblur_rotate.evaluate.baselines import texture_warp_rotate
 from deblur_rotate.evaluate.inputs import Resources
 from deblur_rotate.evaluate.metrics import detect_landmarks, face_descriptors, landmark_error, psnr, ssim
 from deblur_rotate.files import to_uint8
+from deblur_rotate.refine import RefineResult
 from deblur_rotate.render.camera import pose_error_deg, wrap_angle
 
 __all__ = ["CASCADE_LABEL", "IDENTITY_ANGLES_DEG", "FigureStore", "collect", "novel_view_variants", "quantize"]
@@ -81,6 +82,7 @@ class _Instant:
     gt_lm: torch.Tensor          # [V, 5, 68, 2] projected landmarks, pixels at R
     pose: torch.Tensor           # [V, 3] radians
     codes: torch.Tensor          # [V, 5, num_ws, w_dim] E_v's codes (refined when the model refines)
+    refine: RefineResult         # what the refinement did per view (its residual goes onto the same-view frames)
     est_pose: torch.Tensor | None  # [V, 3] E_3D's pose, or None
     iv: int                      # index of the input view
     others: list[int]            # indices of the other views
@@ -113,9 +115,9 @@ def collect(res: Resources, tables: Sequence[int], figure_instants: int = 3,
     for subject, perf, center in tqdm(res.instants, desc="evaluate", unit="instant", disable=not progress):
         s = ds.load_views(subject, perf, center, views)
         blurry, pose = s["blurry"].to(dev), s["pose"].to(dev)
-        codes, est_pose = pipe.encode(blurry)
+        codes, est_pose, refined = pipe.encode_with_report(blurry)
         x = _Instant(subject, perf, center, blurry, s["targets"].to(dev), s["target_landmarks"], pose, codes,
-                     est_pose, iv, others, wrap_angle(pose[others] - pose[iv]))
+                     refined, est_pose, iv, others, wrap_angle(pose[others] - pose[iv]))
         store.add("dyaw_deg", torch.rad2deg(x.dp_gt[:, 1]))
         store.add("other_views", other_views)
         recon, recon_lm = _same_view_sample(store, res, x, tables)
@@ -146,7 +148,10 @@ def _same_view_sample(store: FigureStore, res: Resources, x: _Instant, tables: s
     only. Returns (frames ``[V', 5, 3, R, R]``, dlib landmarks ``[V, 5, 68, 2]`` or None without Table 1)."""
     r = res.resolution
     recon_idx = list(range(len(res.views))) if 1 in tables else [x.iv]
-    recon = quantize(res.pipe.synthesize(x.codes[recon_idx]))              # [V', 5, 3, R, R]
+    frames = res.pipe.synthesize(x.codes[recon_idx])                       # [V', 5, 3, R, R]
+    if x.refine.residual is not None:  # the refinement's residual, as the pipeline adds it to the input view
+        frames = frames + x.refine.residual[recon_idx].to(frames)[:, None]
+    recon = quantize(frames)
     if 1 not in tables:
         return recon, None
     recon_lm = detect_landmarks(recon).landmarks                          # [V, 5, 68, 2] (NaN: no face)

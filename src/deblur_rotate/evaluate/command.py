@@ -119,7 +119,7 @@ def run_command(args: argparse.Namespace) -> int:
         options = EvaluateOptions(data=data, model=args.model, split=args.split, fc3=args.fc3,
                                   baseline=args.baseline, limit=limit, m=args.m, device=args.device,
                                   tables=tuple(args.tables), progress=args.progress,
-                                  refine_steps=args.refine_steps)
+                                  refine_steps=args.refine_steps, refine_residual=args.refine_residual)
         result = evaluate(options)
         if quick is not None:  # the report says what the (maybe temporary) data was
             result.settings["quick"] = quick

@@ -48,6 +48,7 @@ class EvaluateOptions:
     progress: bool = True                          # tqdm bar over the instants
     figure_instants: int = 3                       # instants shown in figure5.png
     refine_steps: int | None = None                # blur-consistency refinement (None: the model's default, 0: off)
+    refine_residual: bool | None = None            # the refinement's residual on the input view (None: the model's)
 
 
 @dataclass
@@ -218,7 +219,7 @@ def load_resources(options: EvaluateOptions) -> Resources:
     if not root.is_dir():
         raise UserError(f"--data {root}: no such folder; generate a SynthBMFD with `deblur-rotate synth --out {root}`")
     pipe = DeblurRotatePipeline.from_pretrained(options.model, device=device)
-    pipe.refine = pipe.refine_settings(options.refine_steps)  # None: the model's default
+    pipe.refine = pipe.refine_settings(options.refine_steps, options.refine_residual)  # None: the model's default
     model_dir = Path(options.model) if options.model is not None else bundled_model_dir()
     dataset = SynthBMFD(root, split=options.split, m=int(options.m), size=pipe.resolution)
     views = check_dataset(root, options.split, dataset.index)
