@@ -21,6 +21,9 @@ repeated 5 times, is scored against the same targets (no order question there). 
   motion_ratio            mean absolute frame-to-frame change of the decoded frames over that of the targets,
                           per sequence, averaged (1 = as much motion as the truth, 0 = five equal frames;
                           order-free, see deblur_rotate.evaluate.metrics.motion_ratio)
+  sharpness_ratio         mean absolute Laplacian of the decoded frames over that of the targets, per sequence,
+                          averaged (1 = as much fine detail as the truth; deblur_rotate.evaluate.metrics.sharpness)
+  blurry_sharpness_ratio  the same for the blurry input (what a method that did not deblur would score)
   face_detection_rate_generated, face_detection_rate_true
                           share of decoded frames / of true sharp frames in which dlib's HOG frontal detector
                           finds a face (frames upscaled bicubically to 256 px first, as the evaluation does)
@@ -143,7 +146,7 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
     """The figures listed in the module docstring, as a dict. ``refine``: RefineSettings (None: off);
     ``align_crop``: a pipeline.json ``crop`` to align every sample to (None: the frames as stored)."""
     from deblur_rotate.errors import UserError
-    from deblur_rotate.evaluate.metrics import detect_landmarks, motion_ratio, psnr, ssim, video_metric
+    from deblur_rotate.evaluate.metrics import detect_landmarks, motion_ratio, psnr, sharpness_ratio, ssim, video_metric
     from deblur_rotate.files import from_uint8, to_uint8
     from deblur_rotate.models.io import load_pretrained
     from deblur_rotate.refine import RefineSettings
@@ -163,7 +166,7 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
     picks = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
 
     sums = {k: 0.0 for k in ("psnr", "ssim", "blurry_psnr", "blurry_ssim", "middle_psnr", "reversed", "motion",
-                             "found_generated", "found_true")}
+                             "sharpness", "blurry_sharpness", "found_generated", "found_true")}
     seconds = 0.0
     for start in range(0, count, batch):
         chunk = picks[start:start + batch]
@@ -188,6 +191,8 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
         sums["middle_psnr"] += float(psnr(frames[:, 2], targets[:, 2]).double().sum())
         sums["reversed"] += float(by_psnr.reversed.double().sum())
         sums["motion"] += float(motion_ratio(frames, targets).double().sum())
+        sums["sharpness"] += float(sharpness_ratio(frames, targets).double().sum())
+        sums["blurry_sharpness"] += float(sharpness_ratio(repeated, targets).double().sum())
         if detect_faces:  # per frame: share of the 5 found, summed over sequences
             sums["found_generated"] += float(detect_landmarks(frames.cpu()).found.double().mean(1).sum())
             sums["found_true"] += float(detect_landmarks(targets.cpu()).found.double().mean(1).sum())
@@ -202,6 +207,8 @@ def evaluate(blur_encoder: Path, generator: Path, data: Path, split: str = "test
         "ssim_gain": mean["ssim"] - mean["blurry_ssim"],
         "middle_frame_psnr_db": mean["middle_psnr"],
         "motion_ratio": mean["motion"],
+        "sharpness_ratio": mean["sharpness"],
+        "blurry_sharpness_ratio": mean["blurry_sharpness"],
         **({"face_detection_rate_generated": mean["found_generated"],
             "face_detection_rate_true": mean["found_true"]} if detect_faces else {}),
         "reversed_fraction": mean["reversed"],

@@ -193,3 +193,19 @@ def test_motion_ratio_of_still_true_and_doubled_motion():
     assert torch.allclose(motion_ratio(2 * truth, truth), torch.full((2,), 2.0))
     with pytest.raises(ValueError):
         motion_energy(truth[:, :1])
+
+
+def test_sharpness_falls_with_blur_and_the_ratio_is_one_against_itself():
+    from deblur_rotate.evaluate.metrics import sharpness, sharpness_ratio
+
+    torch.manual_seed(0)
+    sharp = torch.rand(2, 5, 3, 32, 32) * 2 - 1                                        # [N, T, 3, H, W]
+    blurred = torch.nn.functional.avg_pool2d(sharp.flatten(0, 1), 5, stride=1, padding=2,
+                                             count_include_pad=False).view_as(sharp)
+    assert sharpness(sharp).shape == (2, 5)
+    assert (sharpness(blurred) < 0.5 * sharpness(sharp)).all()
+    torch.testing.assert_close(sharpness_ratio(sharp, sharp), torch.ones(2))
+    assert (sharpness_ratio(blurred, sharp) < 0.5).all()
+    assert sharpness(torch.zeros(1, 3, 8, 8)).item() == 0.0                           # a flat image: no detail
+    with pytest.raises(ValueError):
+        sharpness_ratio(sharp, sharp[:, :4])

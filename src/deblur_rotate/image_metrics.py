@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["SSIM_SIGMA", "SSIM_WINDOW", "OrderChoice", "apply_order", "best_order", "motion_energy", "motion_ratio",
-           "psnr", "reverse_frames", "ssim", "video_metric"]
+           "psnr", "reverse_frames", "sharpness", "sharpness_ratio", "ssim", "video_metric"]
 
 SSIM_WINDOW = 11  # Gaussian window taps (Wang et al. 2004)
 SSIM_SIGMA = 1.5  # Gaussian window standard deviation, pixels (kornia's ssim fixes sigma at 1.5)
@@ -118,6 +118,25 @@ def motion_energy(video: torch.Tensor) -> torch.Tensor:
     if video.dim() != 5 or video.shape[1] < 2:
         raise ValueError(f"expected videos [N, T >= 2, 3, H, W], got {tuple(video.shape)}")
     return (video[:, 1:] - video[:, :-1]).abs().flatten(1).mean(1)
+
+
+def sharpness(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute Laplacian (kornia, 3 x 3 kernel, reflected borders) of ``[..., 3, H, W]`` images in [-1, 1],
+    taken on [0, 1] values, per image ``[...]``: how much fine detail (edges, texture) an image holds; blur lowers
+    it."""
+    if images.dim() < 3 or images.shape[-3] != 3:
+        raise ValueError(f"expected images [..., 3, H, W], got {tuple(images.shape)}")
+    from kornia.filters import laplacian
+
+    flat = ((images.float() + 1) / 2).reshape(-1, *images.shape[-3:])
+    return laplacian(flat, 3).abs().flatten(1).mean(1).view(images.shape[:-3])
+
+
+def sharpness_ratio(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean :func:`sharpness` of each predicted video over that of its target video, ``[N]`` (1 = as much fine
+    detail as the true frames; a blurry image scores below 1). pred, target ``[N, T, 3, H, W]``."""
+    _check_pair(pred, target)
+    return sharpness(pred).mean(1) / sharpness(target).mean(1).clamp_min(eps)
 
 
 def motion_ratio(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -34,6 +34,8 @@ from deblur_rotate.image_metrics import (  # the image and video measures, share
     motion_ratio,
     psnr,
     reverse_frames,
+    sharpness,
+    sharpness_ratio,
     ssim,
     video_metric,
 )
@@ -59,6 +61,8 @@ __all__ = [
     "nanmean_count",
     "psnr",
     "reverse_frames",
+    "sharpness",
+    "sharpness_ratio",
     "ssim",
     "video_metric",
     "view_pair_summary",
