@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--refine-steps", type=int, default=0,
                     help="the model's default blur-consistency refinement steps (pipeline.json refine; 0: none)")
     ap.add_argument("--refine-lr", type=float, default=0.02, help="its Adam learning rate (default 0.02)")
+    ap.add_argument("--refine-residual", action=argparse.BooleanOptionalAction, default=True,
+                    help="with --refine-steps: also add the refinement's residual to the input view (default on)")
     ap.add_argument("--notes", type=Path, default=None,
                     help="markdown inserted after the stage table (the recipe: what was tried, what each gave)")
     args = ap.parse_args()
@@ -82,7 +84,8 @@ def main() -> None:
     crop = training_crop(str(args.data), 64 if args.preset == "tiny" else 256, None)
     from deblur_rotate.refine import RefineSettings
 
-    refine = RefineSettings(steps=args.refine_steps, lr=args.refine_lr) if args.refine_steps else None
+    refine = RefineSettings(steps=args.refine_steps, lr=args.refine_lr, residual=args.refine_residual) \
+        if args.refine_steps else None
     # the training facts from --data itself (the runs' config.json hold their data path relative to where they
     # were started, which need not be this tool's working folder)
     data_index = json.loads((args.data / "index.json").read_text())

@@ -165,9 +165,9 @@ def refine(generator: nn.Module,      # StyleGAN2 Generator: synthesis(ws [B, nu
     if codes.dim() != 4 or blurry.dim() != 4 or n != blurry.shape[0]:
         raise ValueError(f"expected codes [N, T, num_ws, w_dim] and blurry [N, 3, R, R], got {tuple(codes.shape)} "
                          f"and {tuple(blurry.shape)}")
-    parts = [_refine_group(generator, codes[first:first + max(1, int(max_batch))].detach(),
-                           blurry[first:first + max(1, int(max_batch))].detach(), settings)
-             for first in range(0, n, max(1, int(max_batch)))]
+    group = max(1, int(max_batch))
+    parts = [_refine_group(generator, codes[first:first + group].detach(), blurry[first:first + group].detach(),
+                           settings) for first in range(0, n, group)]
     refined, starts, ends, applied, residuals = (list(x) for x in zip(*parts))
     return RefineResult(torch.cat(refined), torch.cat(starts).cpu(), torch.cat(ends).cpu(), torch.cat(applied).cpu(),
                         torch.cat(residuals) if settings.residual else None)

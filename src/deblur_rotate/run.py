@@ -295,8 +295,8 @@ def _write_face(stage: Path, sub: str, k: int, face, face_frames: np.ndarray, na
             warnings.append({"face": k + 1, "warning": (
                 f"the model's frames do not explain this face (blur-consistency error "
                 f"{info['refine']['start_error']:.2f} > {pipe.refine.max_start_error:g}): the refinement "
-                "was skipped and the frames are the model's own guess; a model trained on faces like this "
-                "one is needed (README: Training)")})
+                "was skipped (no residual added) and the frames are the model's own guess; a model trained on "
+                "faces like this one is needed (README: Training)")})
     if face.outside > EDGE_WARNING:
         info["outside_share"] = round(face.outside, 3)
         warnings.append({"face": k + 1, "warning": f"the face is cut by the image edge ({face.outside:.0%} "

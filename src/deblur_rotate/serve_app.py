@@ -369,7 +369,8 @@ class ServeApp:
         skipped = [k + 1 for k, r in enumerate(refined.records()) if pipe.refine.active and not r["applied"]]
         if skipped:
             result.notes.append(f"face(s) {', '.join(map(str, skipped))}: the model's frames do not explain this face, "
-                                "so the refinement was skipped; the frames are the model's own guess")
+                                "so the refinement was skipped (no residual added); the frames are the model's "
+                                "own guess")
         for k, face in enumerate(faces):
             result.faces.append(_write_face_result(folder / f"face_{k + 1}", face, None if pose is None else pose[k],
                                                    names, None if frames is None else frames[k],
