@@ -130,7 +130,9 @@ def report_markdown(result) -> str:
     lines = ["# deblur-rotate evaluation on SynthBMFD", "",
              (f"Model `{s['model']}` (preset {s.get('preset')}, {s['resolution']} px, F: {s.get('fusion') or 'none'}, "
              f"E_3D: {'yes' if s.get('face3d_encoder') else 'no'}; blur-consistency refinement: "
-             f"{(s.get('refine') or {}).get('steps', 0)} steps); data `{s['data']}` split {s['split']}; "
+             f"{(s.get('refine') or {}).get('steps', 0)} steps"
+             f"{', plus its residual on the input view' if (s.get('refine') or {}).get('residual') else ''}); "
+             f"data `{s['data']}` split {s['split']}; "
              f"{s['instants']} instants of {s['instants_in_split']}; device {s['device']}; "
              f"wall time {result.wall_s:.1f} s."), "", "## Protocol", ""]
     lines += [f"- {p}" for p in result.protocol]
