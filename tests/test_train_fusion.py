@@ -399,3 +399,20 @@ def test_multiview_folder_true_pairs_with_and_without_poses(tmp_path, synth_root
     t = stage.teacher_inputs(next(stage.batches(0)))
     torch.testing.assert_close(t["delta_pose"], t["delta_pose_gt"])
     assert float(t["delta_pose"][:, 1].abs().min()) > math.radians(5)  # distinct rig views
+
+
+def test_init_from_starts_from_a_trained_fusion_network(tmp_path, synth_root, nets):
+    FusionStage(_config(tmp_path, synth_root, nets, out=str(tmp_path / "first"), steps=2, grid=0)).run()
+    trained = read_weights(tmp_path / "first" / "fusion")
+    warm = FusionStage(_config(tmp_path, synth_root, nets, out=str(tmp_path / "warm"), steps=0, grid=0,
+                               init_from=str(tmp_path / "first" / "fusion")))
+    for net in (warm.F, warm.F_ema):  # weights and input normalisation, in F and its EMA copy
+        state = net.state_dict()
+        assert all(torch.equal(state[k], trained[k]) for k in trained)
+    cold = FusionStage(_config(tmp_path, synth_root, nets, out=str(tmp_path / "cold"), steps=0, grid=0))
+    assert any(not torch.equal(cold.F.state_dict()[k], trained[k]) for k in trained)
+    with pytest.raises(UserError, match="mlp|shape|key"):  # another architecture: a clear mismatch
+        FusionStage(_config(tmp_path, synth_root, nets, out=str(tmp_path / "other"), steps=0, grid=0, arch="FC2R",
+                            init_from=str(tmp_path / "first" / "fusion")))
+    with pytest.raises(UserError, match="--init-from .* not found"):
+        FusionStage(_config(tmp_path, synth_root, nets, out=str(tmp_path / "none"), init_from=str(tmp_path / "no")))

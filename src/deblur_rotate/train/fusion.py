@@ -165,7 +165,10 @@ class FusionStage:
         self.F = FusionNetwork(**self.f_config).to(dev).train()
         self.f_config = dict(self.F.config)  # as saved (with index_dim)
         stats = self._checkpoint_statistics() if c.resume else None  # a resumed run keeps its own
-        self.F.set_latent_statistics(*(stats or self.latent_statistics(c.stats_samples)))
+        if c.init_from and stats is None:
+            self._start_from(Path(c.init_from))  # its weights and the normalisation they were trained with
+        else:
+            self.F.set_latent_statistics(*(stats or self.latent_statistics(c.stats_samples)))
         self.F_ema = copy.deepcopy(self.F).eval().requires_grad_(False)
         self.F_ddp = dist_utils.wrap_ddp(self.F)
         self.opt = torch.optim.Adam(self.F.parameters(), lr=c.lr, betas=(0.9, 0.999))
@@ -293,6 +296,17 @@ class FusionStage:
         offset = w.mean(0)                                        # [w_dim]
         rms = float((w - offset).square().mean().sqrt())
         return offset, rms if rms > 1e-6 else 1.0
+
+    def _start_from(self, folder: Path) -> None:
+        """Replace F's initial weights (and input normalisation) by a trained F's (fine-tuning); a resumed run
+        overrides them."""
+        from deblur_rotate.models.io import load_pretrained
+
+        if not folder.is_dir():
+            raise UserError(f"--init-from {folder}: folder not found; give a fusion folder "
+                            "(RUN/fusion, or MODEL/fusion of a model folder)")
+        load_pretrained(self.F, folder)  # UserError naming keys/shapes if its architecture differs
+        self.F.train()
 
     def _checkpoint_statistics(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """F's input normalisation (``w_offset [w_dim]``, ``w_scale []``) in the newest checkpoint of the run

@@ -65,6 +65,8 @@ class FusionConfig(RunOptions):
     stats_samples: int = option(64, "view pairs whose teacher codes set F's input normalisation")
     ema_images: float | None = option(None, "EMA half-life in thousands of samples", flags=("--ema-kimg",),
                                       scale=1000.0)
+    init_from: str = option("", "start F from a trained F folder of the same architecture (fine-tuning, e.g. "
+                                "MODEL/fusion of a model folder), its input normalisation too; ignored by --resume")
     lr_decay: float = option(0.0, LR_DECAY_HELP)
     grid: int = option(4, "view pairs in the sample grid (0: none)")
 
